@@ -1,0 +1,52 @@
+"""Data layer: schemas, loaders for the real tracks, and a synthetic track with known ground truth.
+
+Pure Python + pyarrow + numpy (no Ray): the pipelines wrap these functions.
+"""
+
+from onesearch_ray.data.loaders import (
+    FORMAT_FILES,
+    Track,
+    detect_format,
+    load_track,
+    read_parquet,
+    validate_tables,
+    write_track,
+)
+from onesearch_ray.data.schemas import (
+    INTERACTION_SCHEMA,
+    ITEM_SCHEMA,
+    JUDGMENT_SCHEMA,
+    QUERY_SCHEMA,
+    SEQUENCE_SCHEMA,
+    SPLITS,
+    USER_SCHEMA,
+    DataError,
+    Event,
+    cast_to_schema,
+    validate_table,
+)
+from onesearch_ray.data.synthetic import SyntheticConfig, generate_synthetic, write_synthetic
+
+__all__ = [
+    "FORMAT_FILES",
+    "INTERACTION_SCHEMA",
+    "ITEM_SCHEMA",
+    "JUDGMENT_SCHEMA",
+    "QUERY_SCHEMA",
+    "SEQUENCE_SCHEMA",
+    "SPLITS",
+    "USER_SCHEMA",
+    "DataError",
+    "Event",
+    "SyntheticConfig",
+    "Track",
+    "cast_to_schema",
+    "detect_format",
+    "generate_synthetic",
+    "load_track",
+    "read_parquet",
+    "validate_table",
+    "validate_tables",
+    "write_synthetic",
+    "write_track",
+]

@@ -1,0 +1,31 @@
+"""KHQE: keyword-enhanced hierarchical quantization encoding (paper section 1).
+
+encoder (text -> vector) -> keywords (lexicon, Aho-Corasick, fusion) -> quantizer (RQ-Kmeans + OPQ)
+-> sid_tokenizer (codes <-> SID tokens <-> items) -> metrics (CUR, ICR). ``build`` runs them in order.
+"""
+
+from onesearch_ray.khqe.build import EncodedTexts, KHQEConfig, build_semantic_ids, enhance, item_text
+from onesearch_ray.khqe.encoder import EncoderConfig, SentenceTransformerEncoder, TextEncoder
+from onesearch_ray.khqe.keywords import KeyphraseLexicon, LexiconConfig
+from onesearch_ray.khqe.layout import CodebookLayout
+from onesearch_ray.khqe.metrics import code_metrics
+from onesearch_ray.khqe.quantizer import QuantizerConfig, ResidualQuantizer
+from onesearch_ray.khqe.sid_tokenizer import SemanticIdTokenizer
+
+__all__ = [
+    "CodebookLayout",
+    "EncodedTexts",
+    "EncoderConfig",
+    "KHQEConfig",
+    "KeyphraseLexicon",
+    "LexiconConfig",
+    "QuantizerConfig",
+    "ResidualQuantizer",
+    "SemanticIdTokenizer",
+    "SentenceTransformerEncoder",
+    "TextEncoder",
+    "build_semantic_ids",
+    "code_metrics",
+    "enhance",
+    "item_text",
+]

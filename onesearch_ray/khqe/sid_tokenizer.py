@@ -1,0 +1,299 @@
+"""SemanticIdTokenizer: the item "ID card" as a first-class, versioned object.
+
+It owns the fitted codebooks and the item -> SID table, turns codes into SID tokens and back,
+encodes NEW items with frozen codebooks (cold start), and maps a SID to its items.
+
+SID tokens: one letter per RQ level (``<a_i><b_j><c_k>``), then the OPQ sub-codes share one
+letter with the m-th sub-code offset by ``m * K`` so that sub-codebooks use disjoint tokens
+(``<d_x><d_{K+y}>``), exactly as in the paper.
+
+Collision resolution (on by default, ``collision_candidates``): an item whose SID another item
+already holds moves to the nearest free tail code under the same prefix (see ``_resolve_collisions``),
+so near-duplicate products still get IDs of their own. Items can still share a SID when every
+candidate tail is taken; the tie-break for them is ascending reconstruction error (the item the SID
+describes best comes first), then ascending item_id. Saved without pickle: JSON + ``.npz`` + parquet.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from onesearch_ray.io import atomic_dir, file_sha256, read_json, write_json
+from onesearch_ray.khqe.layout import CodebookLayout
+from onesearch_ray.khqe.metrics import code_metrics
+from onesearch_ray.khqe.quantizer import QuantizerConfig, ResidualQuantizer
+
+FORMAT_NAME = "onesearch-sid-tokenizer"
+FORMAT_VERSION = 1
+_SID_TOKEN = re.compile(r"<([a-z])_(\d+)>")
+
+
+@dataclass
+class SidTable:
+    """item_id -> codes, with the reconstruction error used as tie-break."""
+
+    item_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    codes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int32))
+    errors: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+
+class SemanticIdTokenizer:
+    def __init__(
+        self,
+        quantizer: ResidualQuantizer,
+        table: SidTable | None = None,
+        metadata: dict | None = None,
+        collision_candidates: int = 16,
+    ) -> None:
+        self.quantizer = quantizer
+        self.collision_candidates = collision_candidates
+        self.layout = quantizer.layout
+        self.metadata = dict(metadata or {})
+        self._table = table or SidTable(codes=np.zeros((0, len(self.layout.level_sizes)), np.int32))
+        self._rebuild_index()
+
+    # ---- fitting and encoding -------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        item_ids: Sequence[int] | np.ndarray,
+        item_vectors: np.ndarray,
+        query_vectors: np.ndarray | None = None,
+        config: QuantizerConfig | None = None,
+        metadata: dict | None = None,
+    ) -> SemanticIdTokenizer:
+        """Fit codebooks on items and queries together (as the paper does), then encode the items."""
+        config = config or QuantizerConfig()
+        training = item_vectors if query_vectors is None else np.concatenate([item_vectors, query_vectors])
+        quantizer = ResidualQuantizer.fit(training, config)
+        meta = {"quantizer": asdict(config), **(metadata or {})}
+        tokenizer = cls(quantizer, metadata=meta, collision_candidates=config.collision_candidates)
+        tokenizer.add_items(item_ids, item_vectors)
+        return tokenizer
+
+    def encode(self, vectors: np.ndarray) -> np.ndarray:
+        """Codes for any vectors (items or queries) with the frozen codebooks."""
+        return self.quantizer.encode(vectors)
+
+    def add_items(
+        self, item_ids: Sequence[int] | np.ndarray, vectors: np.ndarray, replace: bool = False
+    ) -> np.ndarray:
+        """Encode items with the frozen codebooks and add them to the SID table (cold start)."""
+        ids = np.asarray(item_ids, dtype=np.int64)
+        if len(ids) != len(vectors):
+            raise ValueError(f"add_items: {len(ids)} item ids but {len(vectors)} vectors")
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("add_items: duplicate item ids in the batch")
+        existing = np.isin(ids, self._table.item_ids)
+        if existing.any() and not replace:
+            raise ValueError(f"add_items: item {int(ids[existing][0])} already has a SID (pass replace=True)")
+        vectors = np.asarray(vectors, np.float32)
+        keep = ~np.isin(self._table.item_ids, ids)
+        codes = self.encode(vectors)
+        if self.collision_candidates > 0:
+            taken = {tuple(row) for row in self._table.codes[keep].tolist()}
+            codes = self._resolve_collisions(vectors, codes, taken)
+        errors = ((self.quantizer.reconstruct(codes) - vectors) ** 2).sum(axis=1)
+        self._table = SidTable(
+            item_ids=np.concatenate([self._table.item_ids[keep], ids]),
+            codes=np.concatenate([self._table.codes[keep], codes]).astype(np.int32),
+            errors=np.concatenate([self._table.errors[keep], errors.astype(np.float32)]),
+        )
+        self._rebuild_index()
+        return codes
+
+    def _resolve_collisions(self, vectors: np.ndarray, codes: np.ndarray, taken: set) -> np.ndarray:
+        """Give colliding items the nearest FREE tail codes under their own prefix.
+
+        Items are visited best-described first; one whose SID is taken moves to the next-nearest
+        tail (OPQ sub-codes, or the last RQ level) that no item holds yet. The prefix, which carries
+        the semantics, never changes. Only when all candidate tails are taken do items share a SID.
+        """
+        errors = ((self.quantizer.reconstruct(codes) - vectors) ** 2).sum(axis=1)
+        codes = codes.copy()
+        colliders = []
+        for row in np.argsort(errors, kind="stable"):
+            sid = tuple(codes[row].tolist())
+            if sid in taken:
+                colliders.append(row)
+            else:
+                taken.add(sid)
+        if not colliders:
+            return codes
+        colliders = np.asarray(colliders)
+        tails = self.quantizer.tail_alternatives(
+            vectors[colliders], codes[colliders], self.collision_candidates
+        )
+        prefix_length = self.sid_length - self.quantizer.tail_length
+        for row, alternatives in zip(colliders, tails, strict=True):
+            prefix = tuple(codes[row, :prefix_length].tolist())
+            for tail in alternatives.tolist():
+                if prefix + tuple(tail) not in taken:
+                    codes[row, prefix_length:] = tail
+                    break
+            taken.add(tuple(codes[row].tolist()))
+        return codes
+
+    def remove_items(self, item_ids: Sequence[int]) -> None:
+        keep = ~np.isin(self._table.item_ids, np.asarray(item_ids, np.int64))
+        self._table = SidTable(self._table.item_ids[keep], self._table.codes[keep], self._table.errors[keep])
+        self._rebuild_index()
+
+    # ---- SID <-> tokens <-> items ---------------------------------------------------------
+    @property
+    def n_items(self) -> int:
+        return len(self._table.item_ids)
+
+    @property
+    def sid_length(self) -> int:
+        return len(self.layout.level_sizes)
+
+    def item_codes(self, item_ids: Sequence[int] | None = None) -> np.ndarray:
+        if item_ids is None:
+            return self._table.codes
+        return self._table.codes[[self._row_of(int(i)) for i in item_ids]]
+
+    def has_item(self, item_id: int) -> bool:
+        return int(item_id) in self._row_by_item
+
+    def items_for_sid(self, codes: Sequence[int]) -> list[int]:
+        """All items carrying this SID, best first (see module docstring for the tie-break)."""
+        return list(self._items_by_sid.get(tuple(int(c) for c in codes), ()))
+
+    def all_sids(self) -> list[tuple[int, ...]]:
+        return list(self._items_by_sid)
+
+    def position_tokens(self, position: int) -> list[str]:
+        """Every token that may appear at one SID position."""
+        letter, offset = self._position_letter_offset(position)
+        return [f"<{letter}_{offset + c}>" for c in range(self.layout.level_sizes[position])]
+
+    def token_vocabulary(self) -> list[str]:
+        """All SID tokens, deduplicated, in position order (for extending an LM vocabulary)."""
+        seen: dict[str, None] = {}
+        for position in range(self.sid_length):
+            seen.update(dict.fromkeys(self.position_tokens(position)))
+        return list(seen)
+
+    def codes_to_tokens(self, codes: Sequence[int]) -> list[str]:
+        if len(codes) != self.sid_length:
+            raise ValueError(f"a SID has {self.sid_length} codes, got {len(codes)}")
+        tokens = []
+        for position, code in enumerate(codes):
+            size = self.layout.level_sizes[position]
+            if not 0 <= int(code) < size:
+                raise ValueError(f"SID position {position}: code {code} outside [0, {size})")
+            letter, offset = self._position_letter_offset(position)
+            tokens.append(f"<{letter}_{offset + int(code)}>")
+        return tokens
+
+    def sid_string(self, codes: Sequence[int]) -> str:
+        return "".join(self.codes_to_tokens(codes))
+
+    def parse_sid(self, text: str) -> tuple[int, ...]:
+        """'<a_1><b_2>...' -> codes; raises ValueError naming what is wrong."""
+        found = _SID_TOKEN.findall(text)
+        if "".join(f"<{letter}_{number}>" for letter, number in found) != text.strip():
+            raise ValueError(f"not a SID string: {text[:80]!r}")
+        if len(found) != self.sid_length:
+            raise ValueError(f"SID {text!r}: expected {self.sid_length} tokens, got {len(found)}")
+        codes = []
+        for position, (letter, number) in enumerate(found):
+            expected_letter, offset = self._position_letter_offset(position)
+            code = int(number) - offset
+            if letter != expected_letter or not 0 <= code < self.layout.level_sizes[position]:
+                raise ValueError(f"SID {text!r}: token {position} <{letter}_{number}> is not valid there")
+            codes.append(code)
+        return tuple(codes)
+
+    def metrics(self) -> dict:
+        return code_metrics(self._table.codes, self.layout.level_sizes)
+
+    # ---- persistence ----------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        with atomic_dir(directory) as tmp:
+            np.savez(tmp / "codebooks.npz", **self.quantizer.to_arrays())
+            table = pa.table(
+                {
+                    "item_id": pa.array(self._table.item_ids, pa.int64()),
+                    "codes": pa.array(self._table.codes.tolist(), pa.list_(pa.int32())),
+                    "error": pa.array(self._table.errors, pa.float32()),
+                }
+            )
+            pq.write_table(table, tmp / "items.parquet")
+            write_json(
+                tmp / "sid_tokenizer.json",
+                {
+                    "format": FORMAT_NAME,
+                    "version": FORMAT_VERSION,
+                    "layout": str(self.layout),
+                    "dim": self.quantizer.dim,
+                    "n_items": self.n_items,
+                    "metadata": self.metadata,
+                    "sha256": {name: file_sha256(tmp / name) for name in ("codebooks.npz", "items.parquet")},
+                },
+            )
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> SemanticIdTokenizer:
+        directory = Path(directory)
+        manifest_path = directory / "sid_tokenizer.json"
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"{manifest_path}: no SID tokenizer here (run `onesearch encode` first)")
+        manifest = read_json(manifest_path)
+        if manifest.get("format") != FORMAT_NAME or manifest.get("version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{manifest_path}: format {manifest.get('format')!r} v{manifest.get('version')!r} "
+                f"is not {FORMAT_NAME} v{FORMAT_VERSION}"
+            )
+        for name, digest in manifest.get("sha256", {}).items():
+            if not (directory / name).exists() or file_sha256(directory / name) != digest:
+                raise ValueError(f"{directory / name}: missing or corrupt (checksum mismatch)")
+        layout = CodebookLayout.parse(manifest["layout"])
+        with np.load(directory / "codebooks.npz", allow_pickle=False) as arrays:
+            quantizer = ResidualQuantizer.from_arrays(layout, dict(arrays))
+        table = pq.read_table(directory / "items.parquet")
+        codes = np.asarray(table.column("codes").to_pylist(), np.int32).reshape(
+            len(table), len(layout.level_sizes)
+        )
+        sid_table = SidTable(
+            table.column("item_id").to_numpy().astype(np.int64), codes, table.column("error").to_numpy()
+        )
+        metadata = manifest.get("metadata") or {}
+        candidates = int(metadata.get("quantizer", {}).get("collision_candidates", 0))
+        return cls(quantizer, sid_table, metadata, collision_candidates=candidates)
+
+    # ---- internals ------------------------------------------------------------------------
+    def _position_letter_offset(self, position: int) -> tuple[str, int]:
+        n_rq = len(self.layout.rq_levels)
+        if position < n_rq:
+            return string.ascii_lowercase[position], 0
+        return string.ascii_lowercase[n_rq], (position - n_rq) * self.layout.opq_codes
+
+    def _row_of(self, item_id: int) -> int:
+        try:
+            return self._row_by_item[item_id]
+        except KeyError:
+            raise KeyError(f"item {item_id} has no SID") from None
+
+    def _rebuild_index(self) -> None:
+        table = self._table
+        self._row_by_item = {int(i): row for row, i in enumerate(table.item_ids)}
+        order = np.lexsort((table.item_ids, table.errors))
+        items_by_sid: dict[tuple[int, ...], list[int]] = {}
+        for row in order:
+            items_by_sid.setdefault(tuple(table.codes[row].tolist()), []).append(int(table.item_ids[row]))
+        self._items_by_sid = items_by_sid
+
+
+__all__ = ["QuantizerConfig", "SemanticIdTokenizer", "SidTable"]

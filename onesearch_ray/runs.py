@@ -1,0 +1,75 @@
+"""Run directories: every stage reads and writes one, with a manifest so any stage can be rerun,
+resumed or audited alone (config, package versions, input hashes, outputs, timings)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from onesearch_ray.io import read_json, write_json
+
+MANIFEST = "manifest.json"
+_TRACKED_PACKAGES = (
+    "onesearch-ray",
+    "numpy",
+    "torch",
+    "faiss-cpu",
+    "faiss-gpu",
+    "ray",
+    "transformers",
+    "vllm",
+)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def texts_digest(texts: Iterable[str], salt: str = "") -> str:
+    """Stable content hash of a text corpus (decides whether cached embeddings still apply)."""
+    digest = hashlib.sha256(salt.encode())
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass"))
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def manifest(self) -> dict[str, Any]:
+        target = self.path / MANIFEST
+        return read_json(target) if target.exists() else {"stages": {}}
+
+    def stage(self, name: str) -> dict[str, Any] | None:
+        return self.manifest()["stages"].get(name)
+
+    def record_stage(
+        self, name: str, *, config: Any, inputs: dict[str, str], outputs: dict[str, Any]
+    ) -> None:
+        manifest = self.manifest()
+        manifest["stages"][name] = {
+            "config": json.loads(json.dumps(config, default=str)),
+            "inputs": inputs,
+            "outputs": outputs,
+            "versions": package_versions(),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        write_json(self.path / MANIFEST, manifest)
