@@ -1,6 +1,7 @@
 """Configs are dataclasses validated by pydantic and loaded from YAML; unknown keys are errors.
 
-A config file has one section per stage (``khqe:``, later ``train:``, ``serve:``); see ``configs/``.
+A config file has one section per stage (``khqe:``, ``train:``, ...); see ``configs/default.yaml``.
+Each stage's config module has its own ``load_*_config`` built on these two helpers.
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ from typing import Any, TypeVar
 
 import pydantic
 import yaml
-
-from onesearch_ray.khqe.build import KHQEConfig
-from onesearch_ray.khqe.layout import CodebookLayout
 
 T = TypeVar("T")
 
@@ -55,15 +53,3 @@ def read_yaml_section(path: str | Path | None, section: str) -> dict[str, Any]:
     if not isinstance(payload, dict) or not isinstance(payload.get(section, {}), dict):
         raise ValueError(f"{path}: expected a mapping with a '{section}:' section")
     return payload.get(section, {})
-
-
-def load_khqe_config(
-    path: str | Path | None = None, layout: str | None = None, keyword_enhancement: bool | None = None
-) -> KHQEConfig:
-    config = parse_config(KHQEConfig, read_yaml_section(path, "khqe"), str(path or "defaults"))
-    if layout:
-        config.quantizer.layout = layout
-    if keyword_enhancement is not None:
-        config.keyword_enhancement = keyword_enhancement
-    CodebookLayout.parse(config.quantizer.layout)  # fail early on a bad layout string
-    return config

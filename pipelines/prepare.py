@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from onesearch_ray.config import load_khqe_config
+from onesearch_ray.khqe.build import load_khqe_config
 from onesearch_ray.data import load_track
 from onesearch_ray.io import atomic_path, write_json, write_parquet
 from onesearch_ray.khqe import (
@@ -68,7 +68,8 @@ def embed_with_ray(texts: list[str], encoder: EncoderConfig, actors: int, thread
     """Embed ``texts`` on an actor pool; rows come back in input order."""
     if not texts:
         return np.zeros((0, 0), dtype=np.float32)
-    dataset = ray.data.from_arrow(pa.table({"row": np.arange(len(texts)), "text": texts}))
+    blocks = max(2 * actors, -(-len(texts) // 2048))  # several blocks so actors stream and share work
+    dataset = ray.data.from_arrow(pa.table({"row": np.arange(len(texts)), "text": texts})).repartition(blocks)
     embedded = dataset.map_batches(
         EmbedActor,
         fn_constructor_kwargs={"encoder_config": encoder, "threads": threads},

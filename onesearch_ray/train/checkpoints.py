@@ -1,0 +1,68 @@
+"""Training checkpoints: HF weights (safetensors) + optimizer state + ``state.json`` written LAST.
+
+A checkpoint directory counts only once its ``state.json`` exists, so a checkpoint cut short by a
+kill is ignored and the job resumes from the previous complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from onesearch_ray.io import read_json, write_json
+
+STATE = "state.json"
+_STEP_DIR = re.compile(r"^step_(\d{7})$")
+
+
+def dir_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def write(
+    directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, metrics: dict
+) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, safe_serialization=True)
+    torch.save(optimizer.state_dict(), directory / "optimizer.pt")
+    write_json(directory / STATE, {"step": step, "metrics": metrics})
+
+
+def latest(stage_dir: Path) -> Path | None:
+    """The complete checkpoint with the highest step under ``stage_dir`` (Ray Train's storage)."""
+    if not stage_dir.exists():
+        return None
+    found = [
+        (int(m.group(1)), p)
+        for p in stage_dir.rglob("step_*")
+        if (m := _STEP_DIR.match(p.name)) and (p / STATE).exists()
+    ]
+    return max(found)[1] if found else None
+
+
+def read_state(directory: Path) -> dict:
+    return read_json(directory / STATE)
+
+
+def restore(directory: Path, model: torch.nn.Module) -> tuple[int, dict]:
+    """Load weights into ``model``; return (step, optimizer state dict). Errors name the bad file."""
+    from safetensors.torch import load_file
+
+    weights = directory / "model.safetensors"
+    try:
+        state = load_file(str(weights))
+    except Exception as err:  # safetensors raises several types for truncated/corrupt files
+        raise ValueError(f"{weights}: corrupt or unreadable checkpoint weights ({err})") from err
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:  # lm_head may be tied to embeddings
+        raise ValueError(
+            f"{weights}: does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    try:
+        optimizer_state = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{directory / 'optimizer.pt'}: corrupt optimizer state ({err})") from err
+    return int(json.loads((directory / STATE).read_text())["step"]), optimizer_state

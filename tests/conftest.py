@@ -1,0 +1,57 @@
+"""Shared fixtures: a real local Ray cluster (started as a user would, `ray start --head`) and small tracks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from onesearch_ray.data import SyntheticConfig, write_synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ONESEARCH_PROGRESS", "0")
+
+SMALL_TRACK = SyntheticConfig(seed=3, n_items=400, n_users=40, n_queries=120, n_sessions=600)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A head node started with `ray start --head`; yields (gcs_address, dashboard_url)."""
+    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent))
+    port, dashboard_port = _free_port(), _free_port()
+    temp_dir = tmp_path_factory.mktemp("ray")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run(
+        [ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
+         f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}",
+         "--disable-usage-stats"],
+        check=True, env=env, capture_output=True,
+    )
+    address = f"127.0.0.1:{port}"
+    import ray
+
+    ray.init(address=address, logging_level="WARNING")
+    try:
+        yield address, f"http://127.0.0.1:{dashboard_port}"
+    finally:
+        ray.shutdown()
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def small_track(tmp_path_factory) -> Path:
+    return write_synthetic(tmp_path_factory.mktemp("track") / "synthetic", SMALL_TRACK)
