@@ -48,25 +48,37 @@ def run_variants(run: Path, data: Path, rq_layout: str, opq_suffix: str) -> list
         splits = np.array(track.queries.column("split").to_pylist())
         query_texts = track.queries.column("query").to_pylist()
         query_vectors = np.load(run / "embeddings/queries.npy")
-        train_queries = EncodedTexts([q for q, s in zip(query_texts, splits, strict=True) if s == "train"],
-                                     query_vectors[splits == "train"])
+        train_queries = EncodedTexts(
+            [q for q, s in zip(query_texts, splits, strict=True) if s == "train"],
+            query_vectors[splits == "train"],
+        )
     results = []
     for opq, keywords, balanced in itertools.product((False, True), (False, True), (False, True)):
         config = KHQEConfig(keyword_enhancement=keywords)
         config.quantizer.layout = rq_layout + (opq_suffix if opq else "")
         config.quantizer.balanced_last_level = balanced
         tokenizer, report = build_semantic_ids(
-            items.column("item_id").to_numpy(), EncodedTexts(texts, item_vectors), train_queries,
-            lexicon, phrase_vectors, config,
+            items.column("item_id").to_numpy(),
+            EncodedTexts(texts, item_vectors),
+            train_queries,
+            lexicon,
+            phrase_vectors,
+            config,
         )
         started = time.perf_counter()
         tokenizer.encode(item_vectors)
         encode_per_s = len(item_vectors) / (time.perf_counter() - started)
         row = {
-            "quantizer": "RQ-OPQ" if opq else "RQ-Kmeans", "layout": report["layout"], "keywords": keywords,
-            "balanced_last": balanced, "fit_s": report["fit_seconds"], "encode_items_per_s": encode_per_s,
-            "icr_raw": report["icr_raw"], "icr": report["icr"], "max_items_per_sid_raw":
-            report["items_per_sid_raw"]["max"], "cur": {k: v for k, v in report["cur"].items() if "level" in k},
+            "quantizer": "RQ-OPQ" if opq else "RQ-Kmeans",
+            "layout": report["layout"],
+            "keywords": keywords,
+            "balanced_last": balanced,
+            "fit_s": report["fit_seconds"],
+            "encode_items_per_s": encode_per_s,
+            "icr_raw": report["icr_raw"],
+            "icr": report["icr"],
+            "max_items_per_sid_raw": report["items_per_sid_raw"]["max"],
+            "cur": {k: v for k, v in report["cur"].items() if "level" in k},
         }
         print(json.dumps(row), flush=True)
         results.append(row)
@@ -91,8 +103,15 @@ def encode_throughput(n_vectors: int, dim: int, layout: str, fit_sample: int, ch
         started = time.perf_counter()
         quantizer.encode(batch)
         encode_s += time.perf_counter() - started
-    return {"n_vectors": n_vectors, "dim": dim, "layout": str(quantizer.layout), "fit_sample": fit_sample,
-            "fit_s": fit_s, "encode_s": encode_s, "vectors_per_s": n_vectors / encode_s}
+    return {
+        "n_vectors": n_vectors,
+        "dim": dim,
+        "layout": str(quantizer.layout),
+        "fit_sample": fit_sample,
+        "fit_s": fit_s,
+        "encode_s": encode_s,
+        "vectors_per_s": n_vectors / encode_s,
+    }
 
 
 def main() -> None:

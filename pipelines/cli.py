@@ -34,19 +34,44 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pipelines import train
+
+    argv = ["--run", str(args.run), "--data", str(args.data), "--stage", args.stage]
+    argv += ["--config", args.config] if args.config else []
+    argv += ["--workers", str(args.workers)] if args.workers else []
+    argv += ["--size", args.size] if args.size else []
+    argv += ["--max-steps", str(args.max_steps)] if args.max_steps else []
+    argv += ["--gpu"] if args.gpu else []
+    train.main(argv)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pipelines import evaluate
+
+    evaluate.run_eval(args.run, args.track, args.data, evaluate.config_from_args(args))
+    return 0
+
+
 def _cmd_quickstart(args: argparse.Namespace) -> int:
-    from onesearch_ray.data import SyntheticConfig, write_synthetic
-    from pipelines import prepare
+    from onesearch_ray.data import SyntheticConfig, detect_format, write_synthetic
+    from pipelines import evaluate, prepare, train
 
     run = Path(args.out)
     data = Path(args.data) if args.data else run / "data"
+    config = ["--config", args.config] if args.config else []
     if not args.data:
         write_synthetic(data, SyntheticConfig(seed=args.seed))
-        print(f"[1/1] default data: synthetic catalogue and search log in {data}")
-    prepare.main(
-        ["--data", str(data), "--out", str(run)] + (["--config", args.config] if args.config else [])
-    )
-    print(f"\nrun directory: {run.resolve()}  (codes_report.json, sid_tokenizer/, items.parquet)")
+        print(f"[1/4] default data: synthetic catalogue and search log in {data}")
+    print("[2/4] encode: KHQE semantic IDs (Ray Data)")
+    prepare.main(["--data", str(data), "--out", str(run), *config])
+    print("[3/4] train: alignment -> co-occurrence -> personalisation SFT (Ray Train)")
+    train.main(["--run", str(run), "--data", str(data), *config])
+    print("[4/4] evaluate: the model beside BM25, dense and RRF")
+    track = {"onesearch": "synthetic", "homedepot": "homedepot", "amazon18": "amazon18"}[detect_format(data)]
+    evaluate.run_eval(run, track, data, evaluate.EvalConfig(beam=args.beam, k=350))
+    print(f"\nrun directory: {run.resolve()}")
     return 0
 
 
@@ -74,11 +99,29 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--actors", type=int, default=1, help="encoder actors")
     encode.set_defaults(handler=_cmd_encode)
 
+    train = commands.add_parser("train", help="multi-stage SFT on Ray Train (after encode)")
+    train.add_argument("--run", required=True, type=Path, help="run directory from `onesearch encode`")
+    train.add_argument("--data", required=True, type=Path, help="the track directory that run encoded")
+    train.add_argument("--stage", default="all", help="alignment, cooccurrence, personalization or all")
+    train.add_argument("--config", help="YAML config (train: section)")
+    train.add_argument("--workers", type=int, help="Ray Train workers (DDP)")
+    train.add_argument("--size", help="model size preset: tiny, small, base, large")
+    train.add_argument("--max-steps", type=int, help="cap every stage at this many steps")
+    train.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    train.set_defaults(handler=_cmd_train)
+
+    from pipelines.evaluate import add_eval_arguments
+
+    evaluation = commands.add_parser("eval", help="evaluate a trained run beside the baselines")
+    add_eval_arguments(evaluation)
+    evaluation.set_defaults(handler=_cmd_eval)
+
     quick = commands.add_parser("quickstart", help="run the pipeline end to end on the default data")
     quick.add_argument("--data", type=Path, help="a track directory instead of the synthetic default")
     quick.add_argument("--out", type=Path, default=DEFAULT_QUICKSTART_RUN)
     quick.add_argument("--config", help="YAML config")
     quick.add_argument("--seed", type=int, default=0)
+    quick.add_argument("--beam", type=int, default=50, help="beam width for the evaluation")
     quick.set_defaults(handler=_cmd_quickstart)
     return parser
 

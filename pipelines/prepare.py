@@ -30,7 +30,6 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from onesearch_ray.khqe.build import load_khqe_config
 from onesearch_ray.data import load_track
 from onesearch_ray.io import atomic_path, write_json, write_parquet
 from onesearch_ray.khqe import (
@@ -43,6 +42,7 @@ from onesearch_ray.khqe import (
     enhance,
     item_text,
 )
+from onesearch_ray.khqe.build import load_khqe_config
 from onesearch_ray.runs import RunDir, texts_digest
 from pipelines.common import init_ray
 
@@ -68,8 +68,11 @@ def embed_with_ray(texts: list[str], encoder: EncoderConfig, actors: int, thread
     """Embed ``texts`` on an actor pool; rows come back in input order."""
     if not texts:
         return np.zeros((0, 0), dtype=np.float32)
-    blocks = max(2 * actors, -(-len(texts) // 2048))  # several blocks so actors stream and share work
-    dataset = ray.data.from_arrow(pa.table({"row": np.arange(len(texts)), "text": texts})).repartition(blocks)
+    # several blocks so actors stream and share the work (slices, not a repartition: an all-to-all
+    # step would hold CPUs the actor pool is waiting for on a small cluster)
+    table = pa.table({"row": np.arange(len(texts)), "text": texts})
+    block = max(256, -(-len(texts) // max(2 * actors, -(-len(texts) // 2048))))
+    dataset = ray.data.from_arrow([table.slice(start, block) for start in range(0, len(texts), block)])
     embedded = dataset.map_batches(
         EmbedActor,
         fn_constructor_kwargs={"encoder_config": encoder, "threads": threads},

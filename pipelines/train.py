@@ -34,12 +34,11 @@ import ray.train
 import ray.train.torch
 import torch
 
-from onesearch_ray.train.config import load_train_config
-from onesearch_ray.io import atomic_path, write_json, write_parquet
+from onesearch_ray.io import atomic_path, write_parquet
 from onesearch_ray.model import load_model, save_model
 from onesearch_ray.runs import RunDir
 from onesearch_ray.train import checkpoints
-from onesearch_ray.train.config import TrainConfig
+from onesearch_ray.train.config import TrainConfig, load_train_config
 from onesearch_ray.train.sft import SFTConfig, make_optimizer, tokenize_pairs, train
 from onesearch_ray.train.stages import STAGES
 from onesearch_ray.train.workflow import build_stage_pairs, prepare_model_init

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real local Ray cluster (started as a user would, `ray start --head`) and small tracks."""
+"""Shared fixtures: a real local Ray cluster (started with `ray start --head`) and small tracks."""
 
 from __future__ import annotations
 
@@ -36,10 +36,21 @@ def ray_cluster(tmp_path_factory):
     temp_dir = tmp_path_factory.mktemp("ray")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     subprocess.run(
-        [ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
-         f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}",
-         "--disable-usage-stats"],
-        check=True, env=env, capture_output=True,
+        [
+            ray_bin,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            f"--dashboard-port={dashboard_port}",
+            "--dashboard-host=127.0.0.1",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
     )
     address = f"127.0.0.1:{port}"
     import ray

@@ -145,6 +145,9 @@ def test_index_unknown_user_and_cold_start():
     cold = index.context_for("nobody", query_id=1, short_len=3)
     assert cold.cold_start and cold.short_items == [11, 13, 10]
     assert index.context_for("nobody", query_id=999, short_len=2).short_items == [11, 10]
+    default = index.cold_start_context(1, length=2)
+    assert (default.user_id, default.known, default.cold_start) == (None, False, True)
+    assert default.short_items == default.long_items == [13, 10]
     # a known user without clicks before the time also gets the query's default sequence
     assert index.context_for("u1", before_timestamp=105, query_id=1, short_len=1).short_items == [10]
 
@@ -187,3 +190,9 @@ def test_index_from_sequences_chains_rows_of_one_split():
     assert both.context_for("a", short_len=10).short_items == [1, 2, 3, 4, 5]
     with pytest.raises(ValueError, match="split"):
         BehaviorIndex.from_sequences(sequences, split="nope")
+
+
+def test_context_from_a_single_history():
+    context = UserContext.from_history("a", [1, 2, 3, 4, 5, 6], short_len=2, long_len=4)
+    assert (context.short_items, context.long_items, context.known) == ([5, 6], [3, 4, 5, 6], True)
+    assert UserContext.from_history("b", []).known is False

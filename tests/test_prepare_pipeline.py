@@ -73,13 +73,39 @@ def test_rerun_reuses_cached_embeddings(encoded_run, small_track, caplog):
 def test_cli_rejects_bad_input(tmp_path):
     (tmp_path / "products.parquet").write_text("not parquet")
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "encode", "--data", str(tmp_path), "--out", str(tmp_path / "r")],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "encode",
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     assert result.returncode == 2 and "products.parquet" in result.stderr
     bad_layout = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "encode", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
-         "--layout", "12-x"], capture_output=True, text=True, cwd=REPO, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "encode",
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "r"),
+            "--layout",
+            "12-x",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     assert bad_layout.returncode == 2 and "layout" in bad_layout.stderr
 
@@ -89,9 +115,29 @@ def test_prepare_job_via_ray_job_submit(ray_cluster, small_track, tmp_path):
     out = tmp_path / "job_run"
     ray_bin = str(Path(sys.executable).parent / "ray")
     submit = subprocess.run(
-        [ray_bin, "job", "submit", "--address", dashboard, "--no-wait", "--", sys.executable, "-m",
-         "pipelines.prepare", "--data", str(small_track), "--out", str(out), "--layout", "64-64+opq2x16"],
-        capture_output=True, text=True, cwd=REPO, timeout=120, env={**os.environ, "RAY_ADDRESS": ""},
+        [
+            ray_bin,
+            "job",
+            "submit",
+            "--address",
+            dashboard,
+            "--no-wait",
+            "--",
+            sys.executable,
+            "-m",
+            "pipelines.prepare",
+            "--data",
+            str(small_track),
+            "--out",
+            str(out),
+            "--layout",
+            "64-64+opq2x16",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env={**os.environ, "RAY_ADDRESS": ""},
     )
     assert submit.returncode == 0, submit.stderr
     job_id = next(w for w in submit.stdout.split() if w.startswith("raysubmit_"))
@@ -103,6 +149,8 @@ def test_prepare_job_via_ray_job_submit(ray_cluster, small_track, tmp_path):
             [ray_bin, "job", "status", "--address", dashboard, job_id], capture_output=True, text=True
         ).stdout
         status = next((s for s in ("SUCCEEDED", "FAILED", "STOPPED") if s in status), status)
-    logs = subprocess.run([ray_bin, "job", "logs", "--address", dashboard, job_id], capture_output=True, text=True)
+    logs = subprocess.run(
+        [ray_bin, "job", "logs", "--address", dashboard, job_id], capture_output=True, text=True
+    )
     assert status == "SUCCEEDED", logs.stdout[-3000:]
     assert json.loads((out / "codes_report.json").read_text())["layout"] == "32-32+opq2x16"

@@ -214,7 +214,7 @@ def test_sft_prompts_and_targets(builder, sid, tok):
     assert builder.query_to_sid_prompt("oak table") == "<|query2sid|> oak table <|answer|>"
     assert builder.sid_to_category_prompt(codes) == f"<|sid2category|>{sid_text} <|answer|>"
     assert builder.qsid_to_sid_prompt(codes) == f"<|qsid2sid|>{sid_text} <|answer|>"
-    assert builder.target(codes) == sid_text + EOS
+    assert builder.target(codes) == sid_text + EOS and builder.eos == EOS
     assert builder.text_target("furniture") == " furniture" + EOS
     assert tok.encode(builder.target(codes))[-1] == tok.eos_token_id
 

@@ -150,6 +150,13 @@ class BehaviorIndex:
         """The query's default sequence (oldest first, most-clicked last); popular items as fallback."""
         return cold_start_sequence(query_id, self.clicks_by_query, self.popular, length)
 
+    def cold_start_context(self, query_id: int | None, length: int = 5) -> UserContext:
+        """A context for an unknown user: only the query's default sequence (short and long view)."""
+        items = self.cold_start_items(query_id, length)
+        return UserContext(
+            None, short_items=items, long_items=list(items), known=False, cold_start=bool(items)
+        )
+
     def context_for(
         self,
         user_id: str | None,

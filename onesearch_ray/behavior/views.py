@@ -27,6 +27,16 @@ class UserContext:
     known: bool = True  # False: the user has no history in the index (cold-start user)
     cold_start: bool = False  # True: short_items is the query's default sequence, not the user's own
 
+    @classmethod
+    def from_history(
+        cls, user_id: str | None, items: Sequence[int], short_len: int = 5, long_len: int = 100
+    ) -> UserContext:
+        """A context from one item history (oldest first), e.g. a sequences row's ``history_item_ids``."""
+        items = [int(i) for i in items]
+        short = items[-short_len:] if short_len > 0 else []
+        long = items[-long_len:] if long_len > 0 else []
+        return cls(user_id, short_items=short, long_items=long, known=bool(items))
+
     @property
     def has_history(self) -> bool:
         return bool(self.short_items or self.long_items)

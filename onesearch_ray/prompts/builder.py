@@ -81,6 +81,11 @@ class PromptBuilder:
         self.level_sizes = tuple(sid_tokenizer.layout.level_sizes)
         self._position_tokens = [sid_tokenizer.position_tokens(p) for p in range(len(self.level_sizes))]
 
+    @property
+    def eos(self) -> str:
+        """The string that ends every target."""
+        return EOS
+
     # ---- personalised search -------------------------------------------------------------
     def search_prompt(
         self,

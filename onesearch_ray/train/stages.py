@@ -130,8 +130,8 @@ def personalization_pairs(inputs: StageInputs, window: int = 5) -> Pairs:
 def _search_log_pairs(inputs: StageInputs) -> Pairs:
     interactions, builder, pairs = inputs.track.interactions, inputs.builder, []
     queries = dict(inputs.train_queries())
-    columns = ("user_id", "query_id", "item_id", "event", "timestamp")
-    for user, qid, item, event, ts in zip(
+    columns = ("user_id", "query_id", "item_id", "event", "timestamp", "session_id")
+    for user, qid, item, event, ts, session in zip(
         *(interactions.column(c).to_pylist() for c in columns), strict=True
     ):
         if event < Event.CLICKED or qid not in queries:
@@ -139,7 +139,10 @@ def _search_log_pairs(inputs: StageInputs) -> Pairs:
         codes = inputs.codes_of(item)
         if codes is None:
             continue
-        context = inputs.behavior.context_for(user, before_timestamp=ts)
+        # the user's state when the query was typed: earlier events only, this session's query excluded
+        context = inputs.behavior.context_for(
+            user, before_timestamp=ts, query_id=qid, exclude_session=session
+        )
         prompt = builder.search_prompt(queries[qid], inputs.query_codes.get(qid), context)
         pairs.extend([(prompt, builder.target(codes))] * (2 if event == Event.ORDERED else 1))
     return pairs

@@ -72,6 +72,13 @@ def prepare_model_init(run: Path, data: str | Path, config: TrainConfig) -> Path
     return init_dir
 
 
+def behavior_index(track: Track) -> BehaviorIndex | None:
+    """User behaviour of a track; None for search-only tracks (no users at all)."""
+    if track.interactions is None and track.sequences is None:
+        return None
+    return BehaviorIndex.from_track(track)
+
+
 def stage_inputs(run: Path, data: str | Path, prompt_config: PromptConfig | None = None) -> StageInputs:
     track = load_track(data)
     sids = SemanticIdTokenizer.load(Path(run) / "sid_tokenizer")

@@ -1,0 +1,178 @@
+"""Evaluate a trained run on a track, beside the baselines, exactly per evaluation.md.
+
+Search tracks (queries + judgments: Home Depot, synthetic): the model ranks the whole catalogue for
+each query of the split (constrained beam search, SIDs expanded to items); BM25, dense and RRF run on
+the same queries and corpus. Next-item tracks (Amazon): the model ranks from each row's history; the
+popularity, co-occurrence and dense-history baselines run beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from onesearch_ray.data import Track, load_track
+from onesearch_ray.decoding.beam import TransformersEngine
+from onesearch_ray.decoding.trie import SidTrie
+from onesearch_ray.eval.generative import next_item_prompts, rank_prompts, search_prompts
+from onesearch_ray.eval.metrics import mean_distinct_items_at_k, next_item_metrics, search_metrics
+from onesearch_ray.eval.tracks import (
+    next_item_eval_inputs,
+    run_next_item_baselines,
+    run_search_baselines,
+    search_eval_inputs,
+)
+from onesearch_ray.khqe import SemanticIdTokenizer, item_text
+from onesearch_ray.model import load_model
+from onesearch_ray.prompts import PromptBuilder, PromptConfig, SidVocabulary
+from onesearch_ray.runs import texts_digest
+from onesearch_ray.train.workflow import behavior_index, load_query_codes
+
+log = logging.getLogger(__name__)
+TRACK_KINDS = {"homedepot": "search", "synthetic": "search", "amazon18": "next_item"}
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"
+    beam: int = 50
+    k: int = 350
+    limit: int = 0  # evaluate only the first N queries/rows (0: all)
+    baselines: bool = True
+    threads: int = 0
+
+
+def latest_model_dir(run: Path) -> Path:
+    pointer = run / "model/latest.json"
+    if not pointer.exists():
+        raise FileNotFoundError(f"{pointer}: no trained model in this run (run `onesearch train` first)")
+    return Path(json.loads(pointer.read_text())["model"])
+
+
+def build_engine(run: Path, model_dir: Path | None = None) -> tuple[TransformersEngine, SemanticIdTokenizer]:
+    sids = SemanticIdTokenizer.load(run / "sid_tokenizer")
+    model, tokenizer = load_model(model_dir or latest_model_dir(run))
+    vocabulary = SidVocabulary.from_tokenizers(tokenizer, sids)
+    trie = SidTrie(np.asarray(sids.all_sids()), sids.layout.level_sizes)
+    return TransformersEngine(model, tokenizer, vocabulary.position_token_ids, trie), sids
+
+
+def cached_vectors(run: Path, name: str, texts: list[str]) -> np.ndarray | None:
+    """Reuse the encode stage's raw embeddings when they were computed from exactly these texts."""
+    vectors, digest = run / f"embeddings/{name}.npy", run / f"embeddings/{name}.sha256"
+    if not vectors.exists() or not digest.exists():
+        return None
+    from onesearch_ray.khqe import EncoderConfig
+
+    encoder = EncoderConfig()
+    expected = texts_digest(texts, salt=f"{encoder.model}|{encoder.max_seq_length}")
+    return np.load(vectors) if digest.read_text().strip() == expected else None
+
+
+def evaluate(run: str | Path, data: str | Path, track_kind: str, config: EvalConfig) -> dict[str, dict]:
+    run, track = Path(run), load_track(data)
+    engine, sids = build_engine(run)
+    builder = PromptBuilder(sids, PromptConfig())
+    if track_kind == "search":
+        return _evaluate_search(run, track, engine, sids, builder, config)
+    if track_kind == "next_item":
+        return _evaluate_next_item(run, track, engine, sids, builder, config)
+    raise ValueError(f"unknown track kind {track_kind!r} (expected search or next_item)")
+
+
+def _evaluate_search(run, track: Track, engine, sids, builder, config: EvalConfig) -> dict[str, dict]:
+    query_ids, query_texts, judgments = search_eval_inputs(track, config.split)
+    # only queries with a relevant item count (evaluation.md); skip the rest before decoding
+    keep = [i for i, q in enumerate(query_ids) if any(r >= 2.67 for r in judgments.get(q, {}).values())]
+    if config.limit:
+        keep = keep[: config.limit]
+    queries = [(query_ids[i], query_texts[i]) for i in keep]
+    prompts = search_prompts(builder, queries, load_query_codes(run), behavior_index(track))
+    started = time.perf_counter()
+    generated = rank_prompts(engine, prompts, sids, config.beam, config.k)
+    elapsed = time.perf_counter() - started
+    rankings = {qid: ranked for (qid, _), ranked in zip(queries, generated.rankings, strict=True)}
+    model = search_metrics(rankings, judgments)
+    model.update(_generation_stats(generated, sids, config, elapsed, len(prompts)))
+    results = {"model": model}
+    if config.baselines:
+        kept_ids = {qid for qid, _ in queries}
+        results.update(_search_baselines(run, track, config, kept_ids))
+    return results
+
+
+def _search_baselines(run: Path, track: Track, config: EvalConfig, kept_ids: set[int]) -> dict[str, dict]:
+    items = track.items
+    texts = [
+        item_text(t, b)
+        for t, b in zip(items.column("title").to_pylist(), items.column("brand").to_pylist(), strict=True)
+    ]
+    item_vectors = cached_vectors(run, "items", texts)
+    query_vectors = cached_vectors(run, "queries", track.queries.column("query").to_pylist())
+    encoder = None
+    if item_vectors is None or query_vectors is None:
+        from onesearch_ray.khqe import SentenceTransformerEncoder
+
+        encoder = SentenceTransformerEncoder()
+    if config.limit:  # baselines on exactly the queries the model saw
+        mask = np.isin(np.asarray(track.queries.column("query_id").to_pylist()), sorted(kept_ids))
+        track = dataclasses.replace(track, queries=track.queries.filter(pa.array(mask)))
+        query_vectors = None if query_vectors is None else query_vectors[mask]
+    return run_search_baselines(
+        track,
+        config.split,
+        item_vectors=item_vectors,
+        query_vectors=query_vectors,
+        encoder=encoder,
+        k=config.k,
+    )
+
+
+def _evaluate_next_item(run, track: Track, engine, sids, builder, config: EvalConfig) -> dict[str, dict]:
+    histories, targets, user_ids = next_item_eval_inputs(track, config.split)
+    if config.limit:
+        histories, targets, user_ids = (
+            histories[: config.limit],
+            targets[: config.limit],
+            user_ids[: config.limit],
+        )
+    prompts = next_item_prompts(builder, user_ids, histories)
+    started = time.perf_counter()
+    generated = rank_prompts(engine, prompts, sids, config.beam, max(10, config.k))
+    elapsed = time.perf_counter() - started
+    model = next_item_metrics(generated.rankings, targets)
+    model.update(_generation_stats(generated, sids, config, elapsed, len(prompts)))
+    results = {"model": model}
+    if config.baselines:
+        items = track.items
+        texts = [
+            item_text(t, b)
+            for t, b in zip(items.column("title").to_pylist(), items.column("brand").to_pylist(), strict=True)
+        ]
+        vectors = cached_vectors(run, "items", texts)
+        encoder = None
+        if vectors is None:
+            from onesearch_ray.khqe import SentenceTransformerEncoder
+
+            encoder = SentenceTransformerEncoder()
+        baselines = run_next_item_baselines(track, config.split, item_vectors=vectors, encoder=encoder)
+        if config.limit:
+            log.warning("--limit applies to the model only; baselines cover the whole split")
+        results.update(baselines)
+    return results
+
+
+def _generation_stats(generated, sids, config: EvalConfig, elapsed: float, n: int) -> dict[str, float]:
+    return {
+        "valid_sid_rate": generated.valid_sid_rate(sids),
+        f"distinct_items@{config.k}": mean_distinct_items_at_k(generated.rankings, config.k),
+        "beam": config.beam,
+        "ms_per_query": 1000 * elapsed / max(1, n),
+    }

@@ -1,0 +1,81 @@
+"""Evaluation job: a trained run on a track's split, beside the baselines (evaluation.md protocol).
+
+Writes ``RUN/eval_<track>.json`` shaped ``{"model": {...}, "bm25": {...}, "dense": {...}, "rrf": {...}}``
+(next-item tracks: ``popularity``, ``cooccurrence``, ``dense`` instead) and ``RUN/eval_<track>.png``.
+
+    python -m pipelines.evaluate --run RUN --track homedepot --data DIR --split test
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from onesearch_ray.eval.report import (
+    NEXT_ITEM_TABLE_METRICS,
+    SEARCH_TABLE_METRICS,
+    format_table,
+    plot_results,
+    write_eval_json,
+)
+from onesearch_ray.eval.runner import TRACK_KINDS, EvalConfig, evaluate
+
+log = logging.getLogger("onesearch.evaluate")
+
+
+def run_eval(run: str | Path, track: str, data: str | Path, config: EvalConfig) -> dict[str, dict]:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    kind = TRACK_KINDS[track]
+    results = evaluate(run, data, kind, config)
+    run = Path(run)
+    write_eval_json(run / f"eval_{track}.json", results)
+    metrics = SEARCH_TABLE_METRICS if kind == "search" else NEXT_ITEM_TABLE_METRICS
+    plot_results(results, run / f"eval_{track}.png", title=f"{track} ({config.split})")
+    print(format_table(results, [*metrics, "valid_sid_rate"]))
+    print(f"\nwrote {run / f'eval_{track}.json'} and {run / f'eval_{track}.png'}")
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.evaluate", description=__doc__.split("\n\n")[0]
+    )
+    add_eval_arguments(parser)
+    return parser
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, type=Path, help="trained run directory")
+    parser.add_argument("--track", required=True, choices=sorted(TRACK_KINDS))
+    parser.add_argument("--data", required=True, type=Path, help="track directory (any in that format)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--beam", type=int, default=50, help="beam width of the constrained search")
+    parser.add_argument("--k", type=int, default=350, help="ranking depth (items)")
+    parser.add_argument("--limit", type=int, default=0, help="evaluate the model on the first N only")
+    parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    return EvalConfig(
+        split=args.split,
+        beam=args.beam,
+        k=args.k,
+        limit=args.limit,
+        baselines=not args.no_baselines,
+        threads=args.threads,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return run_eval(args.run, args.track, args.data, config_from_args(args))
+
+
+if __name__ == "__main__":
+    main()
