@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_QUICKSTART_RUN = Path("runs/quickstart")
+QUICKSTART_CONFIG = Path(__file__).resolve().parents[1] / "configs/quickstart.yaml"
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -51,6 +52,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from pipelines import evaluate
 
     evaluate.run_eval(args.run, args.track, args.data, evaluate.config_from_args(args))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from serve_apps.launch import start
+
+    start(args.run, host=args.host, port=args.port, engine=args.engine, data=args.data)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from demo.app import launch
+
+    launch(api_url=args.api, host=args.host, port=args.port)
     return 0
 
 
@@ -116,10 +131,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(evaluation)
     evaluation.set_defaults(handler=_cmd_eval)
 
+    serving = commands.add_parser("serve", help="serve a trained run over HTTP (Ray Serve + vLLM)")
+    serving.add_argument("--run", required=True, type=Path, help="trained run directory")
+    serving.add_argument("--port", type=int, default=8000)
+    serving.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
+    serving.add_argument("--engine", default="vllm", choices=["vllm", "transformers"])
+    serving.add_argument("--data", help="track directory for user behaviour (default: the one encoded)")
+    serving.set_defaults(handler=_cmd_serve)
+
+    demo = commands.add_parser("demo", help="the Gradio demo page, talking to a running search API")
+    demo.add_argument("--api", default="http://127.0.0.1:8000", help="base URL of `onesearch serve`")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=7860)
+    demo.set_defaults(handler=_cmd_demo)
+
     quick = commands.add_parser("quickstart", help="run the pipeline end to end on the default data")
     quick.add_argument("--data", type=Path, help="a track directory instead of the synthetic default")
     quick.add_argument("--out", type=Path, default=DEFAULT_QUICKSTART_RUN)
-    quick.add_argument("--config", help="YAML config")
+    quick.add_argument("--config", default=str(QUICKSTART_CONFIG), help="YAML config")
     quick.add_argument("--seed", type=int, default=0)
     quick.add_argument("--beam", type=int, default=50, help="beam width for the evaluation")
     quick.set_defaults(handler=_cmd_quickstart)

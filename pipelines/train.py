@@ -183,6 +183,9 @@ def train_stages(run_dir: str | Path, data: str | Path, stages: list[str], confi
             previous = final if (final / "config.json").exists() else previous
             continue
         pairs = build_stage_pairs(run.path, data, stage)
+        if not pairs:
+            log.warning("%s: this track has no training signal for the stage; skipped", stage)
+            continue
         log.info("%s: %d training pairs", stage, len(pairs))
         write_stage_examples(run, stage, pairs)
         previous = run_stage(run, stage, previous, config, str(data))

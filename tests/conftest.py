@@ -66,3 +66,31 @@ def ray_cluster(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_track(tmp_path_factory) -> Path:
     return write_synthetic(tmp_path_factory.mktemp("track") / "synthetic", SMALL_TRACK)
+
+
+@pytest.fixture(scope="session")
+def encoded_small_run(ray_cluster, small_track, tmp_path_factory) -> Path:
+    """The small synthetic track after `encode` (KHQE on the real Ray cluster)."""
+    from onesearch_ray.khqe import KHQEConfig
+    from pipelines import prepare
+
+    run = tmp_path_factory.mktemp("encoded") / "run"
+    prepare.prepare(small_track, run, KHQEConfig())
+    return run
+
+
+@pytest.fixture(scope="session")
+def trained_small_run(encoded_small_run, small_track, tmp_path_factory) -> Path:
+    """A copy of the encoded small run with a tiny model trained briefly through all stages
+    (Ray Train on the session cluster). Enough for serving and UI tests, not for quality."""
+    from onesearch_ray.train.config import load_train_config
+    from pipelines import train
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    shutil.copytree(encoded_small_run, run, ignore=shutil.ignore_patterns("sft", "model"))
+    config = load_train_config(size="tiny", max_steps=40)
+    config.tokenizer_vocab_size = 1000
+    for stage in config.stages.values():
+        stage.batch_size, stage.learning_rate, stage.log_every = 16, 5e-3, 20
+    train.train_stages(run, small_track, ["alignment", "cooccurrence", "personalization"], config)
+    return run

@@ -143,6 +143,10 @@ class BehaviorIndex:
     def __contains__(self, user_id: object) -> bool:
         return user_id in self.histories
 
+    def user_ids(self) -> list[str]:
+        """Known users, most active first (ties by id), e.g. for a demo's user picker."""
+        return sorted(self.histories, key=lambda u: (-len(self.histories[u].click_items), u))
+
     def __len__(self) -> int:
         return len(self.histories)
 

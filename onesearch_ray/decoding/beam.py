@@ -29,6 +29,9 @@ class DecodingEngine(Protocol):
 
     def search(self, prompts: Sequence[str], beam: int) -> list[list[SidHit]]: ...
 
+    def set_trie(self, trie: SidTrie) -> None:
+        """Swap the SID constraint atomically; searches already running keep the trie they started with."""
+
 
 def select_beams(
     scores: np.ndarray, codes: np.ndarray, sid_logprobs: np.ndarray, mask: np.ndarray, beam: int
@@ -58,6 +61,9 @@ class TransformersEngine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.position_token_ids = [torch.as_tensor(ids, dtype=torch.long) for ids in position_token_ids]
+        self.trie = trie
+
+    def set_trie(self, trie: SidTrie) -> None:
         self.trie = trie
 
     @torch.inference_mode()

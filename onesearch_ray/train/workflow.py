@@ -87,14 +87,13 @@ def stage_inputs(run: Path, data: str | Path, prompt_config: PromptConfig | None
         sids=sids,
         query_codes=load_query_codes(Path(run)),
         builder=PromptBuilder(sids, prompt_config or PromptConfig()),
-        behavior=BehaviorIndex.from_track(track),
+        behavior=behavior_index(track),
     )
 
 
 def build_stage_pairs(run: Path, data: str | Path, stage: str) -> Pairs:
+    """The stage's (prompt, target) pairs; empty when the track has no signal for it
+    (e.g. co-occurrence on a track without queries)."""
     if stage not in STAGE_BUILDERS:
         raise ValueError(f"unknown SFT stage {stage!r} (known: {', '.join(STAGE_BUILDERS)})")
-    pairs = STAGE_BUILDERS[stage](stage_inputs(run, data))
-    if not pairs:
-        raise ValueError(f"stage {stage}: the track at {data} yields no training pairs")
-    return pairs
+    return STAGE_BUILDERS[stage](stage_inputs(run, data))

@@ -1,0 +1,1 @@
+"""Gradio demo page: talks to the search API over HTTP only."""

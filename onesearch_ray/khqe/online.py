@@ -1,0 +1,46 @@
+"""Encode texts exactly as the encode stage did (encoder + keyword fusion), for queries at serving
+time and for NEW items added to a live catalogue (frozen codebooks: cold start)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from onesearch_ray.io import read_json
+from onesearch_ray.khqe.build import EncodedTexts, KHQEConfig, enhance
+from onesearch_ray.khqe.encoder import SentenceTransformerEncoder, TextEncoder
+from onesearch_ray.khqe.keywords import KeyphraseLexicon
+
+
+class RunTextEncoder:
+    """The run's text encoder, lexicon and keyphrase vectors, applied like ``pipelines/prepare.py``."""
+
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        lexicon: KeyphraseLexicon | None,
+        phrase_vectors: np.ndarray | None,
+        text_weight: float = 0.5,
+    ) -> None:
+        self.encoder, self.lexicon, self.phrase_vectors, self.text_weight = (
+            encoder,
+            lexicon,
+            phrase_vectors,
+            text_weight,
+        )
+
+    @classmethod
+    def from_run(cls, run: str | Path, config: KHQEConfig | None = None) -> RunTextEncoder:
+        run = Path(run)
+        config = config or KHQEConfig()
+        lexicon = phrases = None
+        if config.keyword_enhancement and (run / "lexicon.json").exists():
+            lexicon = KeyphraseLexicon.from_json(read_json(run / "lexicon.json"))
+            phrases = np.load(run / "embeddings/phrases.npy", allow_pickle=False)
+        return cls(SentenceTransformerEncoder(config.encoder), lexicon, phrases, config.keyword_text_weight)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        vectors = self.encoder.encode(texts)
+        fused, _ = enhance(EncodedTexts(texts, vectors), self.lexicon, self.phrase_vectors, self.text_weight)
+        return fused
