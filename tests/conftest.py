@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,10 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ONESEARCH_PROGRESS", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray 2.60's `ray start` enables token auth by default while a driver given an explicit address does
+# not; token mode on both sides makes them share Ray's own token file.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 SMALL_TRACK = SyntheticConfig(seed=3, n_items=400, n_users=40, n_queries=120, n_sessions=600)
 
@@ -30,16 +35,22 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
-    """A head node started with `ray start --head`; yields (gcs_address, dashboard_url)."""
+    """A head node started as a user would (`ray start --head`); yields (gcs_address, dashboard_url).
+
+    `--block` keeps the head in a child process we own, so teardown stops THIS cluster only
+    (`ray stop` would stop every Ray cluster on the machine).
+    """
+    import ray
+
     ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent))
     port, dashboard_port = _free_port(), _free_port()
     temp_dir = tmp_path_factory.mktemp("ray")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    subprocess.run(
+    head = subprocess.Popen(
         [
             ray_bin,
             "start",
             "--head",
+            "--block",
             f"--port={port}",
             "--num-cpus=2",
             "--include-dashboard=true",
@@ -48,19 +59,30 @@ def ray_cluster(tmp_path_factory):
             f"--temp-dir={temp_dir}",
             "--disable-usage-stats",
         ],
-        check=True,
-        env=env,
-        capture_output=True,
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     address = f"127.0.0.1:{port}"
-    import ray
-
-    ray.init(address=address, logging_level="WARNING")
+    deadline = time.time() + 120
+    while True:
+        try:
+            ray.init(address=address, logging_level="WARNING")
+            break
+        except Exception:
+            if time.time() > deadline or head.poll() is not None:
+                head.kill()
+                raise
+            time.sleep(2)
     try:
         yield address, f"http://127.0.0.1:{dashboard_port}"
     finally:
         ray.shutdown()
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True)
+        head.terminate()
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,8 @@ pytestmark = [
         not CHROMIUM.exists(), reason=f"{CHROMIUM} missing: run `bash scripts/setup_browser.sh`"
     ),
 ]
+# Skip the module (before the fixtures train a model) when the Python driver is missing.
+sync_api = pytest.importorskip("playwright.sync_api", reason="run `bash scripts/setup_browser.sh`")
 
 
 def _free_port() -> int:
@@ -92,7 +94,6 @@ def demo_url(search_api):
 
 
 def test_demo_search_in_browser(search_api, demo_url, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="run `bash scripts/setup_browser.sh`")
     expect = sync_api.expect
 
     # A user with some history, and one of their own queries (so BM25 surely matches something).

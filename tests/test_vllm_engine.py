@@ -39,8 +39,10 @@ VLLM_SCRIPT = textwrap.dedent(
     """
     import asyncio, json, sys
     import numpy as np
+    from vllm import SamplingParams
     from onesearch_ray.decoding.trie import SidTrie
     from onesearch_ray.decoding.vllm_engine import AsyncVLLMEngine, VLLMEngine
+    from onesearch_ray.decoding.vllm_processor import sid_constraint_args
 
     def dump(hits):
         return [[[list(h.codes), h.score] for h in row] for row in hits]
@@ -57,8 +59,9 @@ VLLM_SCRIPT = textwrap.dedent(
         engine = VLLMEngine.from_model_dir(sys.argv[1], None, small)
         out = {"beams": {str(b): dump(engine.search(prompts, b)) for b in spec["beams"]}}
         # the same LLM, no logits processor / tiny logprob chunks: the same numbers
-        plain = VLLMEngine(engine.llm, engine.tokenizer, engine.position_token_ids, small, constrain=False)
-        chunked = VLLMEngine(engine.llm, engine.tokenizer, engine.position_token_ids, small, max_scored_tokens=3)
+        parts = (engine.llm, engine.tokenizer, engine.position_token_ids, small)
+        plain = VLLMEngine(*parts, constrain=False)
+        chunked = VLLMEngine(*parts, max_scored_tokens=3)
         out["plain"] = dump(plain.search(prompts, 5))
         out["chunked"] = dump(chunked.search(prompts, 5))
         # a search started before a swap keeps its trie; the next one sees the new item
@@ -73,6 +76,13 @@ VLLM_SCRIPT = textwrap.dedent(
         served = AsyncVLLMEngine(engine)
         out["async"] = dump(asyncio.run(concurrent(served, prompts[:3], spec["beams"])))
         served.close()
+        # the processor in a mixed batch: constrained to one token vs unconstrained greedy
+        ids = engine.tokenizer(prompts[0], add_special_tokens=False)["input_ids"]
+        forced = int(engine.position_token_ids[0][-1])
+        params = [SamplingParams(max_tokens=1, temperature=0.0, extra_args=sid_constraint_args([forced])),
+                  SamplingParams(max_tokens=1, temperature=0.0)]
+        outs = engine.llm.generate([{"prompt_token_ids": ids}] * 2, params, use_tqdm=False)
+        out["forced"] = [forced, *(o.outputs[0].token_ids[0] for o in outs)]
         print("RESULT " + json.dumps(out))
     """
 )
@@ -189,6 +199,18 @@ def test_trie_swap_is_seen_by_the_next_search_only(vllm_run):
     assert swapped[0].codes == target  # the added item is the model's favourite
     assert_same_hits(swapped, reference(big).search(prompts[:1], 5)[0])
     assert result["trie_version"] == big.version
+
+
+@torch.no_grad()
+def test_processor_masks_constrained_requests_only(vllm_run, trained):
+    *_, result = vllm_run
+    _, model_dir, _, prompts = trained
+    forced, constrained, free = result["forced"]
+    assert constrained == forced
+    model, tokenizer = load_model(model_dir)
+    logits = model(torch.tensor([tokenizer(prompts[0], add_special_tokens=False)["input_ids"]])).logits[0, -1]
+    assert logits[free] >= logits.max() - TOL  # the unconstrained request kept its greedy token
+    assert logits[forced] < logits.max()
 
 
 @torch.no_grad()

@@ -24,9 +24,15 @@ the prompts to ONE background thread that owns the in-process ``LLM`` and advanc
 flight by one SID position per ``generate`` call, so concurrent callers share batches at step
 granularity. Why not ``vllm.v1.engine.async_llm.AsyncLLM``: in 0.32 it always runs the engine core
 in a separate process ("asyncio without multiprocessing is not currently supported"), which on
-these 2-core CPU boxes means ~25 s more start-up, msgspec/ZMQ per request, and a second busy
-process; the in-process engine (``distributed_executor_backend="uni"``,
-``VLLM_ENABLE_V1_MULTIPROCESSING=0``) starts in ~5 s. The event loop is never blocked.
+these 2-core CPU boxes means ~27 s start-up instead of ~5 s (stack notes), msgspec/ZMQ per request
+and a second busy process, for no batching gain: the worker thread already batches every search
+in flight. The event loop is never blocked. ``VLLMEngine`` itself also works over a multiprocess
+``LLM`` (the GPU default): the processor needs nothing but the request's ``extra_args``.
+
+Cost model (measured on CPU, see ``bench/serving_engines.py``): vLLM caches KV only in FULL blocks
+(32 tokens minimum on CPU), so every beam request recomputes the prompt's last partial block plus
+its SID tokens, ~16 + depth tokens, where ``TransformersEngine`` (KV-cache reorder) computes one
+token per beam per step; plus ~0.2 ms of vLLM bookkeeping per request.
 """
 
 from __future__ import annotations
@@ -73,7 +79,7 @@ def default_vllm_kwargs(cuda: bool) -> dict[str, Any]:
 
 
 @dataclass
-class _Search:
+class SearchState:
     """One prompt's beam search, advanced one SID position per engine step."""
 
     prompt_ids: list[int]
@@ -134,13 +140,15 @@ class VLLMEngine:
         trie: SidTrie,
         *,
         constrain: bool = True,
+        warmup: bool = True,
         **vllm_kwargs: Any,
     ) -> VLLMEngine:
         """Load a ``save_model`` directory into vLLM; ``position_token_ids=None`` reads its SID vocabulary.
 
         CPU: sets ``VLLM_ENABLE_V1_MULTIPROCESSING=0``, ``VLLM_CPU_KVCACHE_SPACE=1`` and
         ``HF_HUB_OFFLINE=1`` unless already set (in this process's environment), eager + "uni".
-        ``vllm_kwargs`` override the defaults of :func:`default_vllm_kwargs`. Call it under an
+        ``vllm_kwargs`` override the defaults of :func:`default_vllm_kwargs`. ``warmup`` runs one small
+        search now (the first one pays a few seconds of one-time set-up). Call it under an
         ``if __name__ == "__main__":`` guard in scripts.
         """
         import torch
@@ -164,8 +172,16 @@ class VLLMEngine:
 
             position_token_ids = SidVocabulary.load(model_dir).position_token_ids
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        llm = LLM(model=str(model_dir), **kwargs)
-        return cls(llm, tokenizer, position_token_ids, trie, constrain=constrain)
+        engine = cls(
+            LLM(model=str(model_dir), **kwargs), tokenizer, position_token_ids, trie, constrain=constrain
+        )
+        if warmup:
+            engine.warmup()
+        return engine
+
+    def warmup(self, prompt: str = "<|answer|>", beam: int = 8) -> None:
+        """One throw-away search (``<|answer|>`` is the prompt builder's last marker)."""
+        self.search([prompt], beam)
 
     # ---- trie ------------------------------------------------------------------------------
     @property
@@ -190,7 +206,7 @@ class VLLMEngine:
             self.step(searches)
         return [s.hits() for s in searches]
 
-    def start(self, prompts: Sequence[str], beam: int) -> list[_Search]:
+    def start(self, prompts: Sequence[str], beam: int) -> list[SearchState]:
         """New searches on the current trie (read once, here)."""
         if beam < 1:
             raise ValueError(f"beam must be >= 1, got {beam}")
@@ -200,13 +216,13 @@ class VLLMEngine:
         for ids in encoded:
             if limit is not None and len(ids) + trie.depth > limit:
                 raise ValueError(f"prompt of {len(ids)} tokens + a SID does not fit max_model_len {limit}")
-        return [_Search(list(ids), int(beam), trie, done=trie.depth == 0) for ids in encoded]
+        return [SearchState(list(ids), int(beam), trie, done=trie.depth == 0) for ids in encoded]
 
     def _max_model_len(self) -> int | None:
         config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
         return getattr(config, "max_model_len", None)
 
-    def step(self, searches: Sequence[_Search]) -> None:
+    def step(self, searches: Sequence[SearchState]) -> None:
         """Extend every unfinished search by one SID position (one ``generate`` call for all)."""
         step = self._requests(searches)
         outputs = self._generate(step) if step.prompts else []
@@ -220,7 +236,7 @@ class VLLMEngine:
             )
             search.done = len(search.codes) == 0 or search.depth == search.trie.depth
 
-    def _requests(self, searches: Sequence[_Search]) -> _Step:
+    def _requests(self, searches: Sequence[SearchState]) -> _Step:
         from vllm import SamplingParams
 
         from onesearch_ray.decoding.vllm_processor import sid_constraint_args
@@ -266,7 +282,7 @@ class VLLMEngine:
         with self._lock:
             return self.llm.generate(step.prompts, step.params, use_tqdm=False)
 
-    def _scatter_logprobs(self, searches: Sequence[_Search], step: _Step, outputs: list[Any]) -> list:
+    def _scatter_logprobs(self, searches: Sequence[SearchState], step: _Step, outputs: list[Any]) -> list:
         """Per search, a (beams, K) array of full-vocab logprobs of the allowed codes (-inf elsewhere)."""
         tables = [None if mask is None else np.full(mask.shape, -np.inf) for mask in step.masks]
         for (index, row), output in zip(step.owners, outputs, strict=True):
@@ -290,7 +306,7 @@ class AsyncVLLMEngine:
 
     def __init__(self, engine: VLLMEngine) -> None:
         self.engine = engine
-        self._inbox: list[tuple[list[_Search], asyncio.AbstractEventLoop, asyncio.Future]] = []
+        self._inbox: list[tuple[list[SearchState], asyncio.AbstractEventLoop, asyncio.Future]] = []
         self._wake = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -329,7 +345,7 @@ class AsyncVLLMEngine:
             self._thread.join()
 
     def _run(self) -> None:
-        active: list[tuple[list[_Search], asyncio.AbstractEventLoop, asyncio.Future]] = []
+        active: list[tuple[list[SearchState], asyncio.AbstractEventLoop, asyncio.Future]] = []
         while True:
             with self._wake:
                 while not self._inbox and not active and not self._closed:
