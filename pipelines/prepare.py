@@ -116,7 +116,8 @@ def prepare(
     started = time.perf_counter()
     run = RunDir(out_dir)
     track = load_track(data_dir)
-    threads = threads or max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, actors))
+    # size actors by what is free now, so an actor never waits for CPUs held elsewhere
+    threads = threads or max(1, int(ray.available_resources().get("CPU", 1)) // max(1, actors))
     items = track.items
     titles, brands = items.column("title").to_pylist(), items.column("brand").to_pylist()
     item_texts = [item_text(title, brand) for title, brand in zip(titles, brands, strict=True)]

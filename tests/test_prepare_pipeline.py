@@ -132,6 +132,8 @@ def test_prepare_job_via_ray_job_submit(ray_cluster, small_track, tmp_path):
             str(out),
             "--layout",
             "64-64+opq2x16",
+            "--threads",
+            "1",
         ],
         capture_output=True,
         text=True,
@@ -147,7 +149,9 @@ def test_prepare_job_via_ray_job_submit(ray_cluster, small_track, tmp_path):
         time.sleep(3)
         status = subprocess.run(
             [ray_bin, "job", "status", "--address", dashboard, job_id], capture_output=True, text=True
-        ).stdout
+        )
+        status = status.stdout + status.stderr  # the CLI logs the status to stderr
+
         status = next((s for s in ("SUCCEEDED", "FAILED", "STOPPED") if s in status), status)
     logs = subprocess.run(
         [ray_bin, "job", "logs", "--address", dashboard, job_id], capture_output=True, text=True

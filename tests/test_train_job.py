@@ -46,9 +46,10 @@ def submit(dashboard: str, args: list[str]) -> str:
 
 
 def job_status(dashboard: str, job_id: str) -> str:
-    out = subprocess.run(
+    result = subprocess.run(
         [RAY, "job", "status", "--address", dashboard, job_id], capture_output=True, text=True
-    ).stdout
+    )
+    out = result.stdout + result.stderr  # the CLI logs the status to stderr
     return next((s for s in TERMINAL if s in out), "RUNNING")
 
 
