@@ -56,6 +56,14 @@ def make_engine(kind: str):
     return factory
 
 
+def _http_error(err: Exception) -> HTTPException:
+    if isinstance(err, UnknownUserError):
+        return HTTPException(404, err.args[0] if err.args else str(err))
+    if isinstance(err, BadRequestError):
+        return HTTPException(422, str(err))
+    return HTTPException(500, "internal error")
+
+
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
 @serve.ingress(api)
 class SearchDeployment:
@@ -69,7 +77,10 @@ class SearchDeployment:
 
     @api.post("/search", response_model=SearchResponse)
     async def search(self, body: SearchRequest) -> SearchResponse:
-        result = await self._search_batch(body)
+        try:
+            result = await self._search_batch(body)
+        except (UnknownUserError, BadRequestError) as err:  # serve.batch re-raises a slot's exception
+            raise _http_error(err) from None
         if isinstance(result, Exception):
             raise _http_error(result)
         return result
@@ -108,14 +119,6 @@ class SearchDeployment:
         return JSONResponse(
             {"status": "ok", "items": self.service.sids.n_items, "trie_version": self.service.trie.version}
         )
-
-
-def _http_error(err: Exception) -> HTTPException:
-    if isinstance(err, UnknownUserError):
-        return HTTPException(404, err.args[0] if err.args else str(err))
-    if isinstance(err, BadRequestError):
-        return HTTPException(422, str(err))
-    return HTTPException(500, "internal error")
 
 
 def build_app(args: dict) -> serve.Application:

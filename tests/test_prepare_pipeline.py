@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -15,6 +13,7 @@ import pytest
 from onesearch_ray.khqe import KHQEConfig, SemanticIdTokenizer
 from onesearch_ray.runs import RunDir
 from pipelines import prepare
+from tests import ray_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,48 +112,8 @@ def test_cli_rejects_bad_input(tmp_path):
 def test_prepare_job_via_ray_job_submit(ray_cluster, small_track, tmp_path):
     _, dashboard = ray_cluster
     out = tmp_path / "job_run"
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    submit = subprocess.run(
-        [
-            ray_bin,
-            "job",
-            "submit",
-            "--address",
-            dashboard,
-            "--no-wait",
-            "--",
-            sys.executable,
-            "-m",
-            "pipelines.prepare",
-            "--data",
-            str(small_track),
-            "--out",
-            str(out),
-            "--layout",
-            "64-64+opq2x16",
-            "--threads",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-        env={**os.environ, "RAY_ADDRESS": ""},
-    )
-    assert submit.returncode == 0, submit.stderr
-    job_id = next(w for w in submit.stdout.split() if w.startswith("raysubmit_"))
-    deadline = time.time() + 300
-    status = ""
-    while time.time() < deadline and status not in {"SUCCEEDED", "FAILED", "STOPPED"}:
-        time.sleep(3)
-        status = subprocess.run(
-            [ray_bin, "job", "status", "--address", dashboard, job_id], capture_output=True, text=True
-        )
-        status = status.stdout + status.stderr  # the CLI logs the status to stderr
-
-        status = next((s for s in ("SUCCEEDED", "FAILED", "STOPPED") if s in status), status)
-    logs = subprocess.run(
-        [ray_bin, "job", "logs", "--address", dashboard, job_id], capture_output=True, text=True
-    )
-    assert status == "SUCCEEDED", logs.stdout[-3000:]
+    args = ["--data", str(small_track), "--out", str(out), "--layout", "64-64+opq2x16", "--threads", "1"]
+    job_id = ray_jobs.submit(dashboard, "pipelines.prepare", args)
+    ray_jobs.wait_for(lambda: ray_jobs.status(dashboard, job_id) in ray_jobs.TERMINAL, 300, "the prepare job")
+    assert ray_jobs.status(dashboard, job_id) == "SUCCEEDED", ray_jobs.logs(dashboard, job_id)[-3000:]
     assert json.loads((out / "codes_report.json").read_text())["layout"] == "32-32+opq2x16"

@@ -4,68 +4,15 @@ stopped mid-stage, resubmitted, resumed from its last checkpoint, completed."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from onesearch_ray.model import load_model
 from onesearch_ray.train import checkpoints
-
-REPO = Path(__file__).resolve().parents[1]
-RAY = str(Path(sys.executable).parent / "ray")
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-
-
-def submit(dashboard: str, args: list[str]) -> str:
-    result = subprocess.run(
-        [
-            RAY,
-            "job",
-            "submit",
-            "--address",
-            dashboard,
-            "--no-wait",
-            "--",
-            sys.executable,
-            "-m",
-            "pipelines.train",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-        env={**os.environ, "RAY_ADDRESS": ""},
-    )
-    assert result.returncode == 0, result.stderr
-    return next(word for word in result.stdout.split() if word.startswith("raysubmit_"))
-
-
-def job_status(dashboard: str, job_id: str) -> str:
-    result = subprocess.run(
-        [RAY, "job", "status", "--address", dashboard, job_id], capture_output=True, text=True
-    )
-    out = result.stdout + result.stderr  # the CLI logs the status to stderr
-    return next((s for s in TERMINAL if s in out), "RUNNING")
-
-
-def job_logs(dashboard: str, job_id: str) -> str:
-    return subprocess.run(
-        [RAY, "job", "logs", "--address", dashboard, job_id], capture_output=True, text=True
-    ).stdout
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(2)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.ray_jobs import RAY, TERMINAL, submit, wait_for
+from tests.ray_jobs import logs as job_logs
+from tests.ray_jobs import status as job_status
 
 
 @pytest.mark.slow
@@ -89,7 +36,7 @@ def test_two_worker_job_stops_and_resumes(ray_cluster, encoded_small_run, small_
     ]
     stage_dir = encoded_small_run / "sft/alignment"
 
-    first = submit(dashboard, args)
+    first = submit(dashboard, "pipelines.train", args)
     wait_for(
         lambda: checkpoints.latest(stage_dir) is not None or job_status(dashboard, first) in TERMINAL,
         240,
@@ -100,7 +47,7 @@ def test_two_worker_job_stops_and_resumes(ray_cluster, encoded_small_run, small_
     stopped_at = checkpoints.read_state(checkpoints.latest(stage_dir))["step"]
     assert 10 <= stopped_at < 120, f"stopped at {stopped_at}: the stop came too late to test resuming"
 
-    second = submit(dashboard, args)
+    second = submit(dashboard, "pipelines.train", args)
     wait_for(lambda: job_status(dashboard, second) in TERMINAL, 300, "the resumed job")
     logs = job_logs(dashboard, second)
     assert job_status(dashboard, second) == "SUCCEEDED", logs[-3000:]
