@@ -7,7 +7,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -37,20 +36,19 @@ def _free_port() -> int:
 def ray_cluster(tmp_path_factory):
     """A head node started as a user would (`ray start --head`); yields (gcs_address, dashboard_url).
 
-    `--block` keeps the head in a child process we own, so teardown stops THIS cluster only
-    (`ray stop` would stop every Ray cluster on the machine).
+    Teardown runs `ray stop`, which stops every Ray cluster on the machine: fine in CI, but don't run
+    the Ray tests while your own Ray jobs run on the same machine.
     """
     import ray
 
     ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent))
     port, dashboard_port = _free_port(), _free_port()
     temp_dir = tmp_path_factory.mktemp("ray")
-    head = subprocess.Popen(
+    subprocess.run(
         [
             ray_bin,
             "start",
             "--head",
-            "--block",
             f"--port={port}",
             "--num-cpus=2",
             "--include-dashboard=true",
@@ -59,30 +57,16 @@ def ray_cluster(tmp_path_factory):
             f"--temp-dir={temp_dir}",
             "--disable-usage-stats",
         ],
+        check=True,
         env=os.environ.copy(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        capture_output=True,
     )
-    address = f"127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            ray.init(address=address, logging_level="WARNING")
-            break
-        except Exception:
-            if time.time() > deadline or head.poll() is not None:
-                head.kill()
-                raise
-            time.sleep(2)
+    ray.init(address=f"127.0.0.1:{port}", logging_level="WARNING")
     try:
-        yield address, f"http://127.0.0.1:{dashboard_port}"
+        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}"
     finally:
         ray.shutdown()
-        head.terminate()
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
+        subprocess.run([ray_bin, "stop", "--force"], env=os.environ.copy(), capture_output=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -39,25 +40,23 @@ def submit(dashboard: str, module: str, args: list[str], timeout: float = 120) -
             env={**os.environ, "RAY_ADDRESS": ""},
         )
         if result.returncode == 0:
-            return next(word for word in result.stdout.split() if word.startswith("raysubmit_"))
+            return re.search(r"raysubmit_[A-Za-z0-9]+", result.stdout).group(0)
         if "No available agent" not in result.stderr or time.time() > deadline:
             raise AssertionError(result.stderr[-3000:])
         time.sleep(3)
 
 
 def status(dashboard: str, job_id: str) -> str:
-    result = subprocess.run(
-        [RAY, "job", "status", "--address", dashboard, job_id], capture_output=True, text=True
-    )
-    out = result.stdout + result.stderr  # the CLI logs the status to stderr
-    return next((s for s in TERMINAL if s in out), "RUNNING")
+    """SUCCEEDED / FAILED / STOPPED / PENDING / RUNNING (the CLI prints prose; the SDK gives the enum)."""
+    from ray.job_submission import JobSubmissionClient
+
+    return str(JobSubmissionClient(dashboard).get_job_status(job_id).value)
 
 
 def logs(dashboard: str, job_id: str) -> str:
-    result = subprocess.run(
-        [RAY, "job", "logs", "--address", dashboard, job_id], capture_output=True, text=True
-    )
-    return result.stdout + result.stderr
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(dashboard).get_job_logs(job_id)
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
