@@ -31,15 +31,14 @@ from onesearch_ray.khqe import (  # noqa: E402
     QuantizerConfig,
     ResidualQuantizer,
     build_semantic_ids,
-    item_text,
+    catalogue_texts,
 )
 
 
 def run_variants(run: Path, data: Path, rq_layout: str, opq_suffix: str) -> list[dict]:
     track = load_track(data)
     items = track.items
-    titles, brands = items.column("title").to_pylist(), items.column("brand").to_pylist()
-    texts = [item_text(t, b) for t, b in zip(titles, brands, strict=True)]
+    texts = catalogue_texts(items)
     item_vectors = np.load(run / "embeddings/items.npy")
     lexicon = KeyphraseLexicon.from_json(read_json(run / "lexicon.json"))
     phrase_vectors = np.load(run / "embeddings/phrases.npy")

@@ -12,9 +12,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from onesearch_ray.io import read_json, write_json
+from onesearch_ray.io import atomic_path, read_json, write_json
 
 MANIFEST = "manifest.json"
+LATEST_MODEL = "model/latest.json"  # names the newest trained model: what eval and serve load
 _TRACKED_PACKAGES = (
     "onesearch-ray",
     "numpy",
@@ -73,3 +74,15 @@ class RunDir:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         write_json(self.path / MANIFEST, manifest)
+
+
+def write_latest_model(run: str | Path, model_dir: str | Path) -> None:
+    with atomic_path(Path(run) / LATEST_MODEL) as tmp:
+        tmp.write_text(json.dumps({"model": str(Path(model_dir).resolve())}) + "\n")
+
+
+def latest_model_dir(run: str | Path) -> Path:
+    pointer = Path(run) / LATEST_MODEL
+    if not pointer.exists():
+        raise FileNotFoundError(f"{pointer}: no trained model in this run (run `onesearch train` first)")
+    return Path(json.loads(pointer.read_text())["model"])

@@ -31,7 +31,7 @@ import pyarrow as pa
 import ray
 
 from onesearch_ray.data import load_track
-from onesearch_ray.io import atomic_path, write_json, write_parquet
+from onesearch_ray.io import write_json, write_parquet
 from onesearch_ray.khqe import (
     EncodedTexts,
     EncoderConfig,
@@ -39,10 +39,11 @@ from onesearch_ray.khqe import (
     KHQEConfig,
     SemanticIdTokenizer,
     build_semantic_ids,
+    catalogue_texts,
     enhance,
-    item_text,
 )
 from onesearch_ray.khqe.build import load_khqe_config
+from onesearch_ray.khqe.cache import load_embeddings, store_embeddings
 from onesearch_ray.runs import RunDir, texts_digest
 from pipelines.common import init_ray
 
@@ -91,21 +92,16 @@ def embed_with_ray(texts: list[str], encoder: EncoderConfig, actors: int, thread
 
 def cached_embeddings(
     run: RunDir, name: str, texts: list[str], encoder: EncoderConfig, actors: int, threads: int
-):
+) -> np.ndarray:
     """Embeddings for ``texts``, reusing ``embeddings/<name>.npy`` when texts and encoder are unchanged."""
-    digest = texts_digest(texts, salt=f"{encoder.model}|{encoder.max_seq_length}")
-    vectors_path, digest_path = run / f"embeddings/{name}.npy", run / f"embeddings/{name}.sha256"
-    if vectors_path.exists() and digest_path.exists() and digest_path.read_text().strip() == digest:
+    cached = load_embeddings(run.path, name, texts, encoder)
+    if cached is not None:
         log.info("embeddings/%s: cached (%d texts)", name, len(texts))
-        return np.load(vectors_path, allow_pickle=False)
+        return cached
     started = time.perf_counter()
     vectors = embed_with_ray(texts, encoder, actors, threads)
     log.info("embeddings/%s: %d texts in %.1fs", name, len(texts), time.perf_counter() - started)
-    with atomic_path(vectors_path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, vectors, allow_pickle=False)
-    with atomic_path(digest_path) as tmp:
-        tmp.write_text(digest + "\n")
+    store_embeddings(run.path, name, texts, encoder, vectors)
     return vectors
 
 
@@ -119,8 +115,7 @@ def prepare(
     # size actors by what is free now, so an actor never waits for CPUs held elsewhere
     threads = threads or max(1, int(ray.available_resources().get("CPU", 1)) // max(1, actors))
     items = track.items
-    titles, brands = items.column("title").to_pylist(), items.column("brand").to_pylist()
-    item_texts = [item_text(title, brand) for title, brand in zip(titles, brands, strict=True)]
+    item_texts = catalogue_texts(items)
     queries = track.queries
     query_texts = queries.column("query").to_pylist() if queries is not None else []
     train_mask = (

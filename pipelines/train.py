@@ -34,9 +34,9 @@ import ray.train
 import ray.train.torch
 import torch
 
-from onesearch_ray.io import atomic_path, write_parquet
+from onesearch_ray.io import write_parquet
 from onesearch_ray.model import load_model, save_model
-from onesearch_ray.runs import RunDir
+from onesearch_ray.runs import RunDir, write_latest_model
 from onesearch_ray.train import checkpoints
 from onesearch_ray.train.config import TrainConfig, load_train_config
 from onesearch_ray.train.sft import SFTConfig, make_optimizer, tokenize_pairs, train
@@ -189,14 +189,8 @@ def train_stages(run_dir: str | Path, data: str | Path, stages: list[str], confi
         log.info("%s: %d training pairs", stage, len(pairs))
         write_stage_examples(run, stage, pairs)
         previous = run_stage(run, stage, previous, config, str(data))
-    _link_latest(run, previous)
+    write_latest_model(run.path, previous)
     return previous
-
-
-def _link_latest(run: RunDir, model_dir: Path) -> None:
-    """RUN/model/latest.json names the newest trained model (what eval and serve load)."""
-    with atomic_path(run / "model/latest.json") as tmp:
-        tmp.write_text(json.dumps({"model": str(Path(model_dir).resolve())}) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

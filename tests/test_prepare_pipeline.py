@@ -69,43 +69,26 @@ def test_rerun_reuses_cached_embeddings(encoded_run, small_track, caplog):
     assert again["icr"] == report["icr"]  # seeded: same codes
 
 
+def run_encode_cli(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "encode",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *extra,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
 def test_cli_rejects_bad_input(tmp_path):
     (tmp_path / "products.parquet").write_text("not parquet")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.cli",
-            "encode",
-            "--data",
-            str(tmp_path),
-            "--out",
-            str(tmp_path / "r"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
+    result = run_encode_cli(tmp_path, tmp_path / "r")
     assert result.returncode == 2 and "products.parquet" in result.stderr
-    bad_layout = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.cli",
-            "encode",
-            "--data",
-            str(tmp_path),
-            "--out",
-            str(tmp_path / "r"),
-            "--layout",
-            "12-x",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
+    bad_layout = run_encode_cli(tmp_path, tmp_path / "r", "--layout", "12-x")
     assert bad_layout.returncode == 2 and "layout" in bad_layout.stderr
 
 

@@ -9,7 +9,6 @@ popularity, co-occurrence and dense-history baselines run beside it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -29,10 +28,11 @@ from onesearch_ray.eval.tracks import (
     run_search_baselines,
     search_eval_inputs,
 )
-from onesearch_ray.khqe import SemanticIdTokenizer, item_text
+from onesearch_ray.khqe import EncoderConfig, SemanticIdTokenizer, catalogue_texts
+from onesearch_ray.khqe.cache import load_embeddings
 from onesearch_ray.model import load_model
 from onesearch_ray.prompts import PromptBuilder, PromptConfig, SidVocabulary
-from onesearch_ray.runs import texts_digest
+from onesearch_ray.runs import latest_model_dir
 from onesearch_ray.train.workflow import behavior_index, load_query_codes
 
 log = logging.getLogger(__name__)
@@ -49,13 +49,6 @@ class EvalConfig:
     threads: int = 0
 
 
-def latest_model_dir(run: Path) -> Path:
-    pointer = run / "model/latest.json"
-    if not pointer.exists():
-        raise FileNotFoundError(f"{pointer}: no trained model in this run (run `onesearch train` first)")
-    return Path(json.loads(pointer.read_text())["model"])
-
-
 def build_engine(run: Path, model_dir: Path | None = None) -> tuple[TransformersEngine, SemanticIdTokenizer]:
     sids = SemanticIdTokenizer.load(run / "sid_tokenizer")
     model, tokenizer = load_model(model_dir or latest_model_dir(run))
@@ -66,14 +59,7 @@ def build_engine(run: Path, model_dir: Path | None = None) -> tuple[Transformers
 
 def cached_vectors(run: Path, name: str, texts: list[str]) -> np.ndarray | None:
     """Reuse the encode stage's raw embeddings when they were computed from exactly these texts."""
-    vectors, digest = run / f"embeddings/{name}.npy", run / f"embeddings/{name}.sha256"
-    if not vectors.exists() or not digest.exists():
-        return None
-    from onesearch_ray.khqe import EncoderConfig
-
-    encoder = EncoderConfig()
-    expected = texts_digest(texts, salt=f"{encoder.model}|{encoder.max_seq_length}")
-    return np.load(vectors) if digest.read_text().strip() == expected else None
+    return load_embeddings(run, name, texts, EncoderConfig())
 
 
 def evaluate(run: str | Path, data: str | Path, track_kind: str, config: EvalConfig) -> dict[str, dict]:
@@ -110,10 +96,7 @@ def _evaluate_search(run, track: Track, engine, sids, builder, config: EvalConfi
 
 def _search_baselines(run: Path, track: Track, config: EvalConfig, kept_ids: set[int]) -> dict[str, dict]:
     items = track.items
-    texts = [
-        item_text(t, b)
-        for t, b in zip(items.column("title").to_pylist(), items.column("brand").to_pylist(), strict=True)
-    ]
+    texts = catalogue_texts(items)
     item_vectors = cached_vectors(run, "items", texts)
     query_vectors = cached_vectors(run, "queries", track.queries.column("query").to_pylist())
     encoder = None
@@ -152,10 +135,7 @@ def _evaluate_next_item(run, track: Track, engine, sids, builder, config: EvalCo
     results = {"model": model}
     if config.baselines:
         items = track.items
-        texts = [
-            item_text(t, b)
-            for t, b in zip(items.column("title").to_pylist(), items.column("brand").to_pylist(), strict=True)
-        ]
+        texts = catalogue_texts(items)
         vectors = cached_vectors(run, "items", texts)
         encoder = None
         if vectors is None:

@@ -4,7 +4,14 @@ encoder (text -> vector) -> keywords (lexicon, Aho-Corasick, fusion) -> quantize
 -> sid_tokenizer (codes <-> SID tokens <-> items) -> metrics (CUR, ICR). ``build`` runs them in order.
 """
 
-from onesearch_ray.khqe.build import EncodedTexts, KHQEConfig, build_semantic_ids, enhance, item_text
+from onesearch_ray.khqe.build import (
+    EncodedTexts,
+    KHQEConfig,
+    build_semantic_ids,
+    catalogue_texts,
+    enhance,
+    item_text,
+)
 from onesearch_ray.khqe.encoder import EncoderConfig, SentenceTransformerEncoder, TextEncoder
 from onesearch_ray.khqe.keywords import KeyphraseLexicon, LexiconConfig
 from onesearch_ray.khqe.layout import CodebookLayout
@@ -25,6 +32,7 @@ __all__ = [
     "SentenceTransformerEncoder",
     "TextEncoder",
     "build_semantic_ids",
+    "catalogue_texts",
     "code_metrics",
     "enhance",
     "item_text",

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from onesearch_ray.config import parse_config, read_yaml_section
 from onesearch_ray.khqe.encoder import EncoderConfig
@@ -117,3 +118,10 @@ def load_khqe_config(
         config.keyword_enhancement = keyword_enhancement
     CodebookLayout.parse(config.quantizer.layout)  # fail early on a bad layout string
     return config
+
+
+def catalogue_texts(items: pa.Table) -> list[str]:
+    """``item_text`` of every row of an items table (brand optional), in table order."""
+    titles = items.column("title").to_pylist()
+    brands = items.column("brand").to_pylist() if "brand" in items.column_names else [None] * len(titles)
+    return [item_text(title, brand) for title, brand in zip(titles, brands, strict=True)]

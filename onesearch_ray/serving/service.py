@@ -26,6 +26,7 @@ from onesearch_ray.eval.baselines import BM25Retriever
 from onesearch_ray.khqe import SemanticIdTokenizer, item_text
 from onesearch_ray.khqe.online import RunTextEncoder
 from onesearch_ray.prompts import PromptBuilder, PromptConfig, SidVocabulary
+from onesearch_ray.runs import latest_model_dir
 from onesearch_ray.serving.schemas import (
     AddItemsRequest,
     AddItemsResponse,
@@ -65,7 +66,7 @@ class SearchService:
     ) -> None:
         self.run = Path(run)
         self.sids = SemanticIdTokenizer.load(self.run / "sid_tokenizer")
-        self.model_dir = Path(model_dir) if model_dir else _latest_model(self.run)
+        self.model_dir = Path(model_dir) if model_dir else latest_model_dir(self.run)
         from onesearch_ray.model import load_model
 
         _, tokenizer = load_model(self.model_dir)
@@ -171,13 +172,6 @@ class SearchService:
 
     def _sid_of(self, item_id: int) -> str:
         return self.sids.sid_string(self.sids.item_codes([item_id])[0]) if self.sids.has_item(item_id) else ""
-
-
-def _latest_model(run: Path) -> Path:
-    pointer = run / "model/latest.json"
-    if not pointer.exists():
-        raise FileNotFoundError(f"{pointer}: no trained model in this run (run `onesearch train` first)")
-    return Path(json.loads(pointer.read_text())["model"])
 
 
 def _encoded_data(run: Path) -> str | None:
