@@ -77,12 +77,15 @@ class RunDir:
 
 
 def write_latest_model(run: str | Path, model_dir: str | Path) -> None:
-    with atomic_path(Path(run) / LATEST_MODEL) as tmp:
-        tmp.write_text(json.dumps({"model": str(Path(model_dir).resolve())}) + "\n")
+    """Point the run at ``model_dir``; relative to the run when inside it, so a run dir can move."""
+    run, model_dir = Path(run).resolve(), Path(model_dir).resolve()
+    target = model_dir.relative_to(run) if model_dir.is_relative_to(run) else model_dir
+    with atomic_path(run / LATEST_MODEL) as tmp:
+        tmp.write_text(json.dumps({"model": str(target)}) + "\n")
 
 
 def latest_model_dir(run: str | Path) -> Path:
     pointer = Path(run) / LATEST_MODEL
     if not pointer.exists():
         raise FileNotFoundError(f"{pointer}: no trained model in this run (run `onesearch train` first)")
-    return Path(json.loads(pointer.read_text())["model"])
+    return Path(run) / json.loads(pointer.read_text())["model"]  # an absolute path stays as it is

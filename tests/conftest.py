@@ -90,6 +90,7 @@ def trained_small_run(encoded_small_run, small_track, tmp_path_factory) -> Path:
     """A copy of the encoded small run with a tiny model trained briefly through all stages
     (Ray Train on the session cluster). Enough for serving and UI tests, not for quality."""
     from onesearch_ray.train.config import load_train_config
+    from onesearch_ray.train.workflow import train_stages
     from pipelines import train
 
     run = tmp_path_factory.mktemp("trained") / "run"
@@ -98,5 +99,6 @@ def trained_small_run(encoded_small_run, small_track, tmp_path_factory) -> Path:
     config.tokenizer_vocab_size = 1000
     for stage in config.stages.values():
         stage.batch_size, stage.learning_rate, stage.log_every = 16, 5e-3, 20
-    train.train_stages(run, small_track, ["alignment", "cooccurrence", "personalization"], config)
+    stages = ["alignment", "cooccurrence", "personalization"]
+    train_stages(run, small_track, stages, config, train.ray_stage_trainer(config))
     return run

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,6 +15,8 @@ from onesearch_ray.data import Track, load_track
 from onesearch_ray.khqe import SemanticIdTokenizer
 from onesearch_ray.model import ModelConfig, build_model
 from onesearch_ray.prompts import PromptBuilder, train_text_tokenizer
+from onesearch_ray.runs import latest_model_dir
+from onesearch_ray.train import checkpoints, local
 from onesearch_ray.train.sft import (
     IGNORE_INDEX,
     SFTConfig,
@@ -120,3 +125,26 @@ def test_sequence_tracks_train_on_valid_rows_only(encoded_small_run):
     pairs = personalization_pairs(StageInputs(track, sids, {}, PromptBuilder(sids), behavior=None))
     targets = {sids.parse_sid(target.removesuffix("<|eos|>").strip()) for _, target in pairs}
     assert targets == {tuple(int(c) for c in sids.item_codes([i])[0]) for i in ids[1:3]}
+
+
+def test_in_process_trainer_resumes_and_finishes_stages(encoded_small_run, small_track, tmp_path):
+    """The no-Ray single-device trainer: same layout, checkpoints and resume as the Ray job."""
+    run = tmp_path / "run"
+    shutil.copytree(encoded_small_run, run, ignore=shutil.ignore_patterns("sft", "model"))
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        "train:\n  model: {size: tiny}\n  tokenizer_vocab_size: 1000\n  stages:\n"
+        "    alignment: {max_steps: 30, batch_size: 8, checkpoint_every: 10, log_every: 10}\n"
+    )
+    args = ["--run", str(run), "--data", str(small_track), "--stage", "alignment", "--config", str(config)]
+    stage_dir = run / "sft/alignment"
+    local.main([*args, "--max-steps", "20"])
+    assert [step for step, _ in checkpoints.complete(stage_dir)] == [10, 20]
+    shutil.rmtree(run / "model/alignment")  # as if that run had been stopped after step 20
+    final = local.main(args)
+    assert final == run / "model/alignment"
+    assert [step for step, _ in checkpoints.complete(stage_dir)] == [20, 30]  # pruned to the newest two
+    metrics = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [10, 20, 30]  # resumed at 20, not restarted
+    assert json.loads((run / "model/latest.json").read_text())["model"] == "model/alignment"
+    assert latest_model_dir(run) == final

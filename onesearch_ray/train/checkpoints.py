@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -31,16 +32,22 @@ def write(
     write_json(directory / STATE, {"step": step, "metrics": metrics})
 
 
-def latest(stage_dir: Path) -> Path | None:
-    """The complete checkpoint with the highest step under ``stage_dir`` (Ray Train's storage)."""
+def complete(stage_dir: Path) -> list[tuple[int, Path]]:
+    """(step, directory) of every complete checkpoint under ``stage_dir`` (at any depth: Ray Train
+    nests them in its trial folders), oldest first."""
     if not stage_dir.exists():
-        return None
-    found = [
+        return []
+    return sorted(
         (int(m.group(1)), p)
         for p in stage_dir.rglob("step_*")
         if (m := _STEP_DIR.match(p.name)) and (p / STATE).exists()
-    ]
-    return max(found)[1] if found else None
+    )
+
+
+def latest(stage_dir: Path) -> Path | None:
+    """The complete checkpoint with the highest step under ``stage_dir``."""
+    found = complete(stage_dir)
+    return found[-1][1] if found else None
 
 
 def read_state(directory: Path) -> dict:
@@ -66,3 +73,9 @@ def restore(directory: Path, model: torch.nn.Module) -> tuple[int, dict]:
     except Exception as err:
         raise ValueError(f"{directory / 'optimizer.pt'}: corrupt optimizer state ({err})") from err
     return int(json.loads((directory / STATE).read_text())["step"]), optimizer_state
+
+
+def prune(stage_dir: Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest complete checkpoints (Ray Train does this itself)."""
+    for _, path in complete(stage_dir)[:-keep]:
+        shutil.rmtree(path)

@@ -1,23 +1,34 @@
-"""Run-directory glue for training: build the tokenizer + initial model, and each stage's pairs.
+"""Run-directory glue for training: tokenizer + initial model, each stage's pairs, the per-worker
+stage loop, and the stage-by-stage driver.
 
-Reads what ``onesearch encode`` wrote (``sid_tokenizer/``, ``queries.parquet``) plus the track, so
-the Ray shell only has to call two functions. No Ray here.
+Reads what ``onesearch encode`` wrote (``sid_tokenizer/``, ``queries.parquet``) plus the track.
+No Ray here: ``pipelines/train.py`` runs ``run_stage_loop`` on Ray Train workers, and
+``onesearch_ray.train.local`` runs it in this process on one device.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from onesearch_ray.behavior import BehaviorIndex
 from onesearch_ray.data import Track, load_track
+from onesearch_ray.io import write_parquet
 from onesearch_ray.khqe import SemanticIdTokenizer
-from onesearch_ray.model import build_model, save_model
+from onesearch_ray.model import build_model, load_model, save_model
 from onesearch_ray.prompts import PromptBuilder, PromptConfig, train_text_tokenizer
+from onesearch_ray.runs import RunDir, write_latest_model
+from onesearch_ray.train import checkpoints
 from onesearch_ray.train.config import TrainConfig
-from onesearch_ray.train.stages import STAGE_BUILDERS, Pairs, StageInputs
+from onesearch_ray.train.sft import SFTConfig, make_optimizer, tokenize_pairs, train
+from onesearch_ray.train.stages import STAGE_BUILDERS, STAGES, Pairs, StageInputs
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +108,143 @@ def build_stage_pairs(run: Path, data: str | Path, stage: str) -> Pairs:
     if stage not in STAGE_BUILDERS:
         raise ValueError(f"unknown SFT stage {stage!r} (known: {', '.join(STAGE_BUILDERS)})")
     return STAGE_BUILDERS[stage](stage_inputs(run, data))
+
+
+def write_stage_examples(stage_dir: Path, pairs: Pairs) -> None:
+    table = pa.table({"prompt": [p for p, _ in pairs], "target": [t for _, t in pairs]})
+    write_parquet(stage_dir / "examples.parquet", table)
+
+
+def read_stage_examples(stage_dir: Path) -> Pairs:
+    table = pq.read_table(stage_dir / "examples.parquet")
+    return list(zip(table.column("prompt").to_pylist(), table.column("target").to_pylist(), strict=True))
+
+
+def trained_stage_model(run: RunDir, stage: str) -> Path | None:
+    """The stage's final model when a previous run already finished that stage, else None."""
+    final_dir = run / f"model/{stage}"
+    if (final_dir / "config.json").exists() and (run.stage(f"train.{stage}") or {}).get("outputs"):
+        return final_dir
+    return None
+
+
+@dataclass
+class StageJob:
+    """Where one stage trains: its examples and checkpoints, and the model it starts from."""
+
+    stage: str
+    stage_dir: Path
+    init_dir: Path
+    sft: SFTConfig
+
+
+def run_stage_loop(
+    job: StageJob,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+    wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    save_checkpoint: Callable[[int, torch.nn.Module, torch.optim.Optimizer, dict], None],
+) -> None:
+    """One worker's share of a stage: load, resume from the last checkpoint, train, checkpoint.
+
+    ``wrap_model`` moves the model to its device (and wraps it for DDP under Ray Train);
+    ``save_checkpoint`` receives the unwrapped model.
+    """
+    model, tokenizer = load_model(job.init_dir)
+    examples = tokenize_pairs(tokenizer, read_stage_examples(job.stage_dir), job.sft.max_length)
+    start_step, optimizer_state = 0, None
+    last = checkpoints.latest(job.stage_dir)
+    if last is not None:
+        start_step, optimizer_state = checkpoints.restore(last, model)
+        if rank == 0:
+            log.info("%s: resuming from %s (step %d)", job.stage, last.name, start_step)
+    model = wrap_model(model) if wrap_model else model.to(device)
+    bare_model = model.module if hasattr(model, "module") else model
+    optimizer = make_optimizer(model, job.sft)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+
+    def on_log(step: int, metrics: dict) -> None:
+        if rank != 0:
+            return
+        log.info(
+            "%s step %d/%d loss %.4f acc %.3f lr %.2e %.0f tok/s",
+            job.stage,
+            step,
+            metrics["steps"],
+            metrics["loss"],
+            metrics["token_accuracy"],
+            metrics["lr"],
+            metrics["target_tokens_per_s"],
+        )
+        with open(job.stage_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps({"stage": job.stage, **metrics}) + "\n")
+
+    train(
+        model,
+        examples,
+        job.sft,
+        pad_id=tokenizer.pad_token_id,
+        rank=rank,
+        world_size=world_size,
+        optimizer=optimizer,
+        start_step=start_step,
+        device=device,
+        on_log=on_log,
+        on_checkpoint=lambda step, opt, metrics: save_checkpoint(step, bare_model, opt, metrics),
+    )
+
+
+def finish_stage(run: RunDir, job: StageJob, workers: int, data: str) -> Path:
+    """Turn the stage's last checkpoint into ``RUN/model/<stage>`` and record it in the manifest."""
+    last = checkpoints.latest(job.stage_dir)
+    if last is None:
+        raise RuntimeError(f"{job.stage}: training finished without a checkpoint in {job.stage_dir}")
+    final_dir = run / f"model/{job.stage}"
+    model, tokenizer = load_model(job.init_dir)
+    checkpoints.restore(last, model)
+    save_model(model, tokenizer, final_dir)
+    run.record_stage(
+        f"train.{job.stage}",
+        config={"sft": vars(job.sft), "workers": workers},
+        inputs={"data": data, "init": str(job.init_dir)},
+        outputs={
+            "model": str(final_dir),
+            "checkpoint": last.name,
+            "metrics": checkpoints.read_state(last)["metrics"],
+        },
+    )
+    return final_dir
+
+
+def train_stages(
+    run_dir: str | Path,
+    data: str | Path,
+    stages: Sequence[str],
+    config: TrainConfig,
+    train_stage: Callable[[StageJob], None],
+) -> Path:
+    """Tokenizer + model init (once), then each requested stage in paper order, each starting from
+    the previous stage's model. ``train_stage`` runs one stage's loop (on Ray Train or in-process)."""
+    run = RunDir(run_dir)
+    previous = prepare_model_init(run.path, data, config)
+    for stage in STAGES:
+        done = trained_stage_model(run, stage)
+        if stage not in stages or done is not None:
+            if done is not None and stage in stages:
+                log.info("%s: already trained (%s); skipping", stage, done)
+            previous = done or previous
+            continue
+        pairs = build_stage_pairs(run.path, data, stage)
+        if not pairs:
+            log.warning("%s: this track has no training signal for the stage; skipped", stage)
+            continue
+        log.info("%s: %d training pairs", stage, len(pairs))
+        job = StageJob(stage, (run / f"sft/{stage}").resolve(), previous.resolve(), config.stages[stage])
+        write_stage_examples(job.stage_dir, pairs)
+        train_stage(job)
+        previous = finish_stage(run, job, config.num_workers, str(data))
+    write_latest_model(run.path, previous)
+    return previous

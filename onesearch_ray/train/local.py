@@ -1,0 +1,69 @@
+"""Multi-stage SFT in this process on one device, without Ray: for a single-GPU box, or debugging.
+
+Same run-directory layout, checkpoints, resume and final models as the Ray Train job
+(``pipelines/train.py``); only the worker shell differs.
+
+    python -m onesearch_ray.train.local --run RUN --data DIR [--config YAML] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from onesearch_ray.train import checkpoints
+from onesearch_ray.train.config import load_train_config
+from onesearch_ray.train.stages import STAGES
+from onesearch_ray.train.workflow import StageJob, run_stage_loop, train_stages
+
+log = logging.getLogger("onesearch.train")
+
+
+def in_process_trainer(device: str):
+    """``train_stage`` that runs the stage loop here and writes checkpoints straight to the stage dir."""
+
+    def save_checkpoint(stage_dir: Path, step: int, model, optimizer, metrics: dict) -> None:
+        checkpoints.write(stage_dir / checkpoints.dir_name(step), model, optimizer, step, metrics)
+        checkpoints.prune(stage_dir, keep=2)
+
+    def train_stage(job: StageJob) -> None:
+        run_stage_loop(
+            job,
+            device=device,
+            save_checkpoint=lambda step, model, opt, metrics: save_checkpoint(
+                job.stage_dir, step, model, opt, metrics
+            ),
+        )
+
+    return train_stage
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(
+        prog="python -m onesearch_ray.train.local", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--run", required=True, help="run directory (after `onesearch encode`)")
+    parser.add_argument("--data", required=True, help="the track directory the run was encoded from")
+    parser.add_argument("--stage", default="all", choices=[*STAGES, "all"])
+    parser.add_argument("--config", help="YAML file with a `train:` section")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", help="model size preset: tiny, small, base, large")
+    parser.add_argument("--max-steps", type=int, help="cap every stage at this many steps (smoke runs)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    config = load_train_config(args.config, size=args.size, max_steps=args.max_steps)
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 weights, TF32 matmuls: same loss, faster
+    stages = list(STAGES) if args.stage == "all" else [args.stage]
+    final = train_stages(args.run, args.data, stages, config, in_process_trainer(args.device))
+    print(f"trained model: {final}")
+    return final
+
+
+if __name__ == "__main__":
+    main()
