@@ -78,15 +78,24 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     config = ["--config", args.config] if args.config else []
     if not args.data:
         write_synthetic(data, SyntheticConfig(seed=args.seed))
-        print(f"[1/4] default data: synthetic catalogue and search log in {data}")
-    print("[2/4] encode: KHQE semantic IDs (Ray Data)")
+        print(f"[1/5] default data: synthetic catalogue and search log in {data}")
+    print("[2/5] encode: KHQE semantic IDs (Ray Data)")
     prepare.main(["--data", str(data), "--out", str(run), *config])
-    print("[3/4] train: alignment -> co-occurrence -> personalisation SFT (Ray Train)")
+    print("[3/5] train: alignment -> co-occurrence -> personalisation SFT (Ray Train)")
     train.main(["--run", str(run), "--data", str(data), *config])
-    print("[4/4] evaluate: the model beside BM25, dense and RRF")
+    print("[4/5] evaluate: the model beside BM25, dense and RRF")
     track = {"onesearch": "synthetic", "homedepot": "homedepot", "amazon18": "amazon18"}[detect_format(data)]
     evaluate.run_eval(run, track, data, evaluate.EvalConfig(beam=args.beam, k=350))
     print(f"\nrun directory: {run.resolve()}")
+    if args.no_serve:
+        return 0
+    from demo.app import launch
+    from serve_apps.launch import start
+
+    print("[5/5] serve: the trained model behind HTTP (Ray Serve + vLLM), and the demo page")
+    api = start(run, host=args.host, port=args.port, engine=args.engine, data=str(data), blocking=False)
+    print(f"demo page: http://{args.host}:{args.demo_port}  (Ctrl-C stops both)", flush=True)
+    launch(api_url=api, host=args.host, port=args.demo_port)
     return 0
 
 
@@ -151,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--config", default=str(QUICKSTART_CONFIG), help="YAML config")
     quick.add_argument("--seed", type=int, default=0)
     quick.add_argument("--beam", type=int, default=50, help="beam width for the evaluation")
+    quick.add_argument("--no-serve", action="store_true", help="stop after the evaluation")
+    quick.add_argument("--host", default="127.0.0.1", help="bind address of the API and the demo")
+    quick.add_argument("--port", type=int, default=8000, help="search API port")
+    quick.add_argument("--demo-port", type=int, default=7860, help="demo page port")
+    quick.add_argument("--engine", default="vllm", choices=["vllm", "transformers"])
     quick.set_defaults(handler=_cmd_quickstart)
     return parser
 

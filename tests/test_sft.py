@@ -26,7 +26,7 @@ from onesearch_ray.train.sft import (
     total_steps,
     train,
 )
-from onesearch_ray.train.stages import STAGE_BUILDERS, StageInputs, personalization_pairs
+from onesearch_ray.train.stages import STAGE_BUILDERS, StageInputs, personalization_pairs, title_spans
 from onesearch_ray.train.workflow import stage_inputs, tokenizer_corpus
 
 
@@ -148,3 +148,12 @@ def test_in_process_trainer_resumes_and_finishes_stages(encoded_small_run, small
     assert [m["step"] for m in metrics] == [10, 20, 30]  # resumed at 20, not restarted
     assert json.loads((run / "model/latest.json").read_text())["model"] == "model/alignment"
     assert latest_model_dir(run) == final
+
+
+def test_title_spans_are_reproducible_fragments_of_the_title():
+    title = "Delta Vero 1-Handle Shower Only Faucet Trim Kit in Chrome"
+    spans = title_spans(title, 3, seed=7)
+    assert spans == title_spans(title, 3, seed=7) and len(spans) == 3
+    for span in spans:
+        assert span in title and 2 <= len(span.split()) <= 4
+    assert title_spans("Hammer", 2, seed=1) == [] and title_spans("Claw Hammer", 2, seed=1) == []

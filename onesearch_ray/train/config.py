@@ -24,6 +24,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     stages: dict[str, SFTConfig] = field(default_factory=_default_stages)
     tokenizer_vocab_size: int = 8000
+    title_spans_per_item: int = 2  # alignment: short title spans -> item SID, as pseudo-queries
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: int = 0  # 0: share the cluster's CPUs evenly among workers

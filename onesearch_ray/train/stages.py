@@ -1,6 +1,7 @@
 """The three SFT stages of the paper as (prompt, target) pairs built from a track and its SIDs.
 
-1. alignment      item title -> item SID, query -> query SID, item SID -> category (whole catalogue)
+1. alignment      item title (and short spans of it) -> item SID, query -> query SID,
+                  item SID -> category (whole catalogue)
 2. co-occurrence  query -> relevant/clicked item SID, query SID -> item SID
 3. personalisation the full multi-view prompt (user ID, query, query SID, recent queries, short
                   and long behaviour, profile) -> the next clicked/ordered/bought item
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow.compute as pc
 
 from onesearch_ray.behavior import BehaviorIndex, UserContext, sliding_windows
@@ -35,6 +37,7 @@ class StageInputs:
     query_codes: dict[int, tuple[int, ...]]
     builder: PromptBuilder
     behavior: BehaviorIndex | None = None
+    title_spans_per_item: int = 0
     train_split: str = "train"
     sequence_split: str = "valid"
 
@@ -52,6 +55,21 @@ class StageInputs:
         )
 
 
+def title_spans(title: str, count: int, seed: int, lengths: tuple[int, int] = (2, 4)) -> list[str]:
+    """``count`` short contiguous word spans of a title, reproducible from ``seed``: stand-ins for
+    the short queries that find the item (search queries are mostly title fragments)."""
+    words = title.split()
+    if len(words) <= lengths[0]:
+        return []
+    rng = np.random.default_rng(seed)
+    spans = []
+    for _ in range(count):
+        length = int(rng.integers(lengths[0], min(lengths[1], len(words) - 1) + 1))
+        start = int(rng.integers(0, len(words) - length + 1))
+        spans.append(" ".join(words[start : start + length]))
+    return spans
+
+
 def alignment_pairs(inputs: StageInputs) -> Pairs:
     items = inputs.track.items
     builder, pairs = inputs.builder, []
@@ -63,6 +81,8 @@ def alignment_pairs(inputs: StageInputs) -> Pairs:
         if codes is None:
             continue
         pairs.append((builder.title_to_sid_prompt(title), builder.target(codes)))
+        for span in title_spans(title, inputs.title_spans_per_item, seed=abs(item_id)):
+            pairs.append((builder.title_to_sid_prompt(span), builder.target(codes)))
         if categories and categories[row]:
             pairs.append((builder.sid_to_category_prompt(codes), f" {categories[row]}{builder.eos}"))
     for query_id, query in inputs.train_queries():

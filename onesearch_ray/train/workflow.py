@@ -90,7 +90,9 @@ def behavior_index(track: Track) -> BehaviorIndex | None:
     return BehaviorIndex.from_track(track)
 
 
-def stage_inputs(run: Path, data: str | Path, prompt_config: PromptConfig | None = None) -> StageInputs:
+def stage_inputs(
+    run: Path, data: str | Path, prompt_config: PromptConfig | None = None, title_spans_per_item: int = 0
+) -> StageInputs:
     track = load_track(data)
     sids = SemanticIdTokenizer.load(Path(run) / "sid_tokenizer")
     return StageInputs(
@@ -99,15 +101,16 @@ def stage_inputs(run: Path, data: str | Path, prompt_config: PromptConfig | None
         query_codes=load_query_codes(Path(run)),
         builder=PromptBuilder(sids, prompt_config or PromptConfig()),
         behavior=behavior_index(track),
+        title_spans_per_item=title_spans_per_item,
     )
 
 
-def build_stage_pairs(run: Path, data: str | Path, stage: str) -> Pairs:
+def build_stage_pairs(run: Path, data: str | Path, stage: str, title_spans_per_item: int = 0) -> Pairs:
     """The stage's (prompt, target) pairs; empty when the track has no signal for it
     (e.g. co-occurrence on a track without queries)."""
     if stage not in STAGE_BUILDERS:
         raise ValueError(f"unknown SFT stage {stage!r} (known: {', '.join(STAGE_BUILDERS)})")
-    return STAGE_BUILDERS[stage](stage_inputs(run, data))
+    return STAGE_BUILDERS[stage](stage_inputs(run, data, title_spans_per_item=title_spans_per_item))
 
 
 def write_stage_examples(stage_dir: Path, pairs: Pairs) -> None:
@@ -237,7 +240,7 @@ def train_stages(
                 log.info("%s: already trained (%s); skipping", stage, done)
             previous = done or previous
             continue
-        pairs = build_stage_pairs(run.path, data, stage)
+        pairs = build_stage_pairs(run.path, data, stage, config.title_spans_per_item)
         if not pairs:
             log.warning("%s: this track has no training signal for the stage; skipped", stage)
             continue
