@@ -13,8 +13,8 @@ For each beam width: queries/s and per-query p50/p99 latency (queries go in chun
 ``--batch-size``; a query's latency is its chunk's), and the top-K agreement of every row with
 the ``transformers`` row (always run: it is the reference) and with ``hf_generate``: exact same SID
 list (order included), mean top-K set overlap, max score gap, invalid SIDs. Prints a markdown table,
-writes JSON. ``--align-prompts 32`` left-pads every prompt (all engines alike) with ``<|pad|>`` to a
-multiple of 32 tokens, vLLM's CPU KV block: it shows what block-aligned prompts would buy vLLM.
+writes JSON. Every engine pads prompts as the model was trained (``prompt_block`` in its config:
+left-padded to a multiple of 32 tokens, vLLM's CPU KV block, for models built by this project).
 
 Expected time on an idle 2-core box with the defaults (20 prompts, beams 10 50 350, demo model
 already built): ~3 minutes, two thirds of it ``hf_generate`` at beam 350 (~3 s a query); building
@@ -65,7 +65,13 @@ from onesearch_ray.decoding.beam import SidHit, TransformersEngine  # noqa: E402
 from onesearch_ray.decoding.trie import SidTrie  # noqa: E402
 from onesearch_ray.khqe import QuantizerConfig, SemanticIdTokenizer  # noqa: E402
 from onesearch_ray.model import ModelConfig, build_model, load_model, save_model  # noqa: E402
-from onesearch_ray.prompts import PromptBuilder, SidVocabulary, train_text_tokenizer  # noqa: E402
+from onesearch_ray.prompts import (  # noqa: E402
+    PromptBuilder,
+    SidVocabulary,
+    encode_prompts,
+    prompt_block,
+    train_text_tokenizer,
+)
 
 WORDS = (
     "red blue black white oak steel brass led cordless drill saw hammer lamp table chair paint "
@@ -106,7 +112,8 @@ def build_demo(directory: Path, *, size: str, n_items: int, layout: str, steps: 
     pairs += [(builder.title_to_sid_prompt(titles[i]), builder.target(codes[i])) for i in range(n_items)]
     model = build_model(ModelConfig(size=size, seed=seed), tokenizer)
     config = SFTConfig(max_steps=steps, batch_size=16, warmup_steps=5, learning_rate=3e-3, log_every=10)
-    metrics = train(model, tokenize_pairs(tokenizer, pairs, 256), config, pad_id=tokenizer.pad_token_id)
+    examples = tokenize_pairs(tokenizer, pairs, 256, prompt_block(model.config))
+    metrics = train(model, examples, config, pad_id=tokenizer.pad_token_id)
     print(f"demo model: {size}, {n_items} items, layout {layout}, {steps} steps, loss {metrics['loss']:.2f}")
     vocabulary = SidVocabulary.from_tokenizers(tokenizer, sids)
     save_model(model.eval(), tokenizer, directory / "model", sid_vocabulary=vocabulary)
@@ -136,14 +143,15 @@ class HFGenerateEngine:
 
     def __init__(self, model, tokenizer, vocabulary: SidVocabulary, trie: SidTrie) -> None:
         self.model, self.tokenizer, self.vocabulary, self.trie = model.eval(), tokenizer, vocabulary, trie
-        self.tokenizer.padding_side = "left"
 
     @torch.inference_mode()
     def search(self, prompts: Sequence[str], beam: int) -> list[list[SidHit]]:
-        batch = self.tokenizer(list(prompts), add_special_tokens=False, padding=True, return_tensors="pt")
-        width, depth = batch["input_ids"].shape[1], self.trie.depth
+        # the model's own (attended) alignment pads, then masked left padding to the batch's longest
+        ids = encode_prompts(self.tokenizer, prompts, prompt_block(self.model.config))
+        width, depth, pad = max(map(len, ids)), self.trie.depth, self.tokenizer.pad_token_id
         out = self.model.generate(
-            **batch,
+            input_ids=torch.tensor([[pad] * (width - len(row)) + row for row in ids]),
+            attention_mask=torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids]),
             num_beams=beam,
             num_return_sequences=beam,
             max_new_tokens=depth,
@@ -222,18 +230,8 @@ def agreement(hits: list[list[SidHit]], reference: list[list[SidHit]], trie: Sid
     }
 
 
-def align(tokenizer, prompts: Sequence[str], multiple: int) -> list[str]:
-    """Prompts left-padded with the pad token to a multiple of ``multiple`` tokens (0: unchanged)."""
-    if multiple <= 0:
-        return list(prompts)
-    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
-    return [tokenizer.pad_token * (-n % multiple) + p for p, n in zip(prompts, lengths, strict=True)]
-
-
-def _mean_tokens(tokenizer, prompts: Sequence[str]) -> float:
-    return float(
-        np.mean([len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]])
-    )
+def _mean_tokens(tokenizer, prompts: Sequence[str], block: int) -> float:
+    return float(np.mean([len(ids) for ids in encode_prompts(tokenizer, prompts, block)]))
 
 
 def markdown(rows: list[dict]) -> str:
@@ -265,7 +263,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=1, help="queries per search() call")
     parser.add_argument("--engines", nargs="+", default=["transformers", "hf_generate", "vllm"])
     parser.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads, all engines")
-    parser.add_argument("--align-prompts", type=int, default=0, help="left-pad prompts to a multiple")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/serving_engines.json"))
     parser.add_argument("--demo-dir", type=Path, default=Path("runs/bench/serving_demo"))
     parser.add_argument("--demo-size", default="small")
@@ -309,8 +306,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )  # fmt: skip
     trie = SidTrie(np.asarray(setup.sids.all_sids()), setup.sids.layout.level_sizes)
     engines = make_engines(args, setup, trie)
-    tokenizer = engines["transformers"].tokenizer
-    prompts = align(tokenizer, setup.prompts[: args.prompts], args.align_prompts)
+    tokenizer, block = engines["transformers"].tokenizer, engines["transformers"].prompt_block
+    prompts = setup.prompts[: args.prompts]
     rows = []
     for beam in args.beams:
         results = {name: timed(engine, prompts, beam, args.batch_size) for name, engine in engines.items()}
@@ -332,10 +329,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "prompts": len(prompts),
         "batch_size": args.batch_size,
         "threads": args.threads,
-        "align_prompts": args.align_prompts,
+        "prompt_block": block,
         "level_sizes": list(trie.level_sizes),
         "catalogue_sids": len(trie),
-        "prompt_tokens_mean": _mean_tokens(tokenizer, prompts),
+        "prompt_tokens_mean": _mean_tokens(tokenizer, prompts, block),
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

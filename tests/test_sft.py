@@ -14,7 +14,7 @@ import torch
 from onesearch_ray.data import Track, load_track
 from onesearch_ray.khqe import SemanticIdTokenizer
 from onesearch_ray.model import ModelConfig, build_model
-from onesearch_ray.prompts import PromptBuilder, train_text_tokenizer
+from onesearch_ray.prompts import PromptBuilder, encode_prompts, prompt_block, train_text_tokenizer
 from onesearch_ray.runs import latest_model_dir
 from onesearch_ray.train import checkpoints, local
 from onesearch_ray.train.sft import (
@@ -61,6 +61,18 @@ def test_labels_cover_only_the_target(tiny):
     scored = [t for t in example.labels if t != IGNORE_INDEX]
     assert tokenizer.decode(scored) == "<a_1><b_2><|eos|>"
     assert len(example.labels) == len(example.input_ids)
+
+
+def test_training_prompts_are_aligned_exactly_as_the_engines_align_them(tiny):
+    model, tokenizer = tiny
+    block = prompt_block(model.config)
+    assert block == 32  # the model records its alignment in config.json
+    prompt, target = "<|title2sid|> red lamp <|answer|>", "<a_1><b_2><|eos|>"
+    [example] = tokenize_pairs(tokenizer, [(prompt, target)], 64, block)
+    [served] = encode_prompts(tokenizer, [prompt], block)
+    assert len(served) % block == 0 and served[0] == tokenizer.pad_token_id
+    assert example.input_ids[: len(served)] == served  # training saw exactly what serving sends
+    assert tokenizer.decode(example.input_ids[len(served) :]) == target
 
 
 def test_training_memorises_a_few_pairs(tiny):

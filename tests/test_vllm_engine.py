@@ -23,7 +23,7 @@ from onesearch_ray.decoding.beam import SidHit, TransformersEngine
 from onesearch_ray.decoding.trie import SidTrie
 from onesearch_ray.khqe import QuantizerConfig, SemanticIdTokenizer
 from onesearch_ray.model import ModelConfig, build_model, load_model, save_model
-from onesearch_ray.prompts import PromptBuilder, SidVocabulary, train_text_tokenizer
+from onesearch_ray.prompts import PromptBuilder, SidVocabulary, prompt_block, train_text_tokenizer
 from onesearch_ray.train.sft import SFTConfig, tokenize_pairs, train
 
 pytestmark = [
@@ -117,7 +117,8 @@ def trained(tmp_path_factory):
     pairs = [(builder.title_to_sid_prompt(t), builder.target(c)) for t, c in zip(titles, codes, strict=True)]
     model = build_model(ModelConfig(size="tiny", seed=3), tokenizer)
     config = SFTConfig(max_steps=30, batch_size=16, warmup_steps=5, learning_rate=3e-3, log_every=10)
-    metrics = train(model, tokenize_pairs(tokenizer, pairs, 64), config, pad_id=tokenizer.pad_token_id)
+    examples = tokenize_pairs(tokenizer, pairs, 64, prompt_block(model.config))
+    metrics = train(model, examples, config, pad_id=tokenizer.pad_token_id)
     assert metrics["loss"] < 4.5  # learnt something: the distribution is not flat
     vocabulary = SidVocabulary.from_tokenizers(tokenizer, sids)
     model_dir = save_model(model.eval(), tokenizer, directory / "model", sid_vocabulary=vocabulary)

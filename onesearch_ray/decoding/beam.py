@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from onesearch_ray.decoding.trie import SidTrie
+from onesearch_ray.prompts.tokenizer import encode_prompts, prompt_block
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class TransformersEngine:
     def __init__(self, model, tokenizer, position_token_ids: Sequence[np.ndarray], trie: SidTrie) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.prompt_block = prompt_block(model.config)
         self.position_token_ids = [torch.as_tensor(ids, dtype=torch.long) for ids in position_token_ids]
         self.trie = trie
 
@@ -72,9 +74,7 @@ class TransformersEngine:
 
     def _search_one(self, prompt: str, beam: int) -> list[SidHit]:
         device = next(self.model.parameters()).device
-        input_ids = torch.tensor(
-            [self.tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=device
-        )
+        input_ids = torch.tensor(encode_prompts(self.tokenizer, [prompt], self.prompt_block), device=device)
         output = self.model(input_ids=input_ids, use_cache=True)
         past, logits = output.past_key_values, output.logits[:, -1, :]
         trie = self.trie  # one version for the whole request

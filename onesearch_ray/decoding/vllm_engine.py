@@ -30,9 +30,12 @@ in flight. The event loop is never blocked. ``VLLMEngine`` itself also works ove
 ``LLM`` (the GPU default): the processor needs nothing but the request's ``extra_args``.
 
 Cost model (measured on CPU, see ``bench/serving_engines.py``): vLLM caches KV only in FULL blocks
-(32 tokens minimum on CPU), so every beam request recomputes the prompt's last partial block plus
-its SID tokens, ~16 + depth tokens, where ``TransformersEngine`` (KV-cache reorder) computes one
-token per beam per step; plus ~0.2 ms of vLLM bookkeeping per request.
+(32 tokens minimum on CPU). Prompts are therefore left-padded to a multiple of the model's
+``prompt_block`` (32; the model is trained on the same padding, ``prompts.encode_prompts``), so the
+prompt is computed once and each beam request computes only its SID tokens (depth tokens), where
+``TransformersEngine`` (KV-cache reorder) computes one token per beam per step; plus ~0.2 ms of vLLM
+bookkeeping per request. A model trained without alignment (``prompt_block`` 0) still works, but
+every beam request then recomputes the prompt's last partial block too.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ import numpy as np
 
 from onesearch_ray.decoding.beam import SidHit, select_beams
 from onesearch_ray.decoding.trie import SidTrie
+from onesearch_ray.prompts.tokenizer import encode_prompts, prompt_block
 
 MAX_SCORED_TOKENS = 128  # vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS in 0.32
 CPU_ENV = {
@@ -125,6 +129,7 @@ class VLLMEngine:
     ) -> None:
         self.llm = llm
         self.tokenizer = tokenizer
+        self.prompt_block = prompt_block(self._model_config("hf_config"))  # as the model was trained
         self.position_token_ids = [np.asarray(ids, dtype=np.int64) for ids in position_token_ids]
         self.constrain = constrain
         self.max_scored_tokens = min(int(max_scored_tokens), MAX_SCORED_TOKENS)
@@ -211,7 +216,7 @@ class VLLMEngine:
         if beam < 1:
             raise ValueError(f"beam must be >= 1, got {beam}")
         trie = self._trie
-        encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
+        encoded = encode_prompts(self.tokenizer, prompts, self.prompt_block)
         limit = self._max_model_len()
         for ids in encoded:
             if limit is not None and len(ids) + trie.depth > limit:
@@ -219,8 +224,11 @@ class VLLMEngine:
         return [SearchState(list(ids), int(beam), trie, done=trie.depth == 0) for ids in encoded]
 
     def _max_model_len(self) -> int | None:
+        return self._model_config("max_model_len")
+
+    def _model_config(self, name: str) -> Any:
         config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
-        return getattr(config, "max_model_len", None)
+        return getattr(config, name, None)
 
     def step(self, searches: Sequence[SearchState]) -> None:
         """Extend every unfinished search by one SID position (one ``generate`` call for all)."""

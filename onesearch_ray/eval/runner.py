@@ -21,7 +21,12 @@ from onesearch_ray.data import Track, load_track
 from onesearch_ray.decoding.beam import TransformersEngine
 from onesearch_ray.decoding.trie import SidTrie
 from onesearch_ray.eval.generative import next_item_prompts, rank_prompts, search_prompts
-from onesearch_ray.eval.metrics import mean_distinct_items_at_k, next_item_metrics, search_metrics
+from onesearch_ray.eval.metrics import (
+    mean_distinct_items_at_k,
+    next_item_metrics,
+    relevant_items,
+    search_metrics,
+)
 from onesearch_ray.eval.tracks import (
     next_item_eval_inputs,
     run_next_item_baselines,
@@ -76,16 +81,15 @@ def evaluate(run: str | Path, data: str | Path, track_kind: str, config: EvalCon
 def _evaluate_search(run, track: Track, engine, sids, builder, config: EvalConfig) -> dict[str, dict]:
     query_ids, query_texts, judgments = search_eval_inputs(track, config.split)
     # only queries with a relevant item count (evaluation.md); skip the rest before decoding
-    keep = [i for i, q in enumerate(query_ids) if any(r >= 2.67 for r in judgments.get(q, {}).values())]
-    if config.limit:
-        keep = keep[: config.limit]
+    relevant = [i for i, q in enumerate(query_ids) if relevant_items(judgments.get(q, {}))]
+    keep = relevant[: config.limit] if config.limit else relevant
     queries = [(query_ids[i], query_texts[i]) for i in keep]
     prompts = search_prompts(builder, queries, load_query_codes(run), behavior_index(track))
     started = time.perf_counter()
     generated = rank_prompts(engine, prompts, sids, config.beam, config.k)
     elapsed = time.perf_counter() - started
     rankings = {qid: ranked for (qid, _), ranked in zip(queries, generated.rankings, strict=True)}
-    model = search_metrics(rankings, judgments)
+    model = search_metrics(rankings, judgments) | {"n_skipped": len(query_ids) - len(relevant)}
     model.update(_generation_stats(generated, sids, config, elapsed, len(prompts)))
     results = {"model": model}
     if config.baselines:

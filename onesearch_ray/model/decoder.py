@@ -67,6 +67,9 @@ class ModelConfig:
     tie_word_embeddings: bool = True
     rope_theta: float = 10000.0
     init_from: str | None = None
+    # Prompts are left-padded to a multiple of this many tokens in training and serving (vLLM's KV
+    # block on CPU: aligned prompts are cached whole); saved as ``prompt_block`` in config.json.
+    prompt_block: int = 32
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # passed to Qwen3Config as is
 
@@ -119,6 +122,7 @@ def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreT
             torch.manual_seed(config.seed)
             model = Qwen3ForCausalLM(config.qwen3_config(tokenizer)).to(torch.float32)
     _set_special_ids(model, tokenizer)
+    model.config.prompt_block = config.prompt_block
     return model
 
 

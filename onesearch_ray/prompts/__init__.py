@@ -10,7 +10,10 @@ from onesearch_ray.prompts.tokenizer import (
     SPECIAL_TOKENS,
     UNK,
     SidVocabulary,
+    encode_prompts,
     extend_tokenizer,
+    left_align,
+    prompt_block,
     train_text_tokenizer,
 )
 
@@ -26,6 +29,9 @@ __all__ = [
     "PromptConfig",
     "SidVocabulary",
     "clean_text",
+    "encode_prompts",
     "extend_tokenizer",
+    "left_align",
+    "prompt_block",
     "train_text_tokenizer",
 ]

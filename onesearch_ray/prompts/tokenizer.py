@@ -22,10 +22,11 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from onesearch_ray.io import read_json, write_json
 from onesearch_ray.khqe.sid_tokenizer import SemanticIdTokenizer
@@ -47,6 +48,29 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 MARKUP_PATTERN = re.compile(r"<\|[^<>|]{0,40}\|>|<[a-z]_\d+>")
 SID_VOCABULARY_FILE = "sid_vocabulary.json"
 _SID_VOCAB_FORMAT = "onesearch-sid-vocabulary"
+
+
+def prompt_block(model_config: Any) -> int:
+    """The token multiple the model's prompts are left-padded to (``prompt_block`` in its config.json;
+    0 for models trained without alignment)."""
+    return int(getattr(model_config, "prompt_block", 0) or 0)
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], block: int) -> list[list[int]]:
+    """Token ids of ``prompts``, each left-padded with ``<|pad|>`` to a multiple of ``block`` tokens.
+
+    Why: vLLM reuses cached KV only in whole blocks, so a block-aligned prompt is computed once and
+    every beam request after it computes just its SID tokens. The pads are ordinary attended tokens
+    (vLLM has no attention mask), so training (``train.sft.tokenize_pairs``) and every engine must
+    pad the same way: all of them call this function with the model's :func:`prompt_block`.
+    """
+    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
+    return [left_align(ids, block, tokenizer.pad_token_id) for ids in encoded]
+
+
+def left_align(ids: Sequence[int], block: int, pad_id: int) -> list[int]:
+    """``ids`` left-padded with ``pad_id`` to a multiple of ``block`` (unchanged when block <= 1)."""
+    return [pad_id] * (-len(ids) % block if block > 1 else 0) + list(ids)
 
 
 def train_text_tokenizer(

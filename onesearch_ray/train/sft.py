@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from onesearch_ray.prompts.tokenizer import left_align
+
 IGNORE_INDEX = -100
 
 
@@ -42,13 +44,17 @@ class TokenizedExample:
     labels: list[int]
 
 
-def tokenize_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int) -> list[TokenizedExample]:
-    """prompt + target -> ids, with labels only on target tokens; over-long prompts lose their head."""
+def tokenize_pairs(
+    tokenizer, pairs: Sequence[tuple[str, str]], max_length: int, prompt_block: int = 0
+) -> list[TokenizedExample]:
+    """prompt + target -> ids, with labels only on target tokens; over-long prompts lose their head,
+    then prompts are left-padded to a multiple of ``prompt_block`` exactly as the engines pad them."""
+    pad_id = tokenizer.pad_token_id
     prompts = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
     targets = tokenizer([t for _, t in pairs], add_special_tokens=False)["input_ids"]
     examples = []
     for prompt_ids, target_ids in zip(prompts, targets, strict=True):
-        prompt_ids = prompt_ids[-max(1, max_length - len(target_ids)) :]
+        prompt_ids = left_align(prompt_ids[-max(1, max_length - len(target_ids)) :], prompt_block, pad_id)
         examples.append(
             TokenizedExample(prompt_ids + target_ids, [IGNORE_INDEX] * len(prompt_ids) + list(target_ids))
         )

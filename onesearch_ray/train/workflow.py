@@ -23,7 +23,7 @@ from onesearch_ray.data import Track, load_track
 from onesearch_ray.io import write_parquet
 from onesearch_ray.khqe import SemanticIdTokenizer
 from onesearch_ray.model import build_model, load_model, save_model
-from onesearch_ray.prompts import PromptBuilder, PromptConfig, train_text_tokenizer
+from onesearch_ray.prompts import PromptBuilder, PromptConfig, prompt_block, train_text_tokenizer
 from onesearch_ray.runs import RunDir, write_latest_model
 from onesearch_ray.train import checkpoints
 from onesearch_ray.train.config import TrainConfig
@@ -156,7 +156,8 @@ def run_stage_loop(
     ``save_checkpoint`` receives the unwrapped model.
     """
     model, tokenizer = load_model(job.init_dir)
-    examples = tokenize_pairs(tokenizer, read_stage_examples(job.stage_dir), job.sft.max_length)
+    pairs = read_stage_examples(job.stage_dir)
+    examples = tokenize_pairs(tokenizer, pairs, job.sft.max_length, prompt_block(model.config))
     start_step, optimizer_state = 0, None
     last = checkpoints.latest(job.stage_dir)
     if last is not None:
