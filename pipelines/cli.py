@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -58,6 +59,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from serve_apps.launch import start
 
+    _stop_on_sigterm()
     start(args.run, host=args.host, port=args.port, engine=args.engine, data=args.data)
     return 0
 
@@ -65,6 +67,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from demo.app import launch
 
+    _stop_on_sigterm()
     launch(api_url=args.api, host=args.host, port=args.port)
     return 0
 
@@ -90,13 +93,22 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     if args.no_serve:
         return 0
     from demo.app import launch
-    from serve_apps.launch import start
+    from serve_apps.launch import start, stop
 
     print("[5/5] serve: the trained model behind HTTP (Ray Serve + vLLM), and the demo page")
+    _stop_on_sigterm()
     api = start(run, host=args.host, port=args.port, engine=args.engine, data=str(data), blocking=False)
     print(f"demo page: http://{args.host}:{args.demo_port}  (Ctrl-C stops both)", flush=True)
-    launch(api_url=api, host=args.host, port=args.demo_port)
+    try:
+        launch(api_url=api, host=args.host, port=args.demo_port)
+    finally:
+        stop()
     return 0
+
+
+def _stop_on_sigterm() -> None:
+    """``kill`` ends a server as Ctrl-C does (KeyboardInterrupt), so its shutdown code runs."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,5 +35,10 @@ def start(
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
-            serve.shutdown()
+            stop()
     return url
+
+
+def stop() -> None:
+    """Tear the app down; a Ray cluster this process started ends with the process."""
+    serve.shutdown()

@@ -102,3 +102,14 @@ def trained_small_run(encoded_small_run, small_track, tmp_path_factory) -> Path:
     stages = ["alignment", "cooccurrence", "personalization"]
     train_stages(run, small_track, stages, config, train.ray_stage_trainer(config))
     return run
+
+
+@pytest.fixture(scope="session")
+def toy_sids():
+    """SIDs of 300 random 16-d vectors, layout 16-16-16+opq2x16: for tokenizer and model tests."""
+    import numpy as np
+
+    from onesearch_ray.khqe import QuantizerConfig, SemanticIdTokenizer
+
+    vectors = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+    return SemanticIdTokenizer.fit(np.arange(300), vectors, config=QuantizerConfig(layout="16-16-16+opq2x16"))

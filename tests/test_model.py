@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from onesearch_ray.khqe import QuantizerConfig, SemanticIdTokenizer
 from onesearch_ray.model import PRESETS, ModelConfig, build_model, load_model, save_model
 from onesearch_ray.prompts import SidVocabulary, extend_tokenizer, train_text_tokenizer
 
@@ -18,14 +16,8 @@ PROMPT = "<|search|><|query|> red drill <|answer|><a_1><b_2>"
 
 
 @pytest.fixture(scope="module")
-def sid() -> SemanticIdTokenizer:
-    vectors = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
-    return SemanticIdTokenizer.fit(np.arange(300), vectors, config=QuantizerConfig(layout="16-16-16+opq2x16"))
-
-
-@pytest.fixture(scope="module")
-def tok(sid):
-    return train_text_tokenizer(TEXTS, sid, vocab_size=400)
+def tok(toy_sids):
+    return train_text_tokenizer(TEXTS, toy_sids, vocab_size=400)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +51,8 @@ def test_build_tiny_and_forward(tiny, tok):
     assert torch.equal(again.get_input_embeddings().weight, tiny.get_input_embeddings().weight)  # seeded
 
 
-def test_save_load_equal_logits(tiny, tok, sid, tmp_path):
-    vocabulary = SidVocabulary.from_tokenizers(tok, sid)
+def test_save_load_equal_logits(tiny, tok, toy_sids, tmp_path):
+    vocabulary = SidVocabulary.from_tokenizers(tok, toy_sids)
     directory = save_model(tiny, tok, tmp_path / "model", sid_vocabulary=vocabulary)
     names = {p.name for p in directory.iterdir()}
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= names
@@ -90,11 +82,11 @@ def test_load_names_missing_or_corrupt_file(tiny, tok, tmp_path):
         load_model(directory)
 
 
-def test_init_from_checkpoint_grows_embeddings_with_mean_rows(sid, tmp_path):
+def test_init_from_checkpoint_grows_embeddings_with_mean_rows(toy_sids, tmp_path):
     base_tok = train_text_tokenizer(TEXTS, None, vocab_size=400)  # a "pretrained" LM without SID tokens
     base = build_model(ModelConfig(size="tiny", seed=2), base_tok)
     save_model(base, base_tok, tmp_path / "base")
-    new_tok = extend_tokenizer(base_tok, sid)
+    new_tok = extend_tokenizer(base_tok, toy_sids)
     assert len(new_tok) == len(base_tok) + 80
     model = build_model(ModelConfig(size="tiny", init_from=str(tmp_path / "base")), new_tok)
     old, new = base.get_input_embeddings().weight, model.get_input_embeddings().weight

@@ -32,19 +32,13 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def sid() -> SemanticIdTokenizer:
-    vectors = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
-    return SemanticIdTokenizer.fit(np.arange(300), vectors, config=QuantizerConfig(layout="16-16-16+opq2x16"))
+def tok(toy_sids):
+    return train_text_tokenizer(TEXTS, toy_sids, vocab_size=500)
 
 
 @pytest.fixture(scope="module")
-def tok(sid):
-    return train_text_tokenizer(TEXTS, sid, vocab_size=500)
-
-
-@pytest.fixture(scope="module")
-def builder(sid) -> PromptBuilder:
-    return PromptBuilder(sid)
+def builder(toy_sids) -> PromptBuilder:
+    return PromptBuilder(toy_sids)
 
 
 def _context() -> UserContext:
@@ -65,22 +59,22 @@ def test_special_tokens_first_and_single_ids(tok):
     assert len(set(SPECIAL_TOKENS)) == len(SPECIAL_TOKENS) and ANSWER in SPECIAL_TOKENS
 
 
-def test_sid_token_ids_contiguous_per_position(tok, sid):
-    vocab = SidVocabulary.from_tokenizers(tok, sid)
+def test_sid_token_ids_contiguous_per_position(tok, toy_sids):
+    vocab = SidVocabulary.from_tokenizers(tok, toy_sids)
     assert vocab.level_sizes == (16, 16, 16, 16, 16)
     starts = [int(ids[0]) for ids in vocab.position_token_ids]
     for position, ids in enumerate(vocab.position_token_ids):
         assert ids.tolist() == list(range(starts[position], starts[position] + 16))
-        assert tok.convert_ids_to_tokens(ids.tolist()) == sid.position_tokens(position)
+        assert tok.convert_ids_to_tokens(ids.tolist()) == toy_sids.position_tokens(position)
     assert starts == sorted(starts) and starts[-1] + 16 == len(tok)  # SID tokens close the vocabulary
     assert len(vocab.all_sid_token_ids()) == 80
 
 
-def test_sid_vocabulary_codes_ids_round_trip_and_errors(tok, sid, tmp_path):
-    vocab = SidVocabulary.from_tokenizers(tok, sid)
-    codes = tuple(int(c) for c in sid.item_codes([7])[0])
+def test_sid_vocabulary_codes_ids_round_trip_and_errors(tok, toy_sids, tmp_path):
+    vocab = SidVocabulary.from_tokenizers(tok, toy_sids)
+    codes = tuple(int(c) for c in toy_sids.item_codes([7])[0])
     ids = vocab.codes_to_ids(codes)
-    assert tok.convert_ids_to_tokens(ids) == sid.codes_to_tokens(codes)
+    assert tok.convert_ids_to_tokens(ids) == toy_sids.codes_to_tokens(codes)
     assert vocab.ids_to_codes(ids) == codes
     assert vocab.position_of(ids[2]) == (2, codes[2]) and vocab.position_of(0) is None
     with pytest.raises(ValueError, match="not a SID token"):
@@ -96,12 +90,12 @@ def test_sid_vocabulary_codes_ids_round_trip_and_errors(tok, sid, tmp_path):
     assert [a.tolist() for a in loaded.position_token_ids] == [a.tolist() for a in vocab.position_token_ids]
 
 
-def test_full_prompt_round_trip(tok, builder, sid):
-    prompt = builder.search_prompt("red drill", sid.item_codes([5])[0], _context())
-    full = prompt + builder.target(sid.item_codes([9])[0])
+def test_full_prompt_round_trip(tok, builder, toy_sids):
+    prompt = builder.search_prompt("red drill", toy_sids.item_codes([5])[0], _context())
+    full = prompt + builder.target(toy_sids.item_codes([9])[0])
     ids = tok.encode(full)
     assert tok.decode(ids) == full  # lowercase text: exact
-    sid_strings = sid.codes_to_tokens(sid.item_codes([9])[0])
+    sid_strings = toy_sids.codes_to_tokens(toy_sids.item_codes([9])[0])
     assert tok.convert_ids_to_tokens(ids[-6:]) == [*sid_strings, EOS]
     # SID tokens survive skip_special_tokens; markers do not
     plain = tok.decode(ids, skip_special_tokens=True)
@@ -117,35 +111,35 @@ def test_sid_token_inside_text_is_one_token(tok):
     assert not any("<a_" in t for t in tok.get_vocab() if t not in {f"<a_{i}>" for i in range(16)})
 
 
-def test_autotokenizer_reload_equal(tok, builder, sid, tmp_path):
+def test_autotokenizer_reload_equal(tok, builder, toy_sids, tmp_path):
     tok.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     assert config["eos_token"] == EOS and config["pad_token"] and config["bos_token"]
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
-    prompt = builder.search_prompt("Brass Lamp", sid.item_codes([1])[0], _context())
+    prompt = builder.search_prompt("Brass Lamp", toy_sids.item_codes([1])[0], _context())
     assert reloaded.encode(prompt) == tok.encode(prompt)
     assert reloaded(["a <a_1>", "oak"], padding=True)["input_ids"][1][-1] == reloaded.pad_token_id
     assert (reloaded.eos_token_id, reloaded.pad_token_id, reloaded.bos_token_id) == (2, 0, 1)
-    assert SidVocabulary.from_tokenizers(reloaded, sid).level_sizes == (16,) * 5
+    assert SidVocabulary.from_tokenizers(reloaded, toy_sids).level_sizes == (16,) * 5
 
 
-def test_extend_plain_tokenizer_and_reject_partial(sid):
+def test_extend_plain_tokenizer_and_reject_partial(toy_sids):
     plain = train_text_tokenizer(TEXTS, None, vocab_size=400)
     assert "<a_0>" not in plain.get_vocab()
-    extended = extend_tokenizer(plain, sid)
+    extended = extend_tokenizer(plain, toy_sids)
     assert len(extended) == len(plain) + 80 and "<a_0>" not in plain.get_vocab()  # a copy
-    assert extend_tokenizer(extended, sid).get_vocab() == extended.get_vocab()  # idempotent
+    assert extend_tokenizer(extended, toy_sids).get_vocab() == extended.get_vocab()  # idempotent
     partial = extend_tokenizer(plain, SemanticIdTokenizer.fit(
         np.arange(40), np.random.default_rng(1).standard_normal((40, 8)).astype(np.float32),
         config=QuantizerConfig(layout="4-4"),
     ))  # fmt: skip
     with pytest.raises(ValueError, match="already holds"):
-        extend_tokenizer(partial, sid)
+        extend_tokenizer(partial, toy_sids)
 
 
-def test_training_rejects_tiny_vocab(sid):
+def test_training_rejects_tiny_vocab(toy_sids):
     with pytest.raises(ValueError, match="vocab_size"):
-        train_text_tokenizer(TEXTS, sid, vocab_size=100)
+        train_text_tokenizer(TEXTS, toy_sids, vocab_size=100)
 
 
 # ---- prompt builder ------------------------------------------------------------------------
@@ -153,35 +147,35 @@ MARKERS = ["<|search|>", "<|query|>", "<|qsid|>", "<|user|>", "<|recent_queries|
            "<|long|>", "<|profile|>", "<|answer|>"]  # fmt: skip
 
 
-def test_search_prompt_structure(builder, sid):
+def test_search_prompt_structure(builder, toy_sids):
     context = _context()
-    query_codes = sid.item_codes([5])[0]
+    query_codes = toy_sids.item_codes([5])[0]
     prompt = builder.search_prompt("red drill", query_codes, context)
     positions = [prompt.index(m) for m in MARKERS]
     assert positions == sorted(positions) and prompt.startswith("<|search|><|query|> red drill <|qsid|>")
     assert prompt.endswith(" <|answer|>")
-    assert f"<|qsid|>{sid.sid_string(query_codes)} <|user|>" in prompt
-    short = sid.item_codes(context.short_items)
-    long = sid.item_codes(context.long_items)
-    user_id = sid.sid_string(behavior_user_sid(short, (16,) * 5)) + sid.sid_string(
+    assert f"<|qsid|>{toy_sids.sid_string(query_codes)} <|user|>" in prompt
+    short = toy_sids.item_codes(context.short_items)
+    long = toy_sids.item_codes(context.long_items)
+    user_id = toy_sids.sid_string(behavior_user_sid(short, (16,) * 5)) + toy_sids.sid_string(
         behavior_user_sid(long, (16,) * 5)
     )
     assert f"<|user|>{user_id} <|recent_queries|>" in prompt
     assert "<|recent_queries|> oak sofa <|sep|> brass lamp <|recent_items|>" in prompt
-    assert "<|recent_items|>" + "".join(sid.sid_string(c) for c in short) + " <|long|>" in prompt
+    assert "<|recent_items|>" + "".join(toy_sids.sid_string(c) for c in short) + " <|long|>" in prompt
     view = long_term_view(long, (16,) * 5, (4, 4))
     assert len(view) == 8
-    assert "<|long|>" + "".join(sid.position_tokens(p)[c] for p, c in view) + " <|profile|>" in prompt
+    assert "<|long|>" + "".join(toy_sids.position_tokens(p)[c] for p, c in view) + " <|profile|>" in prompt
     assert "<|profile|> segment: pro <|answer|>" in prompt
 
 
-def test_search_prompt_limits_and_skips_unknown_items(builder, sid):
+def test_search_prompt_limits_and_skips_unknown_items(builder, toy_sids):
     context = UserContext("u", recent_queries=[f"q{i}" for i in range(6)], short_items=[10**9, *range(8)])
     prompt = builder.search_prompt("x", None, context)
     assert "<|recent_queries|> q3 <|sep|> q4 <|sep|> q5 <|recent_items|>" in prompt
     recent = prompt.split("<|recent_items|>")[1].split(" <|long|>")[0]
     # the last 5 items that have a SID (the unknown item is skipped)
-    assert recent == "".join(sid.sid_string(c) for c in sid.item_codes(range(3, 8)))
+    assert recent == "".join(toy_sids.sid_string(c) for c in toy_sids.item_codes(range(3, 8)))
     assert "<|qsid|> none" in prompt
 
 
@@ -197,7 +191,7 @@ def test_cold_start_and_no_query_prompts_are_well_formed(builder, tok):
     assert builder.search_prompt(None, None, None).startswith("<|search|><|query|> none <|qsid|> none")
 
 
-def test_truncation_and_injection_guard(builder, sid):
+def test_truncation_and_injection_guard(builder, toy_sids):
     huge = "drill " * 10_000
     prompt = builder.search_prompt(huge, None, UserContext("u", recent_queries=[huge], profile=huge))
     assert len(prompt) < 1000
@@ -207,9 +201,9 @@ def test_truncation_and_injection_guard(builder, sid):
     assert clean_text("  a\n\tb  <|x|> c ", 4) == "a b"
 
 
-def test_sft_prompts_and_targets(builder, sid, tok):
-    codes = sid.item_codes([4])[0]
-    sid_text = sid.sid_string(codes)
+def test_sft_prompts_and_targets(builder, toy_sids, tok):
+    codes = toy_sids.item_codes([4])[0]
+    sid_text = toy_sids.sid_string(codes)
     assert builder.title_to_sid_prompt("Oak Table") == "<|title2sid|> Oak Table <|answer|>"
     assert builder.query_to_sid_prompt("oak table") == "<|query2sid|> oak table <|answer|>"
     assert builder.sid_to_category_prompt(codes) == f"<|sid2category|>{sid_text} <|answer|>"
@@ -219,9 +213,9 @@ def test_sft_prompts_and_targets(builder, sid, tok):
     assert tok.encode(builder.target(codes))[-1] == tok.eos_token_id
 
 
-def test_config_switches_sections_off(sid):
+def test_config_switches_sections_off(toy_sids):
     config = PromptConfig(include_user_id=False, include_long_view=False, include_profile=False)
-    off = PromptBuilder(sid, config)
+    off = PromptBuilder(toy_sids, config)
     prompt = off.search_prompt("x", None, _context())
     assert "<|user|>" not in prompt and "<|long|>" not in prompt and "<|profile|>" not in prompt
     assert "<|recent_items|>" in prompt and prompt.endswith(ANSWER)
