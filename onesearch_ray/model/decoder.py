@@ -34,7 +34,7 @@ REQUIRED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
 VLLM_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256)
 
 PRESETS: dict[str, dict[str, int]] = {
-    # tiny: tests only. head_dim 32 (not 64 / 4 = 16) because vLLM's CPU attention needs >= 32.
+    # tiny: tests and the CPU quickstart. head_dim 32 (not 64 / 4 = 16): vLLM CPU attention needs >= 32.
     "tiny": dict(
         hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32, intermediate_size=128
     ),
