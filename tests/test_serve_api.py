@@ -115,3 +115,21 @@ def test_concurrent_requests_are_batched_without_errors(api):
     with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
         statuses = list(pool.map(lambda p: api.post("/search", json=p).status_code, payloads))
     assert statuses == [200] * len(payloads)
+
+
+def test_sigterm_stops_servers_like_ctrl_c():
+    """`kill` reaches the servers' KeyboardInterrupt shutdown path (Serve shutdown, demo close)."""
+    import os
+    import signal
+    import time
+
+    from pipelines.cli import _stop_on_sigterm
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        _stop_on_sigterm()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # interrupted at once by the handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
