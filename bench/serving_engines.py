@@ -127,7 +127,7 @@ def run_setup(run: Path, model_dir: Path | None, n_prompts: int) -> Setup:
     """A trained run's model and search prompts of its first test queries (no user context)."""
     import pyarrow.parquet as pq
 
-    from onesearch_ray.eval.runner import latest_model_dir
+    from onesearch_ray.runs import latest_model_dir
 
     sids = SemanticIdTokenizer.load(run / "sid_tokenizer")
     table = pq.read_table(run / "queries.parquet", columns=["query", "split", "codes"]).to_pylist()

@@ -37,8 +37,6 @@ from onesearch_ray.train.stages import STAGES
 from onesearch_ray.train.workflow import StageJob, run_stage_loop, train_stages
 from pipelines.common import init_ray
 
-log = logging.getLogger("onesearch.train")
-
 
 def train_worker(loop_config: dict) -> None:
     """Runs on every Ray Train worker: the library's stage loop, DDP-wrapped, reporting checkpoints."""
@@ -87,7 +85,7 @@ def ray_stage_trainer(config: TrainConfig):
             run_config=ray.train.RunConfig(
                 name=job.stage,
                 storage_path=str(job.stage_dir.parent),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=checkpoints.KEEP),
             ),
         )
         trainer.fit()

@@ -16,6 +16,7 @@ import torch
 from onesearch_ray.io import read_json, write_json
 
 STATE = "state.json"
+KEEP = 2  # complete checkpoints kept per stage (the newest ones)
 _STEP_DIR = re.compile(r"^step_(\d{7})$")
 
 

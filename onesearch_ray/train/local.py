@@ -20,24 +20,16 @@ from onesearch_ray.train.config import load_train_config
 from onesearch_ray.train.stages import STAGES
 from onesearch_ray.train.workflow import StageJob, run_stage_loop, train_stages
 
-log = logging.getLogger("onesearch.train")
-
 
 def in_process_trainer(device: str):
     """``train_stage`` that runs the stage loop here and writes checkpoints straight to the stage dir."""
 
-    def save_checkpoint(stage_dir: Path, step: int, model, optimizer, metrics: dict) -> None:
-        checkpoints.write(stage_dir / checkpoints.dir_name(step), model, optimizer, step, metrics)
-        checkpoints.prune(stage_dir, keep=2)
-
     def train_stage(job: StageJob) -> None:
-        run_stage_loop(
-            job,
-            device=device,
-            save_checkpoint=lambda step, model, opt, metrics: save_checkpoint(
-                job.stage_dir, step, model, opt, metrics
-            ),
-        )
+        def save_checkpoint(step: int, model, optimizer, metrics: dict) -> None:
+            checkpoints.write(job.stage_dir / checkpoints.dir_name(step), model, optimizer, step, metrics)
+            checkpoints.prune(job.stage_dir, keep=checkpoints.KEEP)
+
+        run_stage_loop(job, device=device, save_checkpoint=save_checkpoint)
 
     return train_stage
 

@@ -105,12 +105,12 @@ def stage_inputs(
     )
 
 
-def build_stage_pairs(run: Path, data: str | Path, stage: str, title_spans_per_item: int = 0) -> Pairs:
+def build_stage_pairs(inputs: StageInputs, stage: str) -> Pairs:
     """The stage's (prompt, target) pairs; empty when the track has no signal for it
     (e.g. co-occurrence on a track without queries)."""
     if stage not in STAGE_BUILDERS:
         raise ValueError(f"unknown SFT stage {stage!r} (known: {', '.join(STAGE_BUILDERS)})")
-    return STAGE_BUILDERS[stage](stage_inputs(run, data, title_spans_per_item=title_spans_per_item))
+    return STAGE_BUILDERS[stage](inputs)
 
 
 def write_stage_examples(stage_dir: Path, pairs: Pairs) -> None:
@@ -234,14 +234,18 @@ def train_stages(
     the previous stage's model. ``train_stage`` runs one stage's loop (on Ray Train or in-process)."""
     run = RunDir(run_dir)
     previous = prepare_model_init(run.path, data, config)
+    inputs = None  # the track, SIDs and behaviour: loaded once, and only if a stage needs training
     for stage in STAGES:
         done = trained_stage_model(run, stage)
-        if stage not in stages or done is not None:
-            if done is not None and stage in stages:
+        if done is not None:
+            if stage in stages:
                 log.info("%s: already trained (%s); skipping", stage, done)
-            previous = done or previous
+            previous = done
             continue
-        pairs = build_stage_pairs(run.path, data, stage, config.title_spans_per_item)
+        if stage not in stages:
+            continue
+        inputs = inputs or stage_inputs(run.path, data, title_spans_per_item=config.title_spans_per_item)
+        pairs = build_stage_pairs(inputs, stage)
         if not pairs:
             log.warning("%s: this track has no training signal for the stage; skipped", stage)
             continue
