@@ -1,92 +1,72 @@
-"""vLLM V1 logits processor for SID-constrained decoding (switched on per request).
+"""vLLM V1 logits processor that runs SID beam search inside the engine's batch.
 
-A request opts in with ``SamplingParams(extra_args={SID_CONSTRAINT: {"allowed_token_ids": [...]}})``:
-the token ids the trie allows after the request's partial SID (the engine reads them off its trie
-snapshot with one vectorised ``SidTrie.allowed_mask`` call per beam step). Every other token's logit
-becomes -inf, so vLLM can only sample a valid next SID token. Requests without the key are untouched
-(mixed constrained/unconstrained batches work).
+A request takes part with ``SamplingParams(extra_args=beam_args(search_id, prompt_len, stop))``: it
+is a beam of the live search ``search_id`` in ``onesearch_ray.decoding.inflight.LIVE_SEARCHES``,
+and its SID path is its prompt past ``prompt_len`` plus what it generated. At every step the
+processor hands the logits of each search's rows to that search, which selects its next beams
+(exact full-vocabulary log-softmax of the raw logits, trie-masked), and then forces each row's
+token: the beam's chosen SID token, or ``stop`` for a beam that fell out. Only valid SID tokens are
+ever emitted: 0 invalid SIDs by construction. Requests without the key are untouched, so ordinary
+generation can share the engine.
 
-The allowed ids travel IN the request, not as a reference to a trie held by the processor: the
-engine core may live in another process (AsyncLLM, GPU multiprocessing), where a trie registered
-in the caller would be invisible; and a request keeps the trie version it was built from even if the
-engine swaps tries meanwhile.
-
-Scoring never reads the masked logits: engines run vLLM with ``logprobs_mode="raw_logprobs"``,
-where returned logprobs are the full-vocabulary log-softmax computed BEFORE any logits processor
-(the scoring rule in ``onesearch_ray.decoding.beam``: masked, not renormalised).
+The searches live in the driver's process, so the engine core must run in-process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``, the "uni" executor); ``VLLMEngine`` checks this.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import torch
 from vllm import SamplingParams
-from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-SID_CONSTRAINT = "onesearch_sid"
+from onesearch_ray.decoding.inflight import BeamRow, BeamRows
 
-
-def sid_constraint_args(allowed_token_ids: Sequence[int]) -> dict[str, Any]:
-    """The ``extra_args`` that switch the constraint on for one request."""
-    return {SID_CONSTRAINT: {"allowed_token_ids": [int(t) for t in allowed_token_ids]}}
+BEAM_SEARCH = "onesearch_beam"
+_BEAM_KEYS = ("search", "prompt_len", "stop")
 
 
-class AllowedTokens:
-    """Per-request processor: keep only ``allowed`` token ids (others -> -inf)."""
-
-    def __init__(self, allowed: Sequence[int]) -> None:
-        if len(allowed) == 0:
-            raise ValueError("a SID constraint needs at least one allowed token")
-        self.allowed = list(allowed)
-
-    def __call__(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
-        masked = torch.full_like(logits, float("-inf"))
-        index = torch.as_tensor(self.allowed, device=logits.device)
-        masked[index] = logits[index]
-        return masked
+def beam_args(search_id: int, prompt_len: int, stop_token_id: int) -> dict[str, Any]:
+    """The ``extra_args`` that make a request a beam of search ``search_id``."""
+    return {BEAM_SEARCH: {"search": search_id, "prompt_len": prompt_len, "stop": stop_token_id}}
 
 
-class SidConstraintLogitsProcessor(AdapterLogitsProcessor):
-    """Applies each constrained request's allowed-token mask; one batched masked fill per step."""
+def _beam_row(params: SamplingParams, prompt_ids: list[int] | None, output_ids: list[int]) -> BeamRow | None:
+    spec = (params.extra_args or {}).get(BEAM_SEARCH)
+    if spec is None:
+        return None
+    return BeamRow(spec["search"], tuple((prompt_ids or [])[spec["prompt_len"] :]), output_ids, spec["stop"])
+
+
+class SidBeamSearchLogitsProcessor(LogitsProcessor):
+    """Advances every in-batch SID beam search by one position per engine step."""
+
+    def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
+        self.beam_rows = BeamRows()
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
-        spec = (sampling_params.extra_args or {}).get(SID_CONSTRAINT)
+        spec = (sampling_params.extra_args or {}).get(BEAM_SEARCH)
         if spec is None:
             return
-        allowed = spec.get("allowed_token_ids") if isinstance(spec, dict) else None
-        if not allowed or not all(isinstance(t, int) and t >= 0 for t in allowed):
-            raise ValueError(f"extra_args[{SID_CONSTRAINT!r}]: expected a non-empty allowed_token_ids list")
+        if not isinstance(spec, dict) or not all(isinstance(spec.get(k), int) for k in _BEAM_KEYS):
+            raise ValueError(f"extra_args[{BEAM_SEARCH!r}]: expected integers {', '.join(_BEAM_KEYS)}")
 
     def is_argmax_invariant(self) -> bool:
-        return False  # it changes which token wins
+        return False  # it picks the token
 
-    def new_req_logits_processor(self, params: SamplingParams) -> AllowedTokens | None:
-        spec = (params.extra_args or {}).get(SID_CONSTRAINT)
-        return None if spec is None else AllowedTokens(spec["allowed_token_ids"])
-
-    def _new_state(
-        self, params: SamplingParams, prompt_ids: list[int] | None, output_ids: list[int]
-    ) -> partial | None:
-        """As the adapter's, minus its per-request ``inspect.signature`` (known here: 2 arguments)."""
-        processor = self.new_req_logits_processor(params)
-        return None if processor is None else partial(processor, output_ids)
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if batch_update is None:
+            return
+        self.beam_rows.update(
+            batch_update.removed,
+            [
+                (index, _beam_row(params, prompt, output))
+                for index, params, prompt, output in batch_update.added
+            ],
+            [(a, b, way == MoveDirectionality.SWAP) for a, b, way in batch_update.moved],
+        )
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        """Same result as the per-row adapter loop, as one masked fill over all constrained rows."""
-        if not self.req_info:
-            return logits
-        rows = list(self.req_info)
-        allowed = [self.req_info[row].func.allowed for row in rows]
-        row_index = torch.repeat_interleave(
-            torch.arange(len(rows)), torch.as_tensor([len(a) for a in allowed])
-        ).to(logits.device)
-        token_index = torch.as_tensor([t for ids in allowed for t in ids], device=logits.device)
-        keep = torch.zeros((len(rows), logits.shape[1]), dtype=torch.bool, device=logits.device)
-        keep[row_index, token_index] = True
-        batch_rows = torch.as_tensor(rows, device=logits.device)
-        logits[batch_rows] = logits[batch_rows].masked_fill(~keep, float("-inf"))
-        return logits
+        return self.beam_rows.apply(logits)
