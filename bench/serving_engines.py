@@ -2,8 +2,9 @@
 
 Rows, on the same model, prompts and trie:
 
-* ``vllm``: ``onesearch_ray.decoding.vllm_engine.VLLMEngine`` (in-process vLLM, beam loop of
-  ``max_tokens=1`` requests, prefix caching, exact full-vocab scores);
+* ``vllm``: ``onesearch_ray.decoding.vllm_engine.VLLMEngine`` (in-process vLLM, the beam search
+  runs inside vLLM's batch: one request per beam, new requests only where beams fork, exact
+  full-vocab scores); ``vllm-compiled``: the same with torch.compile (``--engine vllm-compiled``);
 * ``hf_generate``: the usual baseline, transformers ``model.generate(num_beams=B,
   num_return_sequences=B, prefix_allowed_tokens_fn=...)`` over the same trie (``length_penalty=0``, so
   its sequence score is the same sum of log-probabilities);
@@ -261,7 +262,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--beams", type=int, nargs="+", default=[10, 50, 350])
     parser.add_argument("--prompts", type=int, default=20, help="queries per beam width")
     parser.add_argument("--batch-size", type=int, default=1, help="queries per search() call")
-    parser.add_argument("--engines", nargs="+", default=["transformers", "hf_generate", "vllm"])
+    parser.add_argument(
+        "--engines", nargs="+", default=["transformers", "hf_generate", "vllm", "vllm-compiled"],
+        choices=["transformers", "hf_generate", "vllm", "vllm-compiled"],
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads, all engines")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/serving_engines.json"))
     parser.add_argument("--demo-dir", type=Path, default=Path("runs/bench/serving_demo"))
@@ -283,14 +287,16 @@ def make_engines(args: argparse.Namespace, setup: Setup, trie: SidTrie) -> dict[
         engines["transformers"] = TransformersEngine(model, tokenizer, vocabulary.position_token_ids, trie)
     if "hf_generate" in args.engines:
         engines["hf_generate"] = HFGenerateEngine(model, tokenizer, vocabulary, trie)
-    if "vllm" in args.engines:
-        from onesearch_ray.decoding.vllm_engine import VLLMEngine
+    for name in ("vllm", "vllm-compiled"):
+        if name in args.engines:
+            from onesearch_ray.decoding.vllm_engine import VLLMEngine
 
-        started = time.perf_counter()
-        engines["vllm"] = VLLMEngine.from_model_dir(
-            setup.model_dir, vocabulary.position_token_ids, trie, **args.vllm_kwargs
-        )
-        print(f"vLLM engine up in {time.perf_counter() - started:.1f} s")
+            started = time.perf_counter()
+            compile = True if name == "vllm-compiled" else None
+            engines[name] = VLLMEngine.from_model_dir(
+                setup.model_dir, vocabulary.position_token_ids, trie, compile=compile, **args.vllm_kwargs
+            )
+            print(f"{name} engine up in {time.perf_counter() - started:.1f} s")
     return engines
 
 

