@@ -72,7 +72,7 @@ VLLM_SCRIPT = textwrap.dedent(
         served.close()
         # ordinary generation on the same engine is left alone by the processor
         ids = engine.tokenizer(prompts[0], add_special_tokens=False)["input_ids"]
-        greedy = SamplingParams(max_tokens=1, temperature=0.0)
+        greedy = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
         plain = engine.llm.generate([{"prompt_token_ids": ids}], greedy, use_tqdm=False)
         out["greedy"] = plain[0].outputs[0].token_ids[0]
         print("RESULT " + json.dumps(out))

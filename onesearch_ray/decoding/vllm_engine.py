@@ -65,6 +65,7 @@ def default_vllm_kwargs(cuda: bool, compile: bool | None = None) -> dict[str, An
         "max_model_len": 512,
         "enable_prefix_caching": True,
         "async_scheduling": False,  # forks must join the very next step
+        "skip_tokenizer_init": True,  # prompts arrive as token ids; outputs are never detokenized
         "distributed_executor_backend": "uni",
         "max_num_seqs": 1024,
         "max_num_batched_tokens": 16384,
