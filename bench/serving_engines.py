@@ -11,11 +11,13 @@ Rows, on the same model, prompts and trie:
 * ``transformers``: our reference ``TransformersEngine`` (one prompt prefill, KV-cache reorder).
 
 For each beam width: queries/s and per-query p50/p99 latency (queries go in chunks of
-``--batch-size``; a query's latency is its chunk's), and the top-K agreement of every row with
-the ``transformers`` row (always run: it is the reference) and with ``hf_generate``: exact same SID
-list (order included), mean top-K set overlap, max score gap, invalid SIDs. Prints a markdown table,
-writes JSON. Every engine pads prompts as the model was trained (``prompt_block`` in its config:
-left-padded to a multiple of 32 tokens, vLLM's CPU KV block, for models built by this project).
+``--batch-size`` per ``search()`` call, ``--baseline-batch-size`` for ``hf_generate``, whose padded
+batches are slower than one query at a time; a query's latency is its chunk's), and the top-K
+agreement of every row with the ``transformers`` row (always run: it is the reference) and with
+``hf_generate``: exact same SID list (order included), mean top-K set overlap, max score gap,
+invalid SIDs. Prints a markdown table, writes JSON. Every engine pads prompts as the model was
+trained (``prompt_block`` in its config: left-padded to a multiple of 32 tokens, vLLM's CPU KV block,
+for models built by this project).
 
 Expected time on an idle 2-core box with the defaults (20 prompts, beams 10 50 350, demo model
 already built): ~3 minutes, two thirds of it ``hf_generate`` at beam 350 (~3 s a query); building
@@ -27,6 +29,7 @@ prompts), ``--model-dir DIR`` with ``--run`` to pick another model, or by defaul
 steps so that its distribution is not flat.
 
     python bench/serving_engines.py                                   # full: beams 10 50 350
+    python bench/serving_engines.py --batch-size 10 --baseline-batch-size 1 --prompts 40  # throughput
     python bench/serving_engines.py --beams 10 --prompts 5            # quick check
     python bench/serving_engines.py --run runs/hd --prompts 50
 """
@@ -237,14 +240,15 @@ def _mean_tokens(tokenizer, prompts: Sequence[str], block: int) -> float:
 
 def markdown(rows: list[dict]) -> str:
     head = (
-        "| beam | engine | q/s | p50 ms | p99 ms | vs hf_generate | same top-K as reference "
+        "| beam | engine | queries a call | q/s | p50 ms | p99 ms | vs hf_generate | same top-K as reference "
         "| overlap | same top-K as hf_generate | max score gap |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
     nan = float("nan")
     for r in rows:
         lines.append(
-            f"| {r['beam']} | {r['engine']} | {r['qps']:.2f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
+            f"| {r['beam']} | {r['engine']} | {r['batch_size']} | {r['qps']:.2f} | {r['p50_ms']:.1f} "
+            f"| {r['p99_ms']:.1f} "
             f"| {r.get('speedup_vs_hf_generate', nan):.1f}x | {r['identical_topk']:.0%} "
             f"| {r['topk_overlap']:.1%} | {r.get('identical_vs_hf_generate', nan):.0%} "
             f"| {r['max_score_gap']:.1e} |"
@@ -262,6 +266,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--beams", type=int, nargs="+", default=[10, 50, 350])
     parser.add_argument("--prompts", type=int, default=20, help="queries per beam width")
     parser.add_argument("--batch-size", type=int, default=1, help="queries per search() call")
+    parser.add_argument("--baseline-batch-size", type=int, help="hf_generate's (default: --batch-size)")
     parser.add_argument(
         "--engines", nargs="+", default=["transformers", "hf_generate", "vllm", "vllm-compiled"],
         choices=["transformers", "hf_generate", "vllm", "vllm-compiled"],
@@ -276,7 +281,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--vllm-kwargs", type=json.loads, default={}, help="JSON, e.g. '{\"block_size\": 64}'"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.baseline_batch_size is None:
+        args.baseline_batch_size = args.batch_size
+    return args
 
 
 def make_engines(args: argparse.Namespace, setup: Setup, trie: SidTrie) -> dict[str, object]:
@@ -316,12 +324,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     prompts = setup.prompts[: args.prompts]
     rows = []
     for beam in args.beams:
-        results = {name: timed(engine, prompts, beam, args.batch_size) for name, engine in engines.items()}
+        batch_of = {name: args.batch_size for name in engines} | {"hf_generate": args.baseline_batch_size}
+        results = {name: timed(engine, prompts, beam, batch_of[name]) for name, engine in engines.items()}
         reference = results["transformers"][0]
         for name, (hits, stats) in results.items():
             if name not in args.engines:
                 continue
-            row = {"beam": beam, "engine": name, **stats, **agreement(hits, reference, trie)}
+            row = {"beam": beam, "engine": name, "batch_size": batch_of[name], **stats}
+            row |= agreement(hits, reference, trie)
             if "hf_generate" in results:
                 baseline_hits, baseline = results["hf_generate"]
                 row["speedup_vs_hf_generate"] = stats["qps"] / baseline["qps"]
@@ -333,7 +343,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     report = {
         "model_dir": str(setup.model_dir),
         "prompts": len(prompts),
-        "batch_size": args.batch_size,
         "threads": args.threads,
         "prompt_block": block,
         "level_sizes": list(trie.level_sizes),
