@@ -153,3 +153,19 @@ def test_a_beam_missing_from_the_step_fails_its_search_only():
     assert healthy.error is None and healthy.depth == 2
     assert len(lagging_requests) == 2
     assert all(r["out"][-1] == STOP for r in lagging_requests)  # its requests were ended, not left running
+
+
+def test_select_beams_ranks_like_a_full_sort_with_ties():
+    """Score desc, then parent, then code: the order every engine relies on, ties included."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n, width, beam = (int(x) for x in rng.integers(1, 60, size=3))
+        scores = np.round(rng.normal(size=n), 1)  # coarse values: many exact ties
+        logprobs = np.round(rng.normal(size=(n, width)), 1)
+        mask = rng.random((n, width)) < 0.5
+        candidates = np.where(mask, scores[:, None] + logprobs, -np.inf).ravel()
+        finite = np.flatnonzero(np.isfinite(candidates))
+        want = finite[np.lexsort((finite % width, finite // width, -candidates[finite]))][:beam]
+        parents, codes, new_scores = select_beams(scores, rng.integers(0, 9, (n, 2)), logprobs, mask, beam)
+        np.testing.assert_array_equal(parents * width + codes[:, -1], want)
+        np.testing.assert_array_equal(new_scores, candidates[want])

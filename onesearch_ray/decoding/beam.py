@@ -46,6 +46,9 @@ def select_beams(
     finite = np.flatnonzero(np.isfinite(flat))
     if len(finite) == 0:
         return np.zeros(0, np.int64), np.zeros((0, codes.shape[1] + 1), np.int64), np.zeros(0)
+    if len(finite) > beam:  # only candidates scoring at least the beam-th best can win (ties kept)
+        values = flat[finite]
+        finite = finite[values >= np.partition(values, len(values) - beam)[len(values) - beam]]
     width = candidates.shape[1]
     # order: score desc, then (parent codes, code) asc for deterministic ties
     order = np.lexsort((finite % width, finite // width, -flat[finite]))[:beam]
