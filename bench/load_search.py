@@ -25,6 +25,8 @@ from pathlib import Path
 import httpx
 import pyarrow.parquet as pq
 
+from onesearch_ray.serving.engines import ENGINES
+
 BAD_REQUESTS = (
     {"query": "   ", "k": 10, "beam": 10},
     {"query": "drill", "k": 10, "beam": 100000},
@@ -109,7 +111,7 @@ def main() -> int:
     parser.add_argument("--run", type=Path, help="trained run: start the API on it (and take its queries)")
     parser.add_argument("--url", help="a running API instead (needs --run for queries, or --query)")
     parser.add_argument("--query", action="append", help="query text to send (repeatable)")
-    parser.add_argument("--engine", default="vllm", choices=["vllm", "transformers"])
+    parser.add_argument("--engine", default="vllm", choices=ENGINES)
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--requests", type=int, default=400)

@@ -19,6 +19,10 @@ from onesearch_ray.decoding.trie import SidTrie
 from onesearch_ray.prompts.tokenizer import encode_prompts, prompt_block
 
 
+class SearchLimitError(ValueError):
+    """A search the engine cannot run as asked (prompt too long, beam too wide): the caller's to fix."""
+
+
 @dataclass(frozen=True)
 class SidHit:
     codes: tuple[int, ...]

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from onesearch_ray.decoding.beam import SidHit
+from onesearch_ray.decoding.beam import SearchLimitError, SidHit
 from onesearch_ray.decoding.inflight import LIVE_SEARCHES, SearchState
 from onesearch_ray.decoding.trie import SidTrie
 from onesearch_ray.prompts.tokenizer import encode_prompts, prompt_block
@@ -131,10 +131,10 @@ class VLLMEngine:
         if not cuda:
             for name, value in CPU_ENV.items():
                 os.environ.setdefault(name, value)
-        from transformers import AutoTokenizer
         from vllm import LLM
 
         from onesearch_ray.decoding.vllm_processor import SidBeamSearchLogitsProcessor
+        from onesearch_ray.model import load_tokenizer
 
         _tolerate_foreign_module_objects()
         kwargs = {**default_vllm_kwargs(cuda, compile), **vllm_kwargs}
@@ -143,7 +143,7 @@ class VLLMEngine:
             from onesearch_ray.prompts import SidVocabulary
 
             position_token_ids = SidVocabulary.load(model_dir).position_token_ids
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        tokenizer = load_tokenizer(model_dir)
         engine = cls(LLM(model=str(model_dir), **kwargs), tokenizer, position_token_ids, trie)
         if warmup:
             engine.warmup()
@@ -182,18 +182,18 @@ class VLLMEngine:
     def start(self, prompts: Sequence[str], beam: int) -> list[SearchState]:
         """New searches on the current trie (read once, here); nothing runs until :meth:`step`."""
         if beam < 1:
-            raise ValueError(f"beam must be >= 1, got {beam}")
+            raise SearchLimitError(f"beam must be >= 1, got {beam}")
         if beam > self.max_rows:
-            raise ValueError(f"beam {beam} exceeds the engine's max_num_seqs {self.max_rows}")
+            raise SearchLimitError(f"beam {beam} exceeds the engine's max_num_seqs {self.max_rows}")
         trie = self._trie
         limit = self.llm.llm_engine.model_config.max_model_len
         searches = []
         for ids in encode_prompts(self.tokenizer, prompts, self.prompt_block):
             if len(ids) + trie.depth > limit:
-                raise ValueError(f"prompt of {len(ids)} tokens + a SID does not fit max_model_len {limit}")
+                raise SearchLimitError(f"prompt of {len(ids)} tokens + a SID exceeds max_model_len {limit}")
             search = SearchState(list(ids), int(beam), trie, self.position_token_ids)
             if self._step_tokens(search) > self.max_tokens:
-                raise ValueError(f"beam {beam} needs more than the engine's {self.max_tokens} tokens a step")
+                raise SearchLimitError(f"beam {beam} needs over the engine's {self.max_tokens} tokens a step")
             searches.append(search)
         return searches
 

@@ -200,11 +200,16 @@ def load_model(
     check_model_dir(directory)
     model = _load_local(directory, dtype).to(device)
     model.eval()
+    return model, load_tokenizer(directory)
+
+
+def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of a :func:`save_model` directory, without loading the weights."""
+    directory = Path(directory)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        return AutoTokenizer.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError, json.JSONDecodeError) as err:
         raise ValueError(f"{directory / 'tokenizer.json'}: cannot load the tokenizer ({err})") from err
-    return model, tokenizer
 
 
 def check_model_dir(directory: Path) -> None:

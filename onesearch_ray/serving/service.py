@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from onesearch_ray.behavior import BehaviorIndex, UserContext
 from onesearch_ray.data import load_track
-from onesearch_ray.decoding.beam import DecodingEngine, SidHit
+from onesearch_ray.decoding.beam import DecodingEngine, SearchLimitError, SidHit
 from onesearch_ray.decoding.trie import SidTrie
 from onesearch_ray.eval.baselines import BM25Retriever
 from onesearch_ray.khqe import SemanticIdTokenizer, item_text
@@ -67,10 +67,10 @@ class SearchService:
         self.run = Path(run)
         self.sids = SemanticIdTokenizer.load(self.run / "sid_tokenizer")
         self.model_dir = Path(model_dir) if model_dir else latest_model_dir(self.run)
-        from onesearch_ray.model import load_model
+        from onesearch_ray.model import check_model_dir, load_tokenizer
 
-        _, tokenizer = load_model(self.model_dir)
-        self.vocabulary = SidVocabulary.from_tokenizers(tokenizer, self.sids)
+        check_model_dir(self.model_dir)  # names a missing or corrupt file before any engine loads it
+        self.vocabulary = SidVocabulary.from_tokenizers(load_tokenizer(self.model_dir), self.sids)
         self.trie = SidTrie(np.asarray(self.sids.all_sids()), self.sids.layout.level_sizes)
         self.engine = engine_factory(self.model_dir, self.vocabulary, self.trie)
         self.builder = PromptBuilder(self.sids, PromptConfig())
@@ -98,7 +98,12 @@ class SearchService:
         version = self.trie.version
         for beam in sorted({r.beam for r, p in zip(requests, prompts, strict=True) if isinstance(p, str)}):
             rows = [i for i, r in enumerate(requests) if r.beam == beam and isinstance(prompts[i], str)]
-            found = self.engine.search([prompts[i] for i in rows], beam)
+            try:
+                found = self.engine.search([prompts[i] for i in rows], beam)
+            except SearchLimitError as err:  # prompt too long or beam too wide for this engine
+                for row in rows:
+                    results[row] = BadRequestError(str(err))
+                continue
             elapsed = 1000 * (time.perf_counter() - started)
             for row, hits in zip(rows, found, strict=True):
                 items = self._items(hits, requests[row].k)
