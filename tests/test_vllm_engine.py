@@ -66,6 +66,14 @@ VLLM_SCRIPT = textwrap.dedent(
             engine.step(running)
         out["pinned"] = dump([s.hits() for s in running])
         out["swapped"] = dump(engine.search(prompts[:1], 5))
+        # a search abandoned half-way leaves nothing running and the engine usable
+        abandoned = engine.start(prompts[:2], 5)
+        engine.step(abandoned)
+        engine.step(abandoned)
+        engine.cancel(abandoned)
+        out["cancelled"] = [s.error for s in abandoned]
+        out["leftover_requests"] = engine.llm.llm_engine.has_unfinished_requests()
+        out["after_cancel"] = dump(engine.search(prompts[:1], 5))
         out["trie_version"] = engine.trie.version
         served = AsyncVLLMEngine(engine)
         out["async"] = dump(asyncio.run(concurrent(served, prompts[:3], spec["beams"])))
@@ -191,6 +199,14 @@ def test_trie_swap_is_seen_by_the_next_search_only(vllm_run):
     assert swapped[0].codes == target  # the added item is the model's favourite
     assert_same_hits(swapped, reference(big).search(prompts[:1], 5)[0])
     assert result["trie_version"] == big.version
+
+
+@torch.no_grad()
+def test_cancelled_searches_leave_the_engine_clean(vllm_run):
+    reference, _, big, _, prompts, result = vllm_run
+    assert result["cancelled"] == ["search cancelled"] * 2
+    assert result["leftover_requests"] is False
+    assert_same_hits(_load(result["after_cancel"])[0], reference(big).search(prompts[:1], 5)[0])
 
 
 @torch.no_grad()
