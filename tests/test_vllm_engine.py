@@ -40,6 +40,7 @@ VLLM_SCRIPT = textwrap.dedent(
     import asyncio, json, sys
     import numpy as np
     from vllm import SamplingParams
+    from onesearch_ray.decoding.beam import SearchLimitError
     from onesearch_ray.decoding.trie import SidTrie
     from onesearch_ray.decoding.vllm_engine import AsyncVLLMEngine, VLLMEngine
 
@@ -74,6 +75,13 @@ VLLM_SCRIPT = textwrap.dedent(
         out["cancelled"] = [s.error for s in abandoned]
         out["leftover_requests"] = engine.llm.llm_engine.has_unfinished_requests()
         out["after_cancel"] = dump(engine.search(prompts[:1], 5))
+        # requests beyond the engine's limits are refused up front, naming the limit
+        out["limits"] = []
+        for prompt, beam in ((prompts[0], 5000), ("drill " * 600, 5)):
+            try:
+                engine.search([prompt], beam)
+            except SearchLimitError as err:
+                out["limits"].append(str(err))
         out["trie_version"] = engine.trie.version
         served = AsyncVLLMEngine(engine)
         out["async"] = dump(asyncio.run(concurrent(served, prompts[:3], spec["beams"])))
@@ -207,6 +215,13 @@ def test_cancelled_searches_leave_the_engine_clean(vllm_run):
     assert result["cancelled"] == ["search cancelled"] * 2
     assert result["leftover_requests"] is False
     assert_same_hits(_load(result["after_cancel"])[0], reference(big).search(prompts[:1], 5)[0])
+
+
+def test_searches_beyond_the_engine_limits_are_refused(vllm_run):
+    *_, result = vllm_run
+    too_wide, too_long = result["limits"]
+    assert "beam 5000" in too_wide and "'rows'" in too_wide
+    assert "max_model_len 512" in too_long
 
 
 @torch.no_grad()

@@ -13,9 +13,9 @@ position cost several times more (``docs/benchmarks.md``). 0 invalid SIDs by con
 
 The driver owns the loop: ``LLMEngine.add_request`` for new searches' prompts and forks, then
 ``LLMEngine.step``. Every beam of a search must be scheduled in the same step, so searches are
-admitted only while their beams fit the scheduler's ``max_num_seqs`` and token budget; a search
-whose beams the engine still splits (KV cache exhausted) fails with an error rather than a wrong
-answer. The searches live in this process, so the engine core must too
+admitted only while their beams fit the engine's rows (``max_num_seqs``), token budget and KV
+blocks; one that can never fit raises ``SearchLimitError`` up front, and one whose beams vLLM still
+splits fails with an error rather than a wrong answer. The searches live in this process, so the engine core must too
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, set by :meth:`VLLMEngine.from_model_dir`, CPU and GPU).
 
 Trie swaps. ``set_trie`` swaps one reference; a search reads it once when it starts and keeps that
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,9 +98,14 @@ class VLLMEngine:
         if stop is None:
             raise ValueError("the tokenizer has neither an eos nor a pad token to end dropped beams with")
         self.stop_token_id = int(stop)
-        scheduler = engine.vllm_config.scheduler_config
-        self.max_rows, self.max_tokens = scheduler.max_num_seqs, scheduler.max_num_batched_tokens
-        self.block_size = engine.vllm_config.cache_config.block_size
+        scheduler, cache = engine.vllm_config.scheduler_config, engine.vllm_config.cache_config
+        self.block_size = cache.block_size
+        # what the engine can hold in one step: batch rows, tokens, KV cache blocks
+        self.capacity = {
+            "rows": scheduler.max_num_seqs,
+            "tokens": scheduler.max_num_batched_tokens,
+            "kv_blocks": cache.num_gpu_blocks or sys.maxsize,  # None until vLLM has sized its cache
+        }
         self._lock = threading.Lock()  # one driver at a time (the LLM is not thread-safe)
         self._running: dict[int, SearchState] = {}
         self._progress: dict[int, tuple[int, int]] = {}  # search id -> (depth, steps without progress)
@@ -183,8 +189,6 @@ class VLLMEngine:
         """New searches on the current trie (read once, here); nothing runs until :meth:`step`."""
         if beam < 1:
             raise SearchLimitError(f"beam must be >= 1, got {beam}")
-        if beam > self.max_rows:
-            raise SearchLimitError(f"beam {beam} exceeds the engine's max_num_seqs {self.max_rows}")
         trie = self._trie
         limit = self.llm.llm_engine.model_config.max_model_len
         searches = []
@@ -192,8 +196,12 @@ class VLLMEngine:
             if len(ids) + trie.depth > limit:
                 raise SearchLimitError(f"prompt of {len(ids)} tokens + a SID exceeds max_model_len {limit}")
             search = SearchState(list(ids), int(beam), trie, self.position_token_ids)
-            if self._step_tokens(search) > self.max_tokens:
-                raise SearchLimitError(f"beam {beam} needs over the engine's {self.max_tokens} tokens a step")
+            over = {k: v for k, v in self._needs(search).items() if v > self.capacity[k]}
+            if over:
+                raise SearchLimitError(
+                    f"beam {beam} needs more than this engine holds: {over} (capacity {self.capacity}); "
+                    "lower the beam or give vLLM more max_num_seqs / max_num_batched_tokens / KV cache"
+                )
             searches.append(search)
         return searches
 
@@ -222,21 +230,30 @@ class VLLMEngine:
                     self._finish(search.search_id)
 
     def _admit(self, waiting: list[SearchState]) -> None:
-        rows = sum(s.beam for s in self._running.values())
-        tokens = sum(self._step_tokens(s) for s in self._running.values())
+        """Start waiting searches, first come first served, while every beam of each fits one step."""
+        used = dict.fromkeys(self.capacity, 0)
+        for search in self._running.values():
+            used = {k: used[k] + v for k, v in self._needs(search).items()}
         for search in waiting:
-            need_rows, need_tokens = search.beam, self._step_tokens(search)
-            if self._running and (rows + need_rows > self.max_rows or tokens + need_tokens > self.max_tokens):
-                break  # first come, first served: later searches wait too
-            rows, tokens = rows + need_rows, tokens + need_tokens
+            total = {k: used[k] + v for k, v in self._needs(search).items()}
+            if self._running and any(total[k] > self.capacity[k] for k in total):
+                break  # later searches wait too
+            used = total
             self._running[search.search_id] = search
             self._progress[search.search_id] = (-1, 0)
             LIVE_SEARCHES[search.search_id] = search
 
-    def _step_tokens(self, search: SearchState) -> int:
-        """Most tokens one step of this search can schedule: the prompt, or every fork's uncached tail."""
-        tail = len(search.prompt_ids) % self.block_size + search.trie.depth
-        return max(len(search.prompt_ids), search.beam * tail)
+    def _needs(self, search: SearchState) -> dict[str, int]:
+        """Most a search holds at once: a row per beam; in one step its prompt or every fork's uncached
+        tail (tokens past the prompt's last full block, plus the SID); the prompt's KV blocks plus each
+        beam's own."""
+        prompt, size = len(search.prompt_ids), self.block_size
+        tail = prompt % size + search.trie.depth
+        return {
+            "rows": search.beam,
+            "tokens": max(prompt, search.beam * tail),
+            "kv_blocks": -(-prompt // size) + search.beam * -(-tail // size),
+        }
 
     def _submit(self, search: SearchState) -> None:
         """Add the search's new requests; they share one ``SamplingParams`` (all at the same depth)."""
