@@ -76,6 +76,9 @@ from onesearch_ray.prompts import (  # noqa: E402
     prompt_block,
     train_text_tokenizer,
 )
+from onesearch_ray.serving.engines import ENGINES, make_engine  # noqa: E402
+
+ROWS = ["hf_generate", *ENGINES]  # the baseline and every serving engine
 
 WORDS = (
     "red blue black white oak steel brass led cordless drill saw hammer lamp table chair paint "
@@ -267,10 +270,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompts", type=int, default=20, help="queries per beam width")
     parser.add_argument("--batch-size", type=int, default=1, help="queries per search() call")
     parser.add_argument("--baseline-batch-size", type=int, help="hf_generate's (default: --batch-size)")
-    parser.add_argument(
-        "--engines", nargs="+", default=["transformers", "hf_generate", "vllm", "vllm-compiled"],
-        choices=["transformers", "hf_generate", "vllm", "vllm-compiled"],
-    )  # fmt: skip
+    parser.add_argument("--engines", nargs="+", default=ROWS, choices=ROWS)
     parser.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads, all engines")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/serving_engines.json"))
     parser.add_argument("--demo-dir", type=Path, default=Path("runs/bench/serving_demo"))
@@ -297,13 +297,8 @@ def make_engines(args: argparse.Namespace, setup: Setup, trie: SidTrie) -> dict[
         engines["hf_generate"] = HFGenerateEngine(model, tokenizer, vocabulary, trie)
     for name in ("vllm", "vllm-compiled"):
         if name in args.engines:
-            from onesearch_ray.decoding.vllm_engine import VLLMEngine
-
             started = time.perf_counter()
-            compile = True if name == "vllm-compiled" else None
-            engines[name] = VLLMEngine.from_model_dir(
-                setup.model_dir, vocabulary.position_token_ids, trie, compile=compile, **args.vllm_kwargs
-            )
+            engines[name] = make_engine(name, **args.vllm_kwargs)(setup.model_dir, vocabulary, trie)
             print(f"{name} engine up in {time.perf_counter() - started:.1f} s")
     return engines
 
