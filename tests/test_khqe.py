@@ -135,6 +135,12 @@ def test_rq_opq_lowers_reconstruction_error_and_raises_icr():
     assert code_metrics(codes, (32,) * 5)["icr"] > code_metrics(rq.encode(data), (32,) * 3)["icr"]
 
 
+def test_small_catalogue_fits_without_faiss_warnings(capfd):
+    # 496 points against OPQ's 256-centroid rotation PQ: faiss warned once per OPQ iteration
+    ResidualQuantizer.fit(clustered_vectors()[:496], QuantizerConfig(layout="16-16-16+opq2x16"))
+    assert "WARNING" not in capfd.readouterr().err
+
+
 def test_quantizer_rejects_bad_input():
     with pytest.raises(ValueError, match="non-empty"):
         ResidualQuantizer.fit(np.zeros((0, 4), np.float32))

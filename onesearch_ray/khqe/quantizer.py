@@ -255,6 +255,12 @@ def _fit_opq(residual: np.ndarray, layout: CodebookLayout, config: QuantizerConf
     opq = faiss.OPQMatrix(dim, m)
     opq.niter = config.opq_niter
     opq.verbose = False
+    # OPQ's own default PQ (8 bits, what faiss trains the rotation with) warns on every iteration
+    # when there are fewer than 39 points per centroid; small catalogues are expected here. Same
+    # PQ, same rotation, with that threshold lowered (it only gates the warning).
+    rotation_pq = faiss.ProductQuantizer(dim, m, 8)
+    rotation_pq.cp.min_points_per_centroid = 1
+    opq.pq = rotation_pq
     opq.train(residual)
     rotation = faiss.vector_to_array(opq.A).reshape(dim, dim).astype(np.float32)
     rotated = residual @ rotation.T
