@@ -1,22 +1,24 @@
 """Training checkpoints: HF weights (safetensors) + optimizer state + ``state.json`` written LAST.
 
 A checkpoint directory counts only once its ``state.json`` exists, so a checkpoint cut short by a
-kill is ignored and the job resumes from the previous complete one.
+kill is ignored and the job resumes from the previous complete one. With selection on valid
+(``train.selection``), the best-scoring weights so far are also kept in ``<stage>/best/`` (written
+whole or not at all), apart from the newest checkpoints that resume uses and retention prunes.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
 
 import torch
 
-from onesearch_ray.io import read_json, write_json
+from onesearch_ray.io import atomic_dir, read_json, write_json
 
 STATE = "state.json"
 KEEP = 2  # complete checkpoints kept per stage (the newest ones)
+BEST = "best"  # the best-on-valid weights of a stage, beside its checkpoints
 _STEP_DIR = re.compile(r"^step_(\d{7})$")
 
 
@@ -55,8 +57,22 @@ def read_state(directory: Path) -> dict:
     return read_json(directory / STATE)
 
 
-def restore(directory: Path, model: torch.nn.Module) -> tuple[int, dict]:
-    """Load weights into ``model``; return (step, optimizer state dict). Errors name the bad file."""
+def write_best(stage_dir: Path, model: torch.nn.Module, step: int, metrics: dict) -> Path:
+    """Replace ``<stage_dir>/best`` with these weights (no optimizer: it is never resumed from)."""
+    with atomic_dir(stage_dir / BEST) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        write_json(tmp / STATE, {"step": step, "metrics": metrics})
+    return stage_dir / BEST
+
+
+def best(stage_dir: Path) -> Path | None:
+    """The stage's best-on-valid weights, if selection on valid wrote any."""
+    path = stage_dir / BEST
+    return path if (path / STATE).exists() else None
+
+
+def load_weights(directory: Path, model: torch.nn.Module) -> int:
+    """Load a checkpoint's (or ``best``'s) weights into ``model``; return its step."""
     from safetensors.torch import load_file
 
     weights = directory / "model.safetensors"
@@ -69,11 +85,17 @@ def restore(directory: Path, model: torch.nn.Module) -> tuple[int, dict]:
         raise ValueError(
             f"{weights}: does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+    return int(read_state(directory)["step"])
+
+
+def restore(directory: Path, model: torch.nn.Module) -> tuple[int, dict]:
+    """Load weights into ``model``; return (step, optimizer state dict). Errors name the bad file."""
+    step = load_weights(directory, model)
     try:
         optimizer_state = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True)
     except Exception as err:
         raise ValueError(f"{directory / 'optimizer.pt'}: corrupt optimizer state ({err})") from err
-    return int(json.loads((directory / STATE).read_text())["step"]), optimizer_state
+    return step, optimizer_state
 
 
 def prune(stage_dir: Path, keep: int) -> None:

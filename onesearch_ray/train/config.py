@@ -8,6 +8,8 @@ from pathlib import Path
 
 from onesearch_ray.config import parse_config, read_yaml_section
 from onesearch_ray.model import ModelConfig
+from onesearch_ray.train.distill import DistillConfig
+from onesearch_ray.train.selection import SelectionConfig
 from onesearch_ray.train.sft import SFTConfig
 
 
@@ -25,6 +27,10 @@ class TrainConfig:
     stages: dict[str, SFTConfig] = field(default_factory=_default_stages)
     tokenizer_vocab_size: int = 8000
     title_spans_per_item: int = 2  # alignment: short title spans -> item SID, as pseudo-queries
+    distill: DistillConfig = field(default_factory=DistillConfig)  # cascade-distilled co-occurrence pairs
+    select_on_valid: SelectionConfig = field(
+        default_factory=SelectionConfig
+    )  # early stopping, best checkpoint
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: int = 0  # 0: share the cluster's CPUs evenly among workers

@@ -149,7 +149,7 @@ def train(
     start_step: int = 0,
     device: torch.device | str = "cpu",
     on_log: Callable[[int, dict[str, float]], None] | None = None,
-    on_checkpoint: Callable[[int, torch.optim.Optimizer, dict[str, float]], None] | None = None,
+    on_checkpoint: Callable[[int, torch.optim.Optimizer, dict[str, float]], bool | None] | None = None,
 ) -> dict[str, float]:
     """Run one SFT stage from ``start_step`` to the end; returns the last window's metrics."""
     if not examples:
@@ -181,6 +181,8 @@ def train(
             window, started = [], time.perf_counter()
             if on_log:
                 on_log(done, metrics)
+        # on_checkpoint returning True stops the stage here (early stopping on valid)
         if on_checkpoint and (done % config.checkpoint_every == 0 or done == steps):
-            on_checkpoint(done, optimizer, metrics)
+            if on_checkpoint(done, optimizer, metrics):
+                break
     return metrics

@@ -8,12 +8,16 @@
 
 Only training signal is used: train-split queries and judgments, interactions on train queries, and
 ``valid``-split sequences (a ``test`` row's history is inference input only; evaluation.md).
+No text of a ``valid`` or ``test`` query enters any pair: title spans that happen to equal one are
+dropped, and :func:`check_no_leak` (run by the training driver on every stage) fails loudly if one
+gets through. Co-occurrence may also carry cascade-distilled pairs (``onesearch_ray.train.distill``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow.compute as pc
@@ -21,7 +25,21 @@ import pyarrow.compute as pc
 from onesearch_ray.behavior import BehaviorIndex, UserContext, sliding_windows
 from onesearch_ray.data import Event, Track
 from onesearch_ray.khqe import SemanticIdTokenizer
+from onesearch_ray.khqe.keywords import normalize_text
 from onesearch_ray.prompts import PromptBuilder
+from onesearch_ray.prompts.builder import NONE
+from onesearch_ray.prompts.tokenizer import (
+    ANSWER,
+    LONG,
+    PROFILE,
+    QSID,
+    QUERY,
+    QUERY2SID,
+    RECENT_ITEMS,
+    RECENT_QUERIES,
+    SEP,
+    TITLE2SID,
+)
 
 RELEVANT = 2.67  # evaluation.md: relevance >= 2.67 is relevant
 STAGES = ("alignment", "cooccurrence", "personalization")
@@ -40,6 +58,11 @@ class StageInputs:
     title_spans_per_item: int = 0
     train_split: str = "train"
     sequence_split: str = "valid"
+    # sequence rows (positions in track.sequences) kept for checkpoint selection: their target
+    # never trains, their history still does (train.selection)
+    selection_rows: frozenset[int] = frozenset()
+    distilled: Pairs = field(default_factory=list)  # cascade-distilled pairs, added to co-occurrence
+    human_repeats: int = 1  # each human-labelled co-occurrence pair counts this often (beside distilled)
 
     def train_queries(self) -> list[tuple[int, str]]:
         queries = self.track.queries
@@ -49,10 +72,75 @@ class StageInputs:
         kept = queries.filter(mask)
         return list(zip(kept.column("query_id").to_pylist(), kept.column("query").to_pylist(), strict=True))
 
+    def held_out_query_keys(self) -> set[str]:
+        """:func:`query_key` of every valid/test query whose text is not also a train query's."""
+        return held_out_query_keys(self.track, self.train_split)
+
     def codes_of(self, item_id: int) -> tuple[int, ...] | None:
         return (
             tuple(int(c) for c in self.sids.item_codes([item_id])[0]) if self.sids.has_item(item_id) else None
         )
+
+
+def query_key(text: str | None) -> str:
+    """The form query texts are compared in for the no-leak rule: lower-case word tokens."""
+    return normalize_text(text or "")
+
+
+def held_out_query_keys(track: Track, train_split: str = "train") -> set[str]:
+    """Keys of the queries training must never see (valid and test). A text that is also a train
+    query's is training data by the split itself, so it is not held out."""
+    if track.queries is None:
+        return set()
+    texts, splits = track.queries.column("query").to_pylist(), track.queries.column("split").to_pylist()
+    train = {query_key(t) for t, s in zip(texts, splits, strict=True) if s == train_split}
+    return {k for t, s in zip(texts, splits, strict=True) if s != train_split and (k := query_key(t))} - train
+
+
+# every free-text slot of a prompt that holds a query or a pseudo-query
+_QUERY_SLOTS = (
+    re.compile(re.escape(QUERY) + "(.*?) " + re.escape(QSID)),
+    # recent queries run up to the next section (sections can be switched off)
+    re.compile(
+        re.escape(RECENT_QUERIES)
+        + "(.*?) (?:"
+        + "|".join(map(re.escape, (RECENT_ITEMS, LONG, PROFILE, ANSWER)))
+        + ")"
+    ),
+    re.compile("^" + re.escape(QUERY2SID) + "(.*) " + re.escape(ANSWER) + "$"),
+    re.compile("^" + re.escape(TITLE2SID) + "(.*) " + re.escape(ANSWER) + "$"),
+)
+
+
+def prompt_queries(prompt: str) -> list[str]:
+    """The query texts a prompt carries: its query, its recent queries, a query2sid/title2sid text."""
+    found = []
+    for pattern in _QUERY_SLOTS:
+        for match in pattern.finditer(prompt):
+            found.extend(part.strip() for part in match.group(1).split(SEP))
+    return [text for text in found if text and f" {text}" != NONE]
+
+
+class LeakError(ValueError):
+    """A valid or test query's text reached a training pair."""
+
+
+def check_no_leak(
+    stage: str, pairs: Iterable[tuple[str, str]], held_out: Collection[str], allowed: Collection[str] = ()
+) -> None:
+    """Raise :class:`LeakError` if any prompt's query slot (:func:`prompt_queries`) equals a held-out
+    query key. ``allowed`` keys pass anyway: an item's whole title is catalogue text that every
+    stage may read even when a test query copies it word for word."""
+    if not held_out:
+        return
+    for prompt, _ in pairs:
+        for text in prompt_queries(prompt):
+            key = query_key(text)
+            if key in held_out and key not in allowed:
+                raise LeakError(
+                    f"{stage}: training prompt carries the text of a valid/test query {text!r} "
+                    f"(evaluation.md: no valid or test query text enters training): {prompt[:200]!r}"
+                )
 
 
 def title_spans(title: str, count: int, seed: int, lengths: tuple[int, int] = (2, 4)) -> list[str]:
@@ -74,6 +162,7 @@ def alignment_pairs(inputs: StageInputs) -> Pairs:
     items = inputs.track.items
     builder, pairs = inputs.builder, []
     categories = items.column("category").to_pylist() if "category" in items.column_names else None
+    held_out = inputs.held_out_query_keys()
     for row, (item_id, title) in enumerate(
         zip(items.column("item_id").to_pylist(), items.column("title").to_pylist(), strict=True)
     ):
@@ -82,6 +171,8 @@ def alignment_pairs(inputs: StageInputs) -> Pairs:
             continue
         pairs.append((builder.title_to_sid_prompt(title), builder.target(codes)))
         for span in title_spans(title, inputs.title_spans_per_item, seed=abs(item_id)):
+            if query_key(span) in held_out:  # a span that happens to be a valid/test query's text
+                continue
             pairs.append((builder.title_to_sid_prompt(span), builder.target(codes)))
         if categories and categories[row]:
             pairs.append((builder.sid_to_category_prompt(codes), f" {categories[row]}{builder.eos}"))
@@ -113,6 +204,8 @@ def positive_items_by_query(inputs: StageInputs) -> dict[int, list[int]]:
 
 
 def cooccurrence_pairs(inputs: StageInputs) -> Pairs:
+    """Human-labelled train queries -> their items (each ``human_repeats`` times), then the
+    cascade-distilled pairs, if any."""
     builder, pairs = inputs.builder, []
     queries = dict(inputs.train_queries())
     for qid, items in positive_items_by_query(inputs).items():
@@ -124,7 +217,7 @@ def cooccurrence_pairs(inputs: StageInputs) -> Pairs:
             pairs.append((builder.search_prompt(queries[qid], query_codes, None), builder.target(codes)))
             if query_codes is not None:
                 pairs.append((builder.qsid_to_sid_prompt(query_codes), builder.target(codes)))
-    return pairs
+    return pairs * inputs.human_repeats + inputs.distilled if inputs.distilled else pairs
 
 
 def personalization_pairs(inputs: StageInputs, window: int = 5) -> Pairs:
@@ -170,12 +263,14 @@ def _search_log_pairs(inputs: StageInputs) -> Pairs:
 
 def _sequence_pairs(inputs: StageInputs, window: int) -> Pairs:
     sequences, builder, pairs = inputs.track.sequences, inputs.builder, []
-    mask = pc.equal(sequences.column("split"), inputs.sequence_split)
-    rows = sequences.filter(mask)
-    for user, history, target in zip(
-        *(rows.column(c).to_pylist() for c in ("user_id", "history_item_ids", "item_id")), strict=True
-    ):
-        for prefix, nxt in sliding_windows(list(history) + [target], window):
+    split = sequences.column("split").to_pylist()
+    columns = (sequences.column(c).to_pylist() for c in ("user_id", "history_item_ids", "item_id"))
+    for row, (user, history, target) in enumerate(zip(*columns, strict=True)):
+        if split[row] != inputs.sequence_split:
+            continue
+        # a row kept for checkpoint selection trains on its history only, never on its target
+        sequence = list(history) if row in inputs.selection_rows else [*history, target]
+        for prefix, nxt in sliding_windows(sequence, window):
             codes = inputs.codes_of(nxt)
             if codes is None:
                 continue

@@ -25,10 +25,10 @@ from onesearch_ray.khqe import SemanticIdTokenizer
 from onesearch_ray.model import build_model, load_model, save_model
 from onesearch_ray.prompts import PromptBuilder, PromptConfig, prompt_block, train_text_tokenizer
 from onesearch_ray.runs import RunDir, write_latest_model
-from onesearch_ray.train import checkpoints
+from onesearch_ray.train import checkpoints, distill, selection
 from onesearch_ray.train.config import TrainConfig
 from onesearch_ray.train.sft import SFTConfig, make_optimizer, tokenize_pairs, train
-from onesearch_ray.train.stages import STAGE_BUILDERS, STAGES, Pairs, StageInputs
+from onesearch_ray.train.stages import STAGE_BUILDERS, STAGES, Pairs, StageInputs, check_no_leak, query_key
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ class StageJob:
     stage_dir: Path
     init_dir: Path
     sft: SFTConfig
+    valid: selection.ValidSample | None = None  # checkpoint selection / early stopping on valid
 
 
 def run_stage_loop(
@@ -153,7 +154,9 @@ def run_stage_loop(
     """One worker's share of a stage: load, resume from the last checkpoint, train, checkpoint.
 
     ``wrap_model`` moves the model to its device (and wraps it for DDP under Ray Train);
-    ``save_checkpoint`` receives the unwrapped model.
+    ``save_checkpoint`` receives the unwrapped model. With ``job.valid``, every checkpoint is scored
+    on valid by rank 0 (all ranks receive the value), the best weights go to ``<stage>/best``, and
+    the stage stops after ``patience`` scores without a gain.
     """
     model, tokenizer = load_model(job.init_dir)
     pairs = read_stage_examples(job.stage_dir)
@@ -183,8 +186,38 @@ def run_stage_loop(
             metrics["lr"],
             metrics["target_tokens_per_s"],
         )
-        with open(job.stage_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps({"stage": job.stage, **metrics}) + "\n")
+        append_metrics(job, metrics)
+
+    stopper = scorer = None
+    if job.valid is not None:
+        resumed = checkpoints.read_state(last)["metrics"] if last is not None else {}
+        stopper = selection.EarlyStopping.from_state(job.valid.config.patience, resumed)
+        if stopper.should_stop:  # stopped early before a kill: nothing left to train
+            log.info("%s: stopped early at step %d (best %d)", job.stage, start_step, stopper.best_step)
+            return
+        if rank == 0:
+            scorer = selection.ValidScorer(tokenizer, SemanticIdTokenizer.load(job.valid.sid_dir), job.valid)
+
+    def on_checkpoint(step: int, optimizer: torch.optim.Optimizer, metrics: dict) -> bool:
+        if stopper is not None:
+            value = selection.broadcast_value(scorer.score(bare_model) if scorer else 0.0, device)
+            improved = stopper.update(step, value)
+            metrics = {**metrics, job.valid.config.key: value, **stopper.state()}
+            if rank == 0:
+                log.info(
+                    "%s step %d: %s %.4f (best %.4f at step %d)",
+                    job.stage,
+                    step,
+                    job.valid.config.key,
+                    value,
+                    stopper.best,
+                    stopper.best_step,
+                )
+                append_metrics(job, {"step": step, job.valid.config.key: value, **stopper.state()})
+                if improved:
+                    checkpoints.write_best(job.stage_dir, bare_model, step, metrics)
+        save_checkpoint(step, bare_model, optimizer, metrics)
+        return stopper is not None and stopper.should_stop
 
     train(
         model,
@@ -197,18 +230,25 @@ def run_stage_loop(
         start_step=start_step,
         device=device,
         on_log=on_log,
-        on_checkpoint=lambda step, opt, metrics: save_checkpoint(step, bare_model, opt, metrics),
+        on_checkpoint=on_checkpoint,
     )
 
 
+def append_metrics(job: StageJob, record: dict) -> None:
+    with open(job.stage_dir / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps({"stage": job.stage, **record}) + "\n")
+
+
 def finish_stage(run: RunDir, job: StageJob, workers: int, data: str) -> Path:
-    """Turn the stage's last checkpoint into ``RUN/model/<stage>`` and record it in the manifest."""
-    last = checkpoints.latest(job.stage_dir)
-    if last is None:
+    """Turn the stage's best-on-valid checkpoint (with selection on valid) or its last one into
+    ``RUN/model/<stage>`` and record it in the manifest."""
+    best = checkpoints.best(job.stage_dir) if job.valid is not None else None
+    chosen = best or checkpoints.latest(job.stage_dir)
+    if chosen is None:
         raise RuntimeError(f"{job.stage}: training finished without a checkpoint in {job.stage_dir}")
     final_dir = run / f"model/{job.stage}"
     model, tokenizer = load_model(job.init_dir)
-    checkpoints.restore(last, model)
+    step = checkpoints.load_weights(chosen, model)
     save_model(model, tokenizer, final_dir)
     run.record_stage(
         f"train.{job.stage}",
@@ -216,11 +256,62 @@ def finish_stage(run: RunDir, job: StageJob, workers: int, data: str) -> Path:
         inputs={"data": data, "init": str(job.init_dir)},
         outputs={
             "model": str(final_dir),
-            "checkpoint": last.name,
-            "metrics": checkpoints.read_state(last)["metrics"],
+            "checkpoint": chosen.name,
+            "step": step,
+            "selected_on_valid": best is not None,
+            "metrics": checkpoints.read_state(chosen)["metrics"],
         },
     )
     return final_dir
+
+
+def check_training_pairs(inputs: StageInputs, stage: str, pairs: Pairs) -> None:
+    """The no-leak rule (evaluation.md) on one stage's pairs: raises ``LeakError`` naming the query."""
+    held_out = inputs.held_out_query_keys()
+    titles = {query_key(t) for t in inputs.track.items.column("title").to_pylist()} & held_out
+    check_no_leak(stage, pairs, held_out, allowed=titles)
+
+
+def valid_sample(
+    run: Path, inputs: StageInputs, config: selection.SelectionConfig
+) -> selection.ValidSample | None:
+    """The fixed valid sample checkpoints are scored on (None when off or the track has none).
+    On next-item tracks its rows are held out of training (``inputs.selection_rows``)."""
+    if not config.enabled:
+        return None
+    track, sid_dir = inputs.track, str((Path(run) / "sid_tokenizer").resolve())
+    if track.judgments is not None and track.queries is not None:
+        sample = selection.search_sample(
+            track, inputs.builder, inputs.query_codes, inputs.behavior, config, sid_dir
+        )
+    elif track.sequences is not None:
+        rows = selection.next_item_selection_rows(track, config)
+        inputs.selection_rows = frozenset(rows)
+        sample = selection.next_item_sample(track, inputs.builder, rows, config, sid_dir)
+    else:
+        sample = None
+    if sample is None or not sample.prompts:
+        log.warning("select_on_valid: the track has no valid queries or rows to score; last checkpoints kept")
+        return None
+    log.info(
+        "select_on_valid: %d valid %s prompts, %s at beam %d",
+        len(sample.prompts),
+        sample.kind,
+        config.metric,
+        config.beam,
+    )
+    return sample
+
+
+def add_distillation(run: Path, inputs: StageInputs, config: distill.DistillConfig) -> None:
+    """Cascade-distilled pairs into the co-occurrence stage; human pairs repeated to weigh more."""
+    exclude = inputs.held_out_query_keys() | {query_key(q) for _, q in inputs.train_queries()}
+    labelled = distill.distilled_queries(run, inputs.track.items, inputs.sids, exclude, config)
+    inputs.distilled = distill.distillation_pairs(
+        labelled, inputs.builder, inputs.codes_of, config.rank_repeats
+    )
+    inputs.human_repeats = config.human_repeats
+    log.info("distill: %d pairs from %d pseudo-queries", len(inputs.distilled), labelled.num_rows)
 
 
 def train_stages(
@@ -234,7 +325,7 @@ def train_stages(
     the previous stage's model. ``train_stage`` runs one stage's loop (on Ray Train or in-process)."""
     run = RunDir(run_dir)
     previous = prepare_model_init(run.path, data, config)
-    inputs = None  # the track, SIDs and behaviour: loaded once, and only if a stage needs training
+    inputs = valid = None  # the track, SIDs and behaviour: loaded once, and only if a stage needs training
     for stage in STAGES:
         done = trained_stage_model(run, stage)
         if done is not None:
@@ -244,13 +335,21 @@ def train_stages(
             continue
         if stage not in stages:
             continue
-        inputs = inputs or stage_inputs(run.path, data, title_spans_per_item=config.title_spans_per_item)
+        if inputs is None:
+            inputs = stage_inputs(run.path, data, title_spans_per_item=config.title_spans_per_item)
+            valid = valid_sample(run.path, inputs, config.select_on_valid)
+        if stage == "cooccurrence" and config.distill.enabled:
+            add_distillation(run.path, inputs, config.distill)
         pairs = build_stage_pairs(inputs, stage)
         if not pairs:
             log.warning("%s: this track has no training signal for the stage; skipped", stage)
             continue
+        check_training_pairs(inputs, stage, pairs)
         log.info("%s: %d training pairs", stage, len(pairs))
-        job = StageJob(stage, (run / f"sft/{stage}").resolve(), previous.resolve(), config.stages[stage])
+        selected = valid if stage in config.select_on_valid.stages else None
+        job = StageJob(
+            stage, (run / f"sft/{stage}").resolve(), previous.resolve(), config.stages[stage], selected
+        )
         write_stage_examples(job.stage_dir, pairs)
         train_stage(job)
         previous = finish_stage(run, job, config.num_workers, str(data))
