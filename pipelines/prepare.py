@@ -44,6 +44,7 @@ from onesearch_ray.khqe import (
 )
 from onesearch_ray.khqe.build import load_khqe_config
 from onesearch_ray.khqe.cache import load_embeddings, store_embeddings
+from onesearch_ray.khqe.encoder import TextKind, make_encoder
 from onesearch_ray.runs import RunDir, texts_digest
 from pipelines.common import init_ray
 
@@ -53,20 +54,22 @@ log = logging.getLogger("onesearch.prepare")
 class EmbedActor:
     """One text encoder per actor; Ray Data streams batches of ``text`` through it."""
 
-    def __init__(self, encoder_config: EncoderConfig, threads: int) -> None:
+    def __init__(self, encoder_config: EncoderConfig, threads: int, kind: TextKind) -> None:
         import torch
 
-        from onesearch_ray.khqe import SentenceTransformerEncoder
-
         torch.set_num_threads(threads)
-        self.encoder = SentenceTransformerEncoder(encoder_config)
+        self.encoder, self.kind = make_encoder(encoder_config), kind
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"row": batch["row"], "vector": self.encoder.encode([str(t) for t in batch["text"]])}
+        texts = [str(t) for t in batch["text"]]
+        return {"row": batch["row"], "vector": self.encoder.encode(texts, self.kind)}
 
 
-def embed_with_ray(texts: list[str], encoder: EncoderConfig, actors: int, threads: int) -> np.ndarray:
-    """Embed ``texts`` on an actor pool; rows come back in input order."""
+def embed_with_ray(
+    texts: list[str], encoder: EncoderConfig, actors: int, threads: int, kind: TextKind
+) -> np.ndarray:
+    """Embed ``texts`` (queries or item passages, see ``TextKind``) on an actor pool; rows come back
+    in input order."""
     if not texts:
         return np.zeros((0, 0), dtype=np.float32)
     # several blocks so actors stream and share the work (slices, not a repartition: an all-to-all
@@ -76,7 +79,7 @@ def embed_with_ray(texts: list[str], encoder: EncoderConfig, actors: int, thread
     dataset = ray.data.from_arrow([table.slice(start, block) for start in range(0, len(texts), block)])
     embedded = dataset.map_batches(
         EmbedActor,
-        fn_constructor_kwargs={"encoder_config": encoder, "threads": threads},
+        fn_constructor_kwargs={"encoder_config": encoder, "threads": threads, "kind": kind},
         batch_size=encoder.batch_size * 4,
         concurrency=actors,
         num_cpus=threads,
@@ -91,15 +94,22 @@ def embed_with_ray(texts: list[str], encoder: EncoderConfig, actors: int, thread
 
 
 def cached_embeddings(
-    run: RunDir, name: str, texts: list[str], encoder: EncoderConfig, actors: int, threads: int
+    run: RunDir,
+    name: str,
+    texts: list[str],
+    encoder: EncoderConfig,
+    actors: int,
+    threads: int,
+    kind: TextKind,
 ) -> np.ndarray:
-    """Embeddings for ``texts``, reusing ``embeddings/<name>.npy`` when texts and encoder are unchanged."""
+    """Embeddings for ``texts``, reusing ``embeddings/<name>.npy`` when texts and encoder are unchanged
+    (each name always holds one kind of text)."""
     cached = load_embeddings(run.path, name, texts, encoder)
     if cached is not None:
         log.info("embeddings/%s: cached (%d texts)", name, len(texts))
         return cached
     started = time.perf_counter()
-    vectors = embed_with_ray(texts, encoder, actors, threads)
+    vectors = embed_with_ray(texts, encoder, actors, threads, kind)
     log.info("embeddings/%s: %d texts in %.1fs", name, len(texts), time.perf_counter() - started)
     store_embeddings(run.path, name, texts, encoder, vectors)
     return vectors
@@ -127,9 +137,10 @@ def prepare(
     write_json(run / "lexicon.json", lexicon.to_json())
 
     encode = config.encoder
-    item_vectors = cached_embeddings(run, "items", item_texts, encode, actors, threads)
-    query_vectors = cached_embeddings(run, "queries", query_texts, encode, actors, threads)
-    phrase_vectors = cached_embeddings(run, "phrases", lexicon.vocabulary(), encode, actors, threads)
+    item_vectors = cached_embeddings(run, "items", item_texts, encode, actors, threads, "passage")
+    query_vectors = cached_embeddings(run, "queries", query_texts, encode, actors, threads, "query")
+    # keyphrases are query n-grams and attribute values: short, query-like texts
+    phrase_vectors = cached_embeddings(run, "phrases", lexicon.vocabulary(), encode, actors, threads, "query")
     embed_seconds = time.perf_counter() - started
 
     train_queries = (

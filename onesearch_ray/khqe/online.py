@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from onesearch_ray.config import parse_config
 from onesearch_ray.io import read_json
 from onesearch_ray.khqe.build import EncodedTexts, KHQEConfig, enhance
-from onesearch_ray.khqe.encoder import SentenceTransformerEncoder, TextEncoder
+from onesearch_ray.khqe.encoder import TextEncoder, TextKind, make_encoder
 from onesearch_ray.khqe.keywords import KeyphraseLexicon
 
 
@@ -32,15 +33,24 @@ class RunTextEncoder:
 
     @classmethod
     def from_run(cls, run: str | Path, config: KHQEConfig | None = None) -> RunTextEncoder:
+        """The encoder, lexicon and fusion weight the run's encode stage used (its recorded config)."""
         run = Path(run)
-        config = config or KHQEConfig()
+        config = config or run_khqe_config(run)
         lexicon = phrases = None
         if config.keyword_enhancement and (run / "lexicon.json").exists():
             lexicon = KeyphraseLexicon.from_json(read_json(run / "lexicon.json"))
             phrases = np.load(run / "embeddings/phrases.npy", allow_pickle=False)
-        return cls(SentenceTransformerEncoder(config.encoder), lexicon, phrases, config.keyword_text_weight)
+        return cls(make_encoder(config.encoder), lexicon, phrases, config.keyword_text_weight)
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        vectors = self.encoder.encode(texts)
+    def encode(self, texts: list[str], kind: TextKind = "query") -> np.ndarray:
+        """Fused vectors of search queries (``kind="query"``) or item texts (``"passage"``)."""
+        vectors = self.encoder.encode(texts, kind)
         fused, _ = enhance(EncodedTexts(texts, vectors), self.lexicon, self.phrase_vectors, self.text_weight)
         return fused
+
+
+def run_khqe_config(run: str | Path) -> KHQEConfig:
+    """The KHQE config recorded with the run's SID tokenizer (defaults for runs that predate it)."""
+    path = Path(run) / "sid_tokenizer/sid_tokenizer.json"
+    recorded = read_json(path).get("metadata", {}).get("khqe") if path.exists() else None
+    return parse_config(KHQEConfig, recorded, str(path))

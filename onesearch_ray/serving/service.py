@@ -155,7 +155,7 @@ class SearchService:
             if taken:
                 raise BadRequestError(f"items: item_id(s) {taken[:5]} already in the catalogue")
             texts = [item_text(item.title, item.brand) for item in request.items]
-            codes = self.sids.add_items(ids, self.text_encoder.encode(texts))
+            codes = self.sids.add_items(ids, self.text_encoder.encode(texts, "passage"))
             for item in request.items:
                 self.catalogue.titles[item.item_id] = item.title
             self.trie = self.trie.with_added(codes)
