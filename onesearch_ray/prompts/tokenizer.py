@@ -46,6 +46,7 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 
 # Anything shaped like a marker or a SID token; removed from BPE training text and from user text.
 MARKUP_PATTERN = re.compile(r"<\|[^<>|]{0,40}\|>|<[a-z]_\d+>")
+SID_TOKEN_PATTERN = re.compile(r"<[a-z]_\d+>")
 SID_VOCABULARY_FILE = "sid_vocabulary.json"
 _SID_VOCAB_FORMAT = "onesearch-sid-vocabulary"
 
@@ -66,6 +67,11 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], b
     """
     encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
     return [left_align(ids, block, tokenizer.pad_token_id) for ids in encoded]
+
+
+def sid_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Ids of every SID token in ``tokenizer`` (ascending), whatever the SID layout."""
+    return sorted(i for token, i in tokenizer.get_vocab().items() if SID_TOKEN_PATTERN.fullmatch(token))
 
 
 def left_align(ids: Sequence[int], block: int, pad_id: int) -> list[int]:
@@ -277,5 +283,6 @@ __all__ = [
     "USER",
     "SidVocabulary",
     "extend_tokenizer",
+    "sid_token_ids",
     "train_text_tokenizer",
 ]

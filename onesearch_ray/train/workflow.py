@@ -22,12 +22,19 @@ from onesearch_ray.behavior import BehaviorIndex
 from onesearch_ray.data import Track, load_track
 from onesearch_ray.io import write_parquet
 from onesearch_ray.khqe import SemanticIdTokenizer
-from onesearch_ray.model import build_model, load_model, save_model
+from onesearch_ray.model import build_model, extend_pretrained, load_model, save_model
 from onesearch_ray.prompts import PromptBuilder, PromptConfig, prompt_block, train_text_tokenizer
 from onesearch_ray.runs import RunDir, write_latest_model
 from onesearch_ray.train import checkpoints, distill, selection
 from onesearch_ray.train.config import TrainConfig
-from onesearch_ray.train.sft import SFTConfig, make_optimizer, tokenize_pairs, train
+from onesearch_ray.train.sft import (
+    SFTConfig,
+    make_optimizer,
+    set_trainable,
+    softmax_vocabulary,
+    tokenize_pairs,
+    train,
+)
 from onesearch_ray.train.stages import STAGE_BUILDERS, STAGES, Pairs, StageInputs, check_no_leak, query_key
 
 log = logging.getLogger(__name__)
@@ -71,12 +78,18 @@ def prepare_model_init(run: Path, data: str | Path, config: TrainConfig) -> Path
         return init_dir
     track = load_track(data)
     sids = SemanticIdTokenizer.load(Path(run) / "sid_tokenizer")
-    tokenizer = train_text_tokenizer(tokenizer_corpus(track), sids, config.tokenizer_vocab_size)
-    model = build_model(config.model, tokenizer)
+    if config.model.init_from:  # a pretrained LM: its own tokenizer, SID rows from the item titles
+        items = track.items
+        model, tokenizer = extend_pretrained(
+            config.model, sids, items.column("item_id").to_pylist(), items.column("title").to_pylist()
+        )
+    else:
+        tokenizer = train_text_tokenizer(tokenizer_corpus(track), sids, config.tokenizer_vocab_size)
+        model = build_model(config.model, tokenizer)
     save_model(model, tokenizer, init_dir)
     log.info(
         "model init: %s, %d parameters, vocabulary %d",
-        config.model.size,
+        config.model.init_from or config.model.size,
         sum(p.numel() for p in model.parameters()),
         len(tokenizer),
     )
@@ -159,6 +172,7 @@ def run_stage_loop(
     the stage stops after ``patience`` scores without a gain.
     """
     model, tokenizer = load_model(job.init_dir)
+    set_trainable(model, job.sft)
     pairs = read_stage_examples(job.stage_dir)
     examples = tokenize_pairs(tokenizer, pairs, job.sft.max_length, prompt_block(model.config))
     start_step, optimizer_state = 0, None
@@ -229,6 +243,7 @@ def run_stage_loop(
         optimizer=optimizer,
         start_step=start_step,
         device=device,
+        vocabulary=softmax_vocabulary(tokenizer, job.sft),
         on_log=on_log,
         on_checkpoint=on_checkpoint,
     )
