@@ -6,12 +6,12 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from onesearch_ray.data import SyntheticConfig, write_synthetic
+from tests.ray_jobs import RAY, stop_head, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -36,37 +36,30 @@ def _free_port() -> int:
 def ray_cluster(tmp_path_factory):
     """A head node started as a user would (`ray start --head`); yields (gcs_address, dashboard_url).
 
-    Teardown runs `ray stop`, which stops every Ray cluster on the machine: fine in CI, but don't run
-    the Ray tests while your own Ray jobs run on the same machine.
+    It runs under `ray start --block` with a temp dir of its own, and teardown stops exactly its
+    processes (`stop_head`): other Ray clusters on the machine, a user's own jobs, are left running.
     """
     import ray
 
-    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent))
     port, dashboard_port = _free_port(), _free_port()
     temp_dir = tmp_path_factory.mktemp("ray")
-    subprocess.run(
-        [
-            ray_bin,
-            "start",
-            "--head",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--include-dashboard=true",
-            f"--dashboard-port={dashboard_port}",
-            "--dashboard-host=127.0.0.1",
-            f"--temp-dir={temp_dir}",
-            "--disable-usage-stats",
-        ],
-        check=True,
-        env=os.environ.copy(),
-        capture_output=True,
-    )
-    ray.init(address=f"127.0.0.1:{port}", logging_level="WARNING")
+    log = tmp_path_factory.mktemp("ray_start") / "ray_start.log"
+    command = [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", f"--temp-dir={temp_dir}"]
+    command += [f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--disable-usage-stats"]
+    command += ["--include-dashboard=true"]
+    with log.open("wb") as out:
+        head = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
     try:
+        wait_for(
+            lambda: "Ray runtime started" in log.read_text() or head.poll() is not None, 180, "ray start"
+        )
+        if head.poll() is not None:
+            raise RuntimeError(f"ray start --head failed:\n{log.read_text()[-3000:]}")
+        ray.init(address=f"127.0.0.1:{port}", logging_level="WARNING")
         yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}"
     finally:
         ray.shutdown()
-        subprocess.run([ray_bin, "stop", "--force"], env=os.environ.copy(), capture_output=True)
+        stop_head(head, str(temp_dir))
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,12 @@
-"""Helpers for tests that drive `ray job submit` against the session cluster, as a user would."""
+"""Helpers for tests that drive `ray job submit` against the session cluster, as a user would, and
+that stop the Ray processes a test started (and only those: never `ray stop`, which ends every
+Ray cluster on the machine)."""
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -66,3 +69,39 @@ def wait_for(predicate, timeout: float, what: str) -> None:
             return
         time.sleep(2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def ray_processes(temp_dir: str) -> list[int]:
+    """Live processes of the Ray node(s) whose temp dir is ``temp_dir`` (``--temp-dir``, or
+    ``RAY_TMPDIR``): each of them carries a path under it in its command line."""
+    under = os.path.join(temp_dir, "")
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if under in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                found.append(int(proc.name))
+        except OSError:  # ended meanwhile
+            continue
+    return found
+
+
+def stop_head(head: subprocess.Popen, temp_dir: str, grace: float = 60) -> None:
+    """Stop a head node started with ``ray start --head --block --temp-dir=temp_dir``.
+
+    SIGTERM to the blocking ``ray start`` makes it stop the processes it started (its own shutdown
+    hook); what of that node still runs after ``grace`` seconds is killed.
+    """
+    if head.poll() is None:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            head.kill()
+    deadline = time.time() + grace
+    while ray_processes(temp_dir) and time.time() < deadline:
+        time.sleep(1)
+    for pid in ray_processes(temp_dir):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
