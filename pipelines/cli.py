@@ -87,6 +87,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     from onesearch_ray.data import SyntheticConfig, detect_format, write_synthetic
     from pipelines import evaluate, prepare, train
 
+    _stop_on_sigterm()
     run = Path(args.out)
     data = Path(args.data) if args.data else run / "data"
     config = ["--config", args.config] if args.config else []
@@ -107,7 +108,6 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     from serve_apps.launch import start, stop
 
     print("[5/5] serve: the trained model behind HTTP (Ray Serve + vLLM), and the demo page")
-    _stop_on_sigterm()
     api = start(run, host=args.host, port=args.port, engine=args.engine, data=str(data), blocking=False)
     print(f"demo page: http://{args.host}:{args.demo_port}  (Ctrl-C stops both)", flush=True)
     try:
@@ -118,7 +118,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def _stop_on_sigterm() -> None:
-    """``kill`` ends a server as Ctrl-C does (KeyboardInterrupt), so its shutdown code runs."""
+    """``kill`` ends a command as Ctrl-C does (KeyboardInterrupt), so its shutdown code runs."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
@@ -210,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, NotADirectoryError) as err:
         print(f"onesearch {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or `kill` where _stop_on_sigterm is set
+        resume = args.command in ("train", "quickstart")
+        hint = "; rerun the same command to resume from the last checkpoint" if resume else ""
+        print(f"\nonesearch {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
-"""Ray wiring shared by the jobs: the cluster connection."""
+"""Ray wiring shared by the jobs: the cluster connection, Ctrl-C around Ray's blocking calls."""
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import ray
+
+T = TypeVar("T")
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -27,3 +32,29 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = bool(
         os.environ.get("ONESEARCH_PROGRESS", "1") == "1"
     )
+
+
+def off_main_thread(call: Callable[[], T]) -> T:
+    """``call()`` on a helper thread while the main thread waits, so Ctrl-C stops it at once.
+
+    Ray Train's ``fit()`` on the main thread installs its own SIGINT handler, which only asks the
+    run's controller to abort: on a busy machine the first two Ctrl-C did nothing visible and the
+    third exited. Off the main thread it installs none, so SIGINT raises KeyboardInterrupt here as
+    anywhere else; the driver then exits, and its run with it (Ray ends a job's actors when its driver
+    goes, and ``ray.shutdown`` at exit stops a local cluster the driver started). The helper thread is
+    a daemon, so exiting never waits for it.
+    """
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as err:  # handed to the caller's thread, re-raised there
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target, name="onesearch-ray-call", daemon=True)
+    thread.start()
+    thread.join()  # interruptible: SIGINT's KeyboardInterrupt is raised here
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

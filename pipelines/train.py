@@ -35,7 +35,7 @@ from onesearch_ray.train import checkpoints
 from onesearch_ray.train.config import TrainConfig, load_train_config
 from onesearch_ray.train.stages import STAGES
 from onesearch_ray.train.workflow import StageJob, run_stage_loop, train_stages
-from pipelines.common import init_ray
+from pipelines.common import init_ray, off_main_thread
 
 
 def train_worker(loop_config: dict) -> None:
@@ -88,7 +88,7 @@ def ray_stage_trainer(config: TrainConfig):
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=checkpoints.KEEP),
             ),
         )
-        trainer.fit()
+        off_main_thread(trainer.fit)
 
     return train_stage
 
