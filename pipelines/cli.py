@@ -3,6 +3,7 @@
 onesearch synth --out DIR            write the synthetic catalogue + search log
 onesearch encode --data DIR --out RUN   KHQE: embeddings -> semantic IDs (Ray Data)
 onesearch quickstart [--data DIR]    the whole pipeline on the default (synthetic) data
+onesearch tune --run RUN --data DIR  Ray Tune sweep over KHQE codebook layouts (tuning/)
 onesearch backbone [--out DIR]       the packaged SmolLM2-135M as a local HF directory (init_from)
 """
 
@@ -64,6 +65,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from pipelines import evaluate
 
     evaluate.run_eval(args.run, args.track, args.data, evaluate.config_from_args(args))
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from tuning import sweep
+
+    sweep.run_from_args(args)
     return 0
 
 
@@ -169,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation = commands.add_parser("eval", help="evaluate a trained run beside the baselines")
     add_eval_arguments(evaluation)
     evaluation.set_defaults(handler=_cmd_eval)
+
+    from tuning.sweep import add_tune_arguments
+
+    tune = commands.add_parser("tune", help="Ray Tune sweep over KHQE layouts: proxies, then a short SFT")
+    add_tune_arguments(tune)
+    tune.set_defaults(handler=_cmd_tune)
 
     serving = commands.add_parser("serve", help="serve a trained run over HTTP (Ray Serve + vLLM)")
     serving.add_argument("--run", required=True, type=Path, help="trained run directory")

@@ -1,7 +1,8 @@
 """KHQE: keyword-enhanced hierarchical quantization encoding (paper section 1).
 
 encoder (text -> vector) -> keywords (lexicon, Aho-Corasick, fusion) -> quantizer (RQ-Kmeans + OPQ)
--> sid_tokenizer (codes <-> SID tokens <-> items) -> metrics (CUR, ICR). ``build`` runs them in order.
+-> sid_tokenizer (codes <-> SID tokens <-> items) -> metrics (CUR, ICR). ``build`` runs them in order;
+``proxies`` scores a fitted layout against valid queries (the layout sweep's first rung).
 """
 
 from onesearch_ray.khqe.build import (
@@ -16,6 +17,7 @@ from onesearch_ray.khqe.encoder import EncoderConfig, SentenceTransformerEncoder
 from onesearch_ray.khqe.keywords import KeyphraseLexicon, LexiconConfig
 from onesearch_ray.khqe.layout import CodebookLayout
 from onesearch_ray.khqe.metrics import code_metrics
+from onesearch_ray.khqe.proxies import ProxyData, fit_and_measure, layout_proxies, relevance_pairs
 from onesearch_ray.khqe.quantizer import QuantizerConfig, ResidualQuantizer
 from onesearch_ray.khqe.sid_tokenizer import SemanticIdTokenizer
 
@@ -26,6 +28,7 @@ __all__ = [
     "KHQEConfig",
     "KeyphraseLexicon",
     "LexiconConfig",
+    "ProxyData",
     "QuantizerConfig",
     "ResidualQuantizer",
     "SemanticIdTokenizer",
@@ -35,5 +38,8 @@ __all__ = [
     "catalogue_texts",
     "code_metrics",
     "enhance",
+    "fit_and_measure",
     "item_text",
+    "layout_proxies",
+    "relevance_pairs",
 ]
