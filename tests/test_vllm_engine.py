@@ -170,6 +170,8 @@ def vllm_run(trained):
     )  # fmt: skip
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and lines, done.stderr[-4000:]
+    output = done.stdout + done.stderr  # vLLM logs to stdout
+    assert "Traceback" not in output, output[-4000:]  # its harmless start-up one is filtered
     result = json.loads(lines[-1].removeprefix("RESULT "))
 
     def reference(trie: SidTrie) -> TransformersEngine:

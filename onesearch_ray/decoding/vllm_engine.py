@@ -37,6 +37,7 @@ cached full blocks plus its few SID tokens.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import threading
@@ -67,8 +68,8 @@ def default_vllm_kwargs(cuda: bool, compile: bool | None = None) -> dict[str, An
         "max_model_len": 512,
         "enable_prefix_caching": True,
         "async_scheduling": False,  # forks must join the very next step
-        # prompts arrive as token ids, outputs are never detokenized (~2% faster at beam 50); vLLM then
-        # logs a harmless "Chat template warmup failed" traceback at start-up
+        # prompts arrive as token ids, outputs are never detokenized (~2% faster at beam 50); vLLM's
+        # chat-template warm-up then fails harmlessly, its log record dropped by _quiet_chat_template_warmup
         "skip_tokenizer_init": True,
         "distributed_executor_backend": "uni",
         "max_num_seqs": 1024,
@@ -146,6 +147,7 @@ class VLLMEngine:
         from onesearch_ray.model import load_tokenizer
 
         _tolerate_foreign_module_objects()
+        _quiet_chat_template_warmup()
         kwargs = {**default_vllm_kwargs(cuda, compile), **vllm_kwargs}
         kwargs["logits_processors"] = [*kwargs.get("logits_processors", []), SidBeamSearchLogitsProcessor]
         if position_token_ids is None:
@@ -428,6 +430,31 @@ def _tolerate_foreign_module_objects() -> None:
     except ImportError:
         return
     dispatcher.vars = _tolerant_vars
+
+
+class _NoTokenizerWarmupFilter(logging.Filter):
+    """Drops vLLM's "Chat template warmup failed" warning when it failed for want of a tokenizer."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        err = record.exc_info[1] if record.exc_info else None
+        return not (
+            record.getMessage() == "Chat template warmup failed"
+            and isinstance(err, ValueError)
+            and "skip_tokenizer_init" in str(err)
+        )
+
+
+def _quiet_chat_template_warmup() -> None:
+    """Silence one known-harmless vLLM 0.32 start-up traceback, and nothing else.
+
+    ``LLM`` warms its renderer up by rendering a chat template, which needs the tokenizer that
+    ``skip_tokenizer_init`` leaves out; the ValueError is logged with its traceback as a warning,
+    though this engine never renders chat (prompts arrive as token ids). The filter sits on that one
+    vLLM logger and drops only that record.
+    """
+    logger = logging.getLogger("vllm.renderers.base")
+    if not any(isinstance(f, _NoTokenizerWarmupFilter) for f in logger.filters):
+        logger.addFilter(_NoTokenizerWarmupFilter())
 
 
 def _tolerant_vars(obj: Any) -> Any:
