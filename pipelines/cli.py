@@ -36,6 +36,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     argv += ["--config", args.config] if args.config else []
     argv += ["--layout", args.layout] if args.layout else []
     argv += ["--no-keywords"] if args.no_keywords else []
+    argv += ["--holdout-cold"] if args.holdout_cold else []
     prepare.main(argv)
     return 0
 
@@ -152,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--layout", help="codebook layout, e.g. 4096-1024-512+opq2x256")
     encode.add_argument("--no-keywords", action="store_true", help="disable keyword enhancement")
     encode.add_argument("--actors", type=int, default=1, help="encoder actors")
+    encode.add_argument(
+        "--holdout-cold", action="store_true", help="hold out the cold-start items (bench/cold_start.py)"
+    )
     encode.set_defaults(handler=_cmd_encode)
 
     backbone = commands.add_parser(

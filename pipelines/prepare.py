@@ -11,6 +11,9 @@ fits RQ-Kmeans + OPQ codebooks and writes, into the run directory:
     queries.parquet       query_id, query, split, sid, codes (when the track has queries)
     codes_report.json     CUR, ICR, items per SID, timings
     manifest.json         config, versions, input hashes
+    holdout.json          with ``--holdout-cold``: the held-out items (docs/evaluation.md, cold start),
+                          embedded but left out of fitting and of the SID table, so no stage trains
+                          on them; ``bench/cold_start.py`` adds them live later
 
 Resources: ``--actors`` encoder actors with ``--threads`` CPUs each (default: one actor using every
 CPU of a local cluster). Run it either way:
@@ -31,6 +34,7 @@ import pyarrow as pa
 import ray
 
 from onesearch_ray.data import load_track
+from onesearch_ray.eval.holdout import HOLDOUT_COLD, HOLDOUT_FILE, cold_holdout_mask, write_holdout
 from onesearch_ray.io import write_json, write_parquet
 from onesearch_ray.khqe import (
     EncodedTexts,
@@ -116,15 +120,32 @@ def cached_embeddings(
 
 
 def prepare(
-    data_dir: str | Path, out_dir: str | Path, config: KHQEConfig, actors: int = 1, threads: int = 0
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: KHQEConfig,
+    actors: int = 1,
+    threads: int = 0,
+    holdout: str | None = None,
 ) -> dict:
-    """Run KHQE on a track directory; returns the codes report (also written to codes_report.json)."""
+    """Run KHQE on a track directory; returns the codes report (also written to codes_report.json).
+
+    ``holdout="cold"`` leaves evaluation.md's cold-start items out of the lexicon, the fitting and
+    the SID table (they are still embedded: the cache covers the whole catalogue for the baselines).
+    """
+    if holdout not in (None, HOLDOUT_COLD):
+        raise ValueError(f"holdout {holdout!r}: the only hold-out is {HOLDOUT_COLD!r}")
     started = time.perf_counter()
     run = RunDir(out_dir)
     track = load_track(data_dir)
     # size actors by what is free now, so an actor never waits for CPUs held elsewhere
     threads = threads or max(1, int(ray.available_resources().get("CPU", 1)) // max(1, actors))
-    items = track.items
+    all_items = track.items
+    held_out = (
+        cold_holdout_mask(all_items.column("item_id").to_pylist())
+        if holdout
+        else np.zeros(all_items.num_rows, bool)
+    )
+    items = all_items.filter(pa.array(~held_out))
     item_texts = catalogue_texts(items)
     queries = track.queries
     query_texts = queries.column("query").to_pylist() if queries is not None else []
@@ -137,7 +158,10 @@ def prepare(
     write_json(run / "lexicon.json", lexicon.to_json())
 
     encode = config.encoder
-    item_vectors = cached_embeddings(run, "items", item_texts, encode, actors, threads, "passage")
+    all_vectors = cached_embeddings(
+        run, "items", catalogue_texts(all_items), encode, actors, threads, "passage"
+    )
+    item_vectors = all_vectors[~held_out]
     query_vectors = cached_embeddings(run, "queries", query_texts, encode, actors, threads, "query")
     # keyphrases are query n-grams and attribute values: short, query-like texts
     phrase_vectors = cached_embeddings(run, "phrases", lexicon.vocabulary(), encode, actors, threads, "query")
@@ -171,14 +195,25 @@ def prepare(
             "embed_seconds": embed_seconds,
             "total_seconds": time.perf_counter() - started,
             "n_queries": len(query_texts),
+            "n_held_out": int(held_out.sum()),
         }
     )
+    outputs = {"sid_tokenizer": "sid_tokenizer", "codes_report": "codes_report.json", "icr": report["icr"]}
+    if holdout:
+        write_holdout(run.path, all_items.column("item_id").filter(pa.array(held_out)).to_pylist())
+        outputs["holdout"] = HOLDOUT_FILE
+    else:  # a rerun without hold-out must not leave an earlier run's list behind
+        (run / HOLDOUT_FILE).unlink(missing_ok=True)
     write_json(run / "codes_report.json", report)
     run.record_stage(
         "encode",
         config=config.to_dict(),
-        inputs={"data": str(Path(data_dir).resolve()), "items_digest": texts_digest(item_texts)},
-        outputs={"sid_tokenizer": "sid_tokenizer", "codes_report": "codes_report.json", "icr": report["icr"]},
+        inputs={
+            "data": str(Path(data_dir).resolve()),
+            "items_digest": texts_digest(item_texts),
+            "holdout": holdout,
+        },
+        outputs=outputs,
     )
     return report
 
@@ -227,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-keywords", action="store_true", help="disable keyword enhancement")
     parser.add_argument("--actors", type=int, default=1, help="encoder actors")
+    parser.add_argument(
+        "--holdout-cold",
+        action="store_true",
+        help="leave evaluation.md's cold-start items (5%%) out of fitting and training (holdout.json)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="CPUs per encoder actor (0: all / actors)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
     return parser
@@ -237,7 +277,8 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = load_khqe_config(args.config, layout=args.layout, keyword_enhancement=not args.no_keywords)
     init_ray(args.address)
-    report = prepare(args.data, args.out, config, actors=args.actors, threads=args.threads)
+    holdout = HOLDOUT_COLD if args.holdout_cold else None
+    report = prepare(args.data, args.out, config, actors=args.actors, threads=args.threads, holdout=holdout)
     print(format_report(report))
     return report
 

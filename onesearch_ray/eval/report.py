@@ -44,6 +44,17 @@ def format_table(results: Results, metric_names: Sequence[str]) -> str:
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
 
 
+def markdown_table(results: Results, metric_names: Sequence[str]) -> str:
+    """The same rows as :func:`format_table`, as a Markdown table (for docs/benchmarks.md)."""
+    lines = [
+        "| system | " + " | ".join(metric_names) + " |",
+        "|---|" + "---|" * len(metric_names),
+    ]
+    for system, metrics in results.items():
+        lines.append(f"| {system} | " + " | ".join(_cell(metrics.get(m)) for m in metric_names) + " |")
+    return "\n".join(lines)
+
+
 def plot_results(
     results: Results, path: str | os.PathLike, metric_names: Sequence[str] | None = None, title: str = ""
 ) -> Path:

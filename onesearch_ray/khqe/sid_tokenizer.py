@@ -1,17 +1,22 @@
 """SemanticIdTokenizer: the item "ID card" as a first-class, versioned object.
 
 It owns the fitted codebooks and the item -> SID table, turns codes into SID tokens and back,
-encodes NEW items with frozen codebooks (cold start), and maps a SID to its items.
+places NEW items with frozen codebooks (cold start), and maps a SID to its items.
 
 SID tokens: one letter per RQ level (``<a_i><b_j><c_k>``), then the OPQ sub-codes share one
 letter with the m-th sub-code offset by ``m * K`` so that sub-codebooks use disjoint tokens
 (``<d_x><d_{K+y}>``), exactly as in the paper.
 
-Collision resolution (on by default, ``collision_candidates``): an item whose SID another item
-already holds moves to the nearest free tail code under the same prefix (see ``_resolve_collisions``),
-so near-duplicate products still get IDs of their own. Items can still share a SID when every
-candidate tail is taken; the tie-break for them is ascending reconstruction error (the item the SID
-describes best comes first), then ascending item_id. Saved without pickle: JSON + ``.npz`` + parquet.
+Collision resolution (initial fit only, on by default, ``collision_candidates``): an item whose SID
+another item already holds moves to the nearest free tail code under the same prefix (see
+``_resolve_collisions``), so near-duplicate products still get IDs of their own. Items can still
+share a SID when every candidate tail is taken; the tie-break for them is ascending reconstruction
+error (the item the SID describes best comes first), then ascending item_id.
+
+Cold start (``add_items`` after the fit): the model has learnt to generate exactly the SIDs of the
+fitted table, so a new item joins the EXISTING SID that describes it best (least reconstruction
+error) and is returned with that SID's items, ranked by its own error. A fresh SID (its raw code, or
+a free tail) would be one the model never generates. Saved without pickle: JSON + ``.npz`` + parquet.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -58,6 +64,8 @@ class SemanticIdTokenizer:
         self.layout = quantizer.layout
         self.metadata = dict(metadata or {})
         self._table = table or SidTable(codes=np.zeros((0, len(self.layout.level_sizes)), np.int32))
+        self._items_by_sid: dict[tuple[int, ...], list[int]] = {}
+        self._sid_search: tuple[np.ndarray, faiss.Index] | None = None  # built on the first cold add
         self._rebuild_index()
 
     # ---- fitting and encoding -------------------------------------------------------------
@@ -76,7 +84,11 @@ class SemanticIdTokenizer:
         quantizer = ResidualQuantizer.fit(training, config)
         meta = {"quantizer": asdict(config), **(metadata or {})}
         tokenizer = cls(quantizer, metadata=meta, collision_candidates=config.collision_candidates)
-        tokenizer.add_items(item_ids, item_vectors)
+        ids, vectors = tokenizer._check_new(item_ids, item_vectors, replace=False)
+        codes = tokenizer.encode(vectors)
+        if tokenizer.collision_candidates > 0:
+            codes = tokenizer._resolve_collisions(vectors, codes, taken=set())
+        tokenizer._insert(ids, vectors, codes)
         return tokenizer
 
     def encode(self, vectors: np.ndarray) -> np.ndarray:
@@ -86,7 +98,33 @@ class SemanticIdTokenizer:
     def add_items(
         self, item_ids: Sequence[int] | np.ndarray, vectors: np.ndarray, replace: bool = False
     ) -> np.ndarray:
-        """Encode items with the frozen codebooks and add them to the SID table (cold start)."""
+        """Cold start: put new items on the existing SIDs that describe them best; returns their codes.
+
+        The codebooks stay frozen and no SID is created, so every new item is reachable through a
+        SID the model was trained to generate (module docstring). ``replace`` moves items that
+        already have a SID.
+        """
+        ids, vectors = self._check_new(item_ids, vectors, replace)
+        codes = self.nearest_existing_sids(vectors)
+        self._insert(ids, vectors, codes)
+        return codes
+
+    def nearest_existing_sids(self, vectors: np.ndarray) -> np.ndarray:
+        """For each vector, the codes of the table's SID whose reconstruction is nearest (exact L2)."""
+        if not self._items_by_sid:
+            raise ValueError("no SID in the table yet: fit the tokenizer on the catalogue first")
+        if self._sid_search is None:  # the reconstructions of every SID, kept while the SID set holds
+            sids = np.asarray(list(self._items_by_sid), dtype=np.int32)
+            index = faiss.IndexFlatL2(self.quantizer.dim)
+            index.add(np.ascontiguousarray(self.quantizer.reconstruct(sids), dtype=np.float32))
+            self._sid_search = (sids, index)
+        sids, index = self._sid_search
+        _, rows = index.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)
+        return sids[rows[:, 0]]
+
+    def _check_new(
+        self, item_ids: Sequence[int] | np.ndarray, vectors: np.ndarray, replace: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
         ids = np.asarray(item_ids, dtype=np.int64)
         if len(ids) != len(vectors):
             raise ValueError(f"add_items: {len(ids)} item ids but {len(vectors)} vectors")
@@ -96,11 +134,13 @@ class SemanticIdTokenizer:
         if existing.any() and not replace:
             raise ValueError(f"add_items: item {int(ids[existing][0])} already has a SID (pass replace=True)")
         vectors = np.asarray(vectors, np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.quantizer.dim:
+            raise ValueError(f"add_items: vectors of shape {vectors.shape}, not (n, {self.quantizer.dim})")
+        return ids, vectors
+
+    def _insert(self, ids: np.ndarray, vectors: np.ndarray, codes: np.ndarray) -> None:
+        """Add (or move) items to ``codes``; their tie-break error is measured against those codes."""
         keep = ~np.isin(self._table.item_ids, ids)
-        codes = self.encode(vectors)
-        if self.collision_candidates > 0:
-            taken = {tuple(row) for row in self._table.codes[keep].tolist()}
-            codes = self._resolve_collisions(vectors, codes, taken)
         errors = ((self.quantizer.reconstruct(codes) - vectors) ** 2).sum(axis=1)
         self._table = SidTable(
             item_ids=np.concatenate([self._table.item_ids[keep], ids]),
@@ -108,7 +148,6 @@ class SemanticIdTokenizer:
             errors=np.concatenate([self._table.errors[keep], errors.astype(np.float32)]),
         )
         self._rebuild_index()
-        return codes
 
     def _resolve_collisions(self, vectors: np.ndarray, codes: np.ndarray, taken: set) -> np.ndarray:
         """Give colliding items the nearest FREE tail codes under their own prefix.
@@ -293,6 +332,8 @@ class SemanticIdTokenizer:
         items_by_sid: dict[tuple[int, ...], list[int]] = {}
         for row in order:
             items_by_sid.setdefault(tuple(table.codes[row].tolist()), []).append(int(table.item_ids[row]))
+        if items_by_sid.keys() != self._items_by_sid.keys():
+            self._sid_search = None
         self._items_by_sid = items_by_sid
 
 

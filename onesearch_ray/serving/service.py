@@ -1,8 +1,9 @@
 """The search service behind the HTTP API: request -> prompt -> constrained beam search -> items.
 
 Pure Python (no Ray): ``serve_apps/search_app.py`` wraps it in a Ray Serve deployment. The
-catalogue is live: ``add_items`` encodes new items with the frozen KHQE codebooks, extends the SID
-table and swaps in a new trie version; searches already running keep the version they started with.
+catalogue is live: ``add_items`` encodes new items with the frozen KHQE codebooks, puts each on the
+trained SID that describes it best (``SemanticIdTokenizer.add_items``: a SID the model generates)
+and swaps in a new trie version; searches already running keep the version they started with.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ class SearchService:
 
     # ---- live catalogue --------------------------------------------------------------------
     def add_items(self, request: AddItemsRequest) -> AddItemsResponse:
-        """Encode new items with the frozen codebooks and make them searchable at once."""
+        """Encode new items with the frozen codebooks and make them searchable at once, on trained SIDs."""
         ids = [item.item_id for item in request.items]
         if len(set(ids)) != len(ids):
             raise BadRequestError("items: duplicate item_id in the request")

@@ -1,0 +1,88 @@
+"""Cold-start items (docs/evaluation.md): held-out items added live, found by the generative model?
+
+The run must come from ``onesearch encode --holdout-cold`` (then trained as usual): its held-out
+items (``RUN/holdout.json``) were left out of KHQE fitting and of every training stage. This adds
+them to the served catalogue with the frozen codebooks through the library call behind
+``POST /items`` (``SearchService.add_items``, reference engine), then reports over them:
+
+- ``own_title``: each held-out item's own title as the query; HR@10 / HR@350 of that item;
+- ``test_queries``: the test queries that judge a held-out item relevant, the usual metrics
+  counting only held-out items as relevant;
+
+for the model (through ``SearchService.search``, as ``/search`` answers) and for BM25, dense and
+their RRF (``--e5``: also dense e5 and RRF-e5), which index the new items like any other.
+Writes ``cold_start.json`` and ``cold_start.md`` (to ``--out``, default the run directory).
+
+    python bench/cold_start.py --run runs/hd_cold --data ../shared/data/homedepot --beam 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from onesearch_ray.data import load_track  # noqa: E402
+from onesearch_ray.eval.coldstart import TASKS, ColdStartConfig, cold_start_report  # noqa: E402
+from onesearch_ray.eval.report import SEARCH_TABLE_METRICS, markdown_table  # noqa: E402
+from onesearch_ray.io import atomic_path, write_json  # noqa: E402
+from onesearch_ray.serving.engines import make_engine  # noqa: E402
+from onesearch_ray.serving.service import SearchService  # noqa: E402
+
+OWN_TITLE_METRICS = ("HR@10", "HR@350", "MRR@10", "n_queries", "ms_per_query")
+
+
+def to_markdown(run: Path, report: dict, config: ColdStartConfig) -> str:
+    held = report["held_out"]
+    lines = [
+        f"## Cold-start items: {run}",
+        "",
+        f"{held['n_items']} held-out items added live in {held['add_seconds']:.1f} s; "
+        f"model beam {config.beam}, k {config.k}"
+        + (f", first {config.limit} queries" if config.limit else ""),
+    ]
+    for task, what in TASKS.items():
+        metrics = OWN_TITLE_METRICS if task == "own_title" else (*SEARCH_TABLE_METRICS, "ms_per_query")
+        lines += ["", f"### {task}: {what}", "", markdown_table(report[task], metrics)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--run", required=True, type=Path, help="trained run encoded with --holdout-cold")
+    parser.add_argument("--data", required=True, type=Path, help="the track directory the run encoded")
+    parser.add_argument("--beam", type=int, default=50, help="beam width of the model's search")
+    parser.add_argument("--k", type=int, default=350, help="ranking depth (items), at most 350")
+    parser.add_argument("--limit", type=int, default=0, help="first N queries per task (0: all)")
+    parser.add_argument("--e5", action="store_true", help="also dense e5 and RRF of BM25 + e5 (cached)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--out", type=Path, help="directory for cold_start.json/.md (default: the run)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    config = ColdStartConfig(beam=args.beam, k=args.k, limit=args.limit, e5=args.e5)
+    started = time.perf_counter()
+    service = SearchService(args.run, make_engine("transformers"), data=args.data)
+    report = cold_start_report(service, args.run, load_track(args.data), config)
+    report["held_out"]["total_seconds"] = time.perf_counter() - started
+    out = args.out or args.run
+    write_json(out / "cold_start.json", report)
+    markdown = to_markdown(args.run, report, config)
+    with atomic_path(out / "cold_start.md") as tmp:
+        tmp.write_text(markdown)
+    print(markdown)
+    print(f"wrote {out / 'cold_start.json'} and {out / 'cold_start.md'}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Cold-start items, as ``docs/evaluation.md`` ("Cold-start items") defines them.
+
+Held-out items (5% of the catalogue, by a hash of the item id) are left out of KHQE fitting and so
+of every training stage (``onesearch encode --holdout-cold`` records them in ``RUN/holdout.json``).
+The evaluation adds them to the served catalogue with the frozen codebooks, through the library
+call behind ``POST /items``, then measures over them: the item for its own title as the query
+(HR@10, HR@350), and the test queries that judge a held-out item relevant, counting only held-out
+items as relevant. BM25 and dense index the new items like any other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from onesearch_ray.data import Track
+from onesearch_ray.eval.holdout import read_holdout
+from onesearch_ray.eval.metrics import SEARCH_KS, relevant_items, search_metrics
+from onesearch_ray.eval.runner import EvalConfig, search_baselines
+from onesearch_ray.eval.tracks import search_eval_inputs
+from onesearch_ray.serving.schemas import MAX_QUERY_CHARS, AddItemsRequest, NewItem, SearchRequest
+
+if TYPE_CHECKING:
+    from onesearch_ray.serving.service import SearchService
+
+log = logging.getLogger(__name__)
+
+ADD_BATCH = 10_000  # the most items one /items request takes
+TASKS = {
+    "own_title": "each held-out item's own title as the query",
+    "test_queries": "test queries judging a held-out item relevant (only held-out items count)",
+}
+
+
+def own_title_track(track: Track, held_out: Sequence[int]) -> Track:
+    """Each held-out item's title as a ``test`` query (query id = item id), relevant to that item only."""
+    items = track.items.filter(pc.is_in(track.items["item_id"], value_set=pa.array(held_out, pa.int64())))
+    ids = items["item_id"].to_pylist()
+    ids_column = pa.array(ids, pa.int64())
+    queries = pa.table(
+        {
+            "query_id": ids_column,
+            "query": [title[:MAX_QUERY_CHARS] for title in items["title"].to_pylist()],
+            "split": ["test"] * len(ids),
+        }
+    )
+    judgments = pa.table({"query_id": ids_column, "item_id": ids_column, "relevance": [3.0] * len(ids)})
+    return dataclasses.replace(track, queries=queries, judgments=judgments)
+
+
+def held_out_judgments_track(track: Track, held_out: Sequence[int]) -> Track:
+    """The track with only the judgments of held-out items: only they can be relevant (or judged)."""
+    if track.judgments is None:
+        raise ValueError(f"track {track.name!r} has no judgments (not a search track)")
+    keep = pc.is_in(track.judgments["item_id"], value_set=pa.array(held_out, pa.int64()))
+    return dataclasses.replace(track, judgments=track.judgments.filter(keep))
+
+
+def add_items_live(service: SearchService, track: Track, item_ids: Sequence[int]) -> float:
+    """Add ``item_ids`` (rows of ``track.items``) through the ``/items`` library call; seconds taken."""
+    items = track.items.filter(pc.is_in(track.items["item_id"], value_set=pa.array(item_ids, pa.int64())))
+    brands = items["brand"].to_pylist() if "brand" in items.column_names else [None] * items.num_rows
+    new = [
+        NewItem(item_id=i, title=t, brand=b)
+        for i, t, b in zip(items["item_id"].to_pylist(), items["title"].to_pylist(), brands, strict=True)
+    ]
+    started = time.perf_counter()
+    for start in range(0, len(new), ADD_BATCH):
+        service.add_items(AddItemsRequest(items=new[start : start + ADD_BATCH]))
+    return time.perf_counter() - started
+
+
+def served_rankings(
+    service: SearchService, queries: Sequence[tuple[int, str]], beam: int, k: int, batch: int = 8
+) -> dict[int, list[int]]:
+    """The item ids ``/search`` returns for each (query id, text), as an anonymous user."""
+    rankings: dict[int, list[int]] = {}
+    for start in range(0, len(queries), batch):
+        chunk = queries[start : start + batch]
+        answers = service.search([SearchRequest(query=text, k=k, beam=beam) for _, text in chunk])
+        for (qid, text), answer in zip(chunk, answers, strict=True):
+            if isinstance(answer, Exception):
+                raise RuntimeError(f"search for {text!r} failed: {answer}") from answer
+            rankings[qid] = [hit.item_id for hit in answer.items]
+        if start // batch % 50 == 0:
+            log.info("searched %d / %d queries", start + len(chunk), len(queries))
+    return rankings
+
+
+@dataclass
+class ColdStartConfig:
+    beam: int = 50
+    k: int = 350
+    limit: int = 0  # per task, only the first N queries with a relevant held-out item (0: all)
+    e5: bool = False  # also dense e5 and RRF of BM25 + e5 (see EvalConfig.e5)
+
+
+def cold_start_report(
+    service: SearchService, run: str | Path, track: Track, config: ColdStartConfig
+) -> dict[str, dict]:
+    """Add the run's held-out items to ``service`` live, then score the model (through the
+    service) and the baselines on both tasks of :data:`TASKS`: ``{task: {system: metrics}}``."""
+    held_out = read_holdout(run)
+    present = set(track.items["item_id"].to_pylist())
+    missing = [i for i in held_out if i not in present]
+    if missing:
+        raise ValueError(f"held-out items {missing[:5]} of {run} are not in track {track.name!r}")
+    seconds = add_items_live(service, track, held_out)
+    log.info("added %d held-out items live in %.1f s", len(held_out), seconds)
+    tasks = {
+        "own_title": own_title_track(track, held_out),
+        "test_queries": held_out_judgments_track(track, held_out),
+    }
+    ks = (*(cut for cut in SEARCH_KS if cut < config.k), config.k)
+    report: dict[str, dict] = {"held_out": {"n_items": len(held_out), "add_seconds": seconds}}
+    for task, task_track in tasks.items():
+        query_ids, texts, judgments = search_eval_inputs(task_track, "test")
+        relevant = [(q, t) for q, t in zip(query_ids, texts, strict=True) if relevant_items(judgments[q])]
+        kept = relevant[: config.limit] if config.limit else relevant
+        started = time.perf_counter()
+        rankings = served_rankings(service, kept, config.beam, config.k)
+        model = search_metrics(rankings, judgments, ks) | {
+            "n_skipped": len(query_ids) - len(relevant),
+            "beam": config.beam,
+            "ms_per_query": 1000 * (time.perf_counter() - started) / max(1, len(kept)),
+        }
+        eval_config = EvalConfig(split="test", k=config.k, e5=config.e5)
+        kept_ids = {q for q, _ in kept} if config.limit else None
+        report[task] = {"model": model} | search_baselines(Path(run), task_track, eval_config, kept_ids)
+    return report

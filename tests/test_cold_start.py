@@ -1,0 +1,172 @@
+"""Cold-start items: new items join trained SIDs, the evaluation.md hold-out, and a live-added item
+found by the model's search for its own title (real faiss, encoder, Ray, trained tiny model)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from onesearch_ray.eval.holdout import cold_holdout_mask, is_cold_holdout, read_holdout
+from onesearch_ray.khqe import QuantizerConfig, SemanticIdTokenizer
+
+
+def clustered(n: int, seed: int, dim: int = 16) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = np.random.default_rng(0).standard_normal((12, dim))
+    vectors = centers[rng.integers(0, 12, n)] + 0.3 * rng.standard_normal((n, dim))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[SemanticIdTokenizer, np.ndarray]:
+    vectors = clustered(400, seed=1)
+    return SemanticIdTokenizer.fit(
+        np.arange(400), vectors, config=QuantizerConfig(layout="8-8+opq2x8")
+    ), vectors
+
+
+# ---- SID assignment ------------------------------------------------------------------------
+def test_new_items_join_the_nearest_trained_sid_and_rank_by_their_error(fitted) -> None:
+    tok, _ = fitted
+    trained = set(tok.all_sids())
+    new = clustered(60, seed=2)
+    ids = np.arange(1000, 1060)
+    codes = tok.nearest_existing_sids(new)
+    copy = SemanticIdTokenizer(tok.quantizer, tok._table, tok.metadata, tok.collision_candidates)
+    assert np.array_equal(copy.add_items(ids, new), codes)
+    assert set(copy.all_sids()) == trained  # no SID the model never learnt
+    sids = np.asarray(sorted(trained))
+    distances = ((tok.quantizer.reconstruct(sids)[None] - new[:, None]) ** 2).sum(axis=2)
+    nearest = sids[distances.argmin(axis=1)]
+    np.testing.assert_array_equal(codes, nearest)  # exact nearest over every trained SID
+    raw = tok.encode(new)
+    assert any(tuple(r) not in trained for r in raw.tolist())  # the raw code would be untrained
+    # each SID lists its items by reconstruction error: a new item sits where its own error puts it
+    errors = dict(zip(copy._table.item_ids.tolist(), copy._table.errors.tolist(), strict=True))
+    for sid in {tuple(c) for c in codes.tolist()}:
+        keys = [(errors[i], i) for i in copy.items_for_sid(sid)]
+        assert keys == sorted(keys)
+    # a new item described better than a trained one by their shared SID comes first
+    sid = tuple(codes[0].tolist())
+    best = copy.quantizer.reconstruct(np.asarray([sid]))[0]
+    copy.add_items([2000], best[None])
+    assert copy.items_for_sid(sid)[0] == 2000 and errors[copy.items_for_sid(sid)[1]] > 0
+
+
+def test_fit_still_resolves_collisions_and_cold_adds_are_checked(fitted) -> None:
+    tok, vectors = fitted
+    twins = np.repeat(vectors[:200], 2, axis=0)
+    refit = SemanticIdTokenizer.fit(np.arange(400), twins, config=QuantizerConfig(layout="8-8+opq2x8"))
+    assert refit.metrics()["icr"] == 1.0  # identical twins still get SIDs of their own at fit time
+    with pytest.raises(ValueError, match="not \\(n, 16\\)"):
+        tok.add_items([5000], np.zeros((1, 3), np.float32))
+    empty = SemanticIdTokenizer(tok.quantizer)
+    with pytest.raises(ValueError, match="fit the tokenizer"):
+        empty.add_items([1], vectors[:1])
+
+
+# ---- the hold-out of evaluation.md ---------------------------------------------------------
+def test_cold_holdout_rule() -> None:
+    ids = list(range(20000))
+    expected = [int(hashlib.sha1(f"cold:{i}".encode()).hexdigest(), 16) % 20 == 0 for i in ids]
+    assert cold_holdout_mask(ids).tolist() == expected
+    assert 0.045 < np.mean(expected) < 0.055 and is_cold_holdout(ids[expected.index(True)])
+
+
+def test_encode_with_holdout_leaves_items_out_of_fitting_and_training(ray_cluster, small_track, tmp_path):
+    from onesearch_ray.data import load_track
+    from onesearch_ray.khqe import KHQEConfig
+    from onesearch_ray.prompts import PromptBuilder, PromptConfig
+    from onesearch_ray.train.stages import StageInputs, alignment_pairs
+    from pipelines import prepare
+
+    run = tmp_path / "run"
+    config = KHQEConfig()
+    config.quantizer.layout = "32-32+opq2x16"
+    report = prepare.prepare(small_track, run, config, holdout="cold")
+    track = load_track(small_track)
+    all_ids = track.items["item_id"].to_pylist()
+    held = [i for i, cold in zip(all_ids, cold_holdout_mask(all_ids), strict=True) if cold]
+    assert read_holdout(run) == held and report["n_held_out"] == len(held) > 0
+    sids = SemanticIdTokenizer.load(run / "sid_tokenizer")
+    assert sids.n_items == len(all_ids) - len(held) and not any(sids.has_item(i) for i in held)
+    assert set(pq.read_table(run / "items.parquet")["item_id"].to_pylist()).isdisjoint(held)
+    assert np.load(run / "embeddings/items.npy").shape[0] == len(all_ids)  # cache: whole catalogue
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["encode"]["inputs"]["holdout"] == "cold"
+    inputs = StageInputs(track, sids, {}, PromptBuilder(sids, PromptConfig()))
+    assert all(inputs.codes_of(i) is None for i in held)  # so every stage skips them
+    title_prompt = PromptBuilder(sids, PromptConfig()).title_to_sid_prompt
+    titles = dict(zip(all_ids, track.items["title"].to_pylist(), strict=True))
+    kept = {title_prompt(t) for i, t in titles.items() if i not in held}
+    only_held = {title_prompt(titles[i]) for i in held} - kept  # titles no trained item shares
+    prompts = {prompt for prompt, _ in alignment_pairs(inputs)}
+    assert kept <= prompts and only_held and prompts.isdisjoint(only_held)
+
+
+# ---- live catalogue: found by the model's own search -------------------------------------------
+@pytest.fixture(scope="module")
+def service(trained_small_run, small_track):
+    from onesearch_ray.serving.engines import make_engine
+    from onesearch_ray.serving.service import SearchService
+
+    return SearchService(trained_small_run, make_engine("transformers"), data=small_track)
+
+
+def test_item_added_live_is_found_by_generative_search_for_its_title(service) -> None:
+    from onesearch_ray.serving.schemas import AddItemsRequest, NewItem, SearchRequest
+
+    k, beam = 20, 10
+    titles = service.catalogue.titles
+    for item_id in sorted(titles)[:40]:  # a trained item the model finds for its title, whose SID
+        title = titles[item_id]  # is also the one a copy of it joins
+        codes = service.sids.item_codes([item_id])[0]
+        joins = service.sids.nearest_existing_sids(service.text_encoder.encode([title], "passage"))[0]
+        found = service.search([SearchRequest(query=title, k=k, beam=beam)])[0]
+        ranked = [hit.item_id for hit in found.items]
+        if np.array_equal(codes, joins) and item_id in ranked[: k - 3]:
+            break
+    else:
+        pytest.fail("the tiny model finds none of the first 40 items for its own title")
+    added = service.add_items(AddItemsRequest(items=[NewItem(item_id=900001, title=title)]))
+    assert added.added[0].sid == service.sids.sid_string(codes)  # a trained SID, not a fresh one
+    assert (
+        service.sids.items_for_sid(codes).index(900001)
+        == service.sids.items_for_sid(codes).index(item_id) + 1
+    )
+    after = service.search([SearchRequest(query=title, k=k, beam=beam)])[0]
+    assert after.trie_version == added.trie_version
+    assert 900001 in [hit.item_id for hit in after.items]
+
+
+def test_cold_start_report_on_a_run_with_held_out_items(trained_small_run, small_track, tmp_path) -> None:
+    """The bench's report end to end: a copy of the trained run whose held-out items are removed from
+    its catalogue (the tiny model saw them, so the figures mean nothing; the plumbing is what counts)."""
+    from onesearch_ray.data import load_track
+    from onesearch_ray.eval.coldstart import ColdStartConfig, cold_start_report
+    from onesearch_ray.eval.holdout import write_holdout
+    from onesearch_ray.serving.engines import make_engine
+    from onesearch_ray.serving.service import SearchService
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_small_run, run)
+    sids = SemanticIdTokenizer.load(run / "sid_tokenizer")
+    track = load_track(small_track)
+    ids = track.items["item_id"].to_pylist()
+    held = [i for i, cold in zip(ids, cold_holdout_mask(ids), strict=True) if cold]
+    sids.remove_items(held)
+    sids.save(run / "sid_tokenizer")
+    write_holdout(run, held)
+    service = SearchService(run, make_engine("transformers"), data=small_track)
+    report = cold_start_report(service, run, track, ColdStartConfig(beam=5, k=50, limit=4))
+    assert report["held_out"]["n_items"] == len(held) and all(service.sids.has_item(i) for i in held)
+    for task in ("own_title", "test_queries"):
+        assert set(report[task]) == {"model", "bm25", "dense", "rrf"}
+        assert report[task]["model"]["n_queries"] == report[task]["bm25"]["n_queries"] <= 4
+    assert report["own_title"]["model"]["n_queries"] == 4
+    assert report["own_title"]["bm25"]["HR@10"] > 0.5  # BM25 finds a new item by its title
