@@ -62,6 +62,9 @@ class DistillConfig:
     """YAML ``train.distill``: cascade-distilled pseudo-queries in the co-occurrence stage."""
 
     pseudo_queries_per_item: int = 0  # 0: distillation off
+    # labelling costs ~10-35 ms a pseudo-query on 2 cores: a cap (a reproducible random subset) keeps a
+    # large catalogue's CPU budget; 0: no cap
+    max_pseudo_queries: int = 0
     top_k: int = 5  # cascade items per pseudo-query that become targets
     depth: int = 100  # BM25 and dense lists fused (items outside both top-100 cannot reach a top 10)
     rank_repeats: int = 4  # the rank-r target appears round(rank_repeats / (r + 1)) times, at least once
@@ -70,7 +73,14 @@ class DistillConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("pseudo_queries_per_item", "top_k", "depth", "rank_repeats", "human_repeats"):
+        for name in (
+            "pseudo_queries_per_item",
+            "max_pseudo_queries",
+            "top_k",
+            "depth",
+            "rank_repeats",
+            "human_repeats",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.distill.{name} must be >= 0, got {getattr(self, name)}")
         if self.enabled and (self.top_k < 1 or self.depth < self.top_k or self.batch_size < 1):
@@ -273,6 +283,11 @@ def distilled_queries(
     run = Path(run)
     encoder = RunTextEncoder.from_run(run)
     queries = pseudo_queries(items, encoder.lexicon, config.pseudo_queries_per_item, exclude, config.seed)
+    if config.max_pseudo_queries and queries.num_rows > config.max_pseudo_queries:
+        keep = np.random.default_rng(config.seed).choice(
+            queries.num_rows, config.max_pseudo_queries, replace=False
+        )
+        queries = queries.take(np.sort(keep))
     digest = cache_digest(items, encoder.lexicon, sids, exclude, config, encoder.encoder.name)
     cached = read_cache(run, digest)
     if cached is not None:
