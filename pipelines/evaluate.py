@@ -1,6 +1,7 @@
 """Evaluation job: a trained run on a track's split, beside the baselines (evaluation.md protocol).
 
-Writes ``RUN/eval_<track>.json`` shaped ``{"model": {...}, "bm25": {...}, "dense": {...}, "rrf": {...}}``
+Writes ``RUN/eval_<track>.json`` (``eval_<track>_<split>.json`` for a split other than test)
+shaped ``{"model": {...}, "bm25": {...}, "dense": {...}, "rrf": {...}}``
 (with ``--e5`` also ``dense_e5`` and ``rrf_e5``; next-item tracks: ``popularity``, ``cooccurrence``,
 ``dense`` instead) and ``RUN/eval_<track>.png``.
 
@@ -32,12 +33,13 @@ def run_eval(run: str | Path, track: str, data: str | Path, config: EvalConfig) 
         torch.set_num_threads(config.threads)
     kind = TRACK_KINDS[track]
     results = evaluate(run, data, kind, config)
-    run = Path(run)
-    write_eval_json(run / f"eval_{track}.json", results)
+    # test keeps the plain name; another split gets its own file instead of overwriting it
+    stem = Path(run) / (f"eval_{track}" if config.split == "test" else f"eval_{track}_{config.split}")
+    write_eval_json(stem.with_suffix(".json"), results)
     metrics = SEARCH_TABLE_METRICS if kind == "search" else NEXT_ITEM_TABLE_METRICS
-    plot_results(results, run / f"eval_{track}.png", title=f"{track} ({config.split})")
+    plot_results(results, stem.with_suffix(".png"), title=f"{track} ({config.split})")
     print(format_table(results, [*metrics, "valid_sid_rate"]))
-    print(f"\nwrote {run / f'eval_{track}.json'} and {run / f'eval_{track}.png'}")
+    print(f"\nwrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
     return results
 
 
