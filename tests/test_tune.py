@@ -163,3 +163,22 @@ def test_two_trial_sweep_from_the_cli_both_rungs(encoded_run, small_track, tmp_p
     best = load_khqe_config(out / "best_khqe.yaml")  # exactly what `onesearch encode --config` reads
     assert str(CodebookLayout.parse(best.quantizer.layout)) == trials[0]["layout"]
     assert best.encoder.model == "minilm" and best.keyword_enhancement is True
+
+
+def test_inputs_of_a_cold_holdout_run_leave_held_out_items_out(encoded_run, small_track, tmp_path):
+    """A run encoded with --holdout-cold: trials fit and score without its held-out items."""
+    import shutil
+
+    from onesearch_ray.eval.holdout import write_holdout
+    from tuning.sweep import load_inputs
+
+    run = tmp_path / "run"
+    shutil.copytree(encoded_run, run)
+    full = load_inputs(run, small_track, ["minilm"]).proxies["minilm"]
+    judged = sorted({int(full.item_ids[i]) for i in full.pairs[:, 1]})
+    write_holdout(run, judged[:5])
+    data = load_inputs(run, small_track, ["minilm"]).proxies["minilm"]
+    assert len(data.item_ids) == len(full.item_ids) - 5 == len(data.items.vectors) == len(data.items.texts)
+    assert not set(judged[:5]) & set(data.item_ids.tolist())
+    kept = {int(data.item_ids[i]) for i in data.pairs[:, 1]}
+    assert kept == set(judged[5:]) and len(data.pairs) < len(full.pairs)

@@ -43,6 +43,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from onesearch_ray.config import parse_config, read_yaml_section
 from onesearch_ray.data import load_track
+from onesearch_ray.eval.holdout import HOLDOUT_FILE, read_holdout
 from onesearch_ray.eval.metrics import relevant_items
 from onesearch_ray.eval.runner import EvalConfig, encoded_vectors, evaluate
 from onesearch_ray.eval.tracks import search_eval_inputs
@@ -134,13 +135,17 @@ def load_inputs(run: Path, data_dir: Path, encoders: Sequence[str]) -> SweepInpu
         raise ValueError(
             f"{data_dir}: the sweep needs a search track (queries with a valid split, judgments)"
         )
-    item_ids = track.items.column("item_id").to_numpy()
-    item_texts = catalogue_texts(track.items)
+    all_ids = track.items.column("item_id").to_numpy()
+    all_texts = catalogue_texts(track.items)
+    # a run encoded with --holdout-cold keeps its held-out items out of fitting; so does every trial
+    held_out = set(read_holdout(run)) if (run / HOLDOUT_FILE).exists() else set()
+    fitted = ~np.isin(all_ids, sorted(held_out))
+    item_ids, item_texts = all_ids[fitted], [t for t, keep in zip(all_texts, fitted, strict=True) if keep]
     query_texts = track.queries.column("query").to_pylist()
     row_of = {qid: row for row, qid in enumerate(track.queries.column("query_id").to_pylist())}
     train_rows = np.flatnonzero(np.asarray(track.queries.column("split").to_pylist()) == "train")
     valid_ids, _, judgments = search_eval_inputs(track, "valid")
-    relevant = {qid: relevant_items(judgments[qid]) for qid in valid_ids}
+    relevant = {qid: relevant_items(judgments[qid]) - held_out for qid in valid_ids}
     kept = [qid for qid in valid_ids if relevant[qid]]
     if not kept:
         raise ValueError(f"{data_dir}: no valid query has a relevant item to score layouts with")
@@ -150,7 +155,7 @@ def load_inputs(run: Path, data_dir: Path, encoders: Sequence[str]) -> SweepInpu
     proxies = {}
     for name in encoders:
         encoder = dataclasses.replace(base.encoder, model=name)
-        items = encoded_vectors(run, "items", item_texts, encoder, "passage")
+        items = encoded_vectors(run, "items", all_texts, encoder, "passage")[fitted]
         queries = encoded_vectors(run, "queries", query_texts, encoder, "query")
         phrases = (
             encoded_vectors(run, "phrases", lexicon.vocabulary(), encoder, "query") if len(lexicon) else None
