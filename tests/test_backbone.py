@@ -144,7 +144,7 @@ def source(catalogue, tmp_path_factory):
     bpe = _bpe([f" {t}" for t in titles] * 3)
     config = LlamaConfig(
         vocab_size=bpe.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=256,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=512,
         tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
     )  # fmt: skip
     torch.manual_seed(0)
