@@ -73,14 +73,19 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 def ray_processes(temp_dir: str) -> list[int]:
     """Live processes of the Ray node(s) whose temp dir is ``temp_dir`` (``--temp-dir``, or
-    ``RAY_TMPDIR``): each of them carries a path under it in its command line."""
+    ``RAY_TMPDIR``): each has a path under it in its command line, or (agents and workers, which
+    retitle themselves ``ray::...``) its output open in a log file there. Never this process (a
+    driver connected to the node has its log open there too)."""
     under = os.path.join(temp_dir, "")
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
+        if proc.name == str(os.getpid()):
+            continue
         try:
-            if under in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if under in cmdline or any(os.readlink(fd).startswith(under) for fd in (proc / "fd").iterdir()):
                 found.append(int(proc.name))
-        except OSError:  # ended meanwhile
+        except OSError:  # ended meanwhile, or not ours to read
             continue
     return found
 
