@@ -9,7 +9,8 @@ them to the served catalogue with the frozen codebooks through the library call 
 - ``test_queries``: the test queries that judge a held-out item relevant, the usual metrics
   counting only held-out items as relevant;
 
-for the model (through ``SearchService.search``, as ``/search`` answers) and for BM25, dense and
+for the model (through ``SearchService.search``, as ``/search`` answers; ``model_trained``: its own-title
+figures for as many trained items, the reference) and for BM25, dense and
 their RRF (``--e5``: also dense e5 and RRF-e5), which index the new items like any other.
 Writes ``cold_start.json`` and ``cold_start.md`` (to ``--out``, default the run directory).
 

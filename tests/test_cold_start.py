@@ -165,8 +165,9 @@ def test_cold_start_report_on_a_run_with_held_out_items(trained_small_run, small
     service = SearchService(run, make_engine("transformers"), data=small_track)
     report = cold_start_report(service, run, track, ColdStartConfig(beam=5, k=50, limit=4))
     assert report["held_out"]["n_items"] == len(held) and all(service.sids.has_item(i) for i in held)
+    assert set(report["own_title"]) == {"model", "bm25", "dense", "rrf", "model_trained"}
+    assert set(report["test_queries"]) == {"model", "bm25", "dense", "rrf"}
     for task in ("own_title", "test_queries"):
-        assert set(report[task]) == {"model", "bm25", "dense", "rrf"}
         assert report[task]["model"]["n_queries"] == report[task]["bm25"]["n_queries"] <= 4
     assert report["own_title"]["model"]["n_queries"] == 4
     assert report["own_title"]["bm25"]["HR@10"] > 0.5  # BM25 finds a new item by its title

@@ -107,32 +107,47 @@ def cold_start_report(
     service: SearchService, run: str | Path, track: Track, config: ColdStartConfig
 ) -> dict[str, dict]:
     """Add the run's held-out items to ``service`` live, then score the model (through the
-    service) and the baselines on both tasks of :data:`TASKS`: ``{task: {system: metrics}}``."""
+    service) and the baselines on both tasks of :data:`TASKS`: ``{task: {system: metrics}}``.
+
+    ``own_title`` also has ``model_trained``: the model for the titles of as many TRAINED items
+    (an even sample of the catalogue), the reference a held-out item's figure compares with.
+    """
     held_out = read_holdout(run)
-    present = set(track.items["item_id"].to_pylist())
-    missing = [i for i in held_out if i not in present]
+    present = track.items["item_id"].to_pylist()
+    missing = sorted(set(held_out) - set(present))
     if missing:
         raise ValueError(f"held-out items {missing[:5]} of {run} are not in track {track.name!r}")
+    trained = [i for i in present if service.sids.has_item(i)]
+    trained = trained[:: max(1, len(trained) // max(1, len(held_out)))][: len(held_out)]
     seconds = add_items_live(service, track, held_out)
     log.info("added %d held-out items live in %.1f s", len(held_out), seconds)
     tasks = {
         "own_title": own_title_track(track, held_out),
         "test_queries": held_out_judgments_track(track, held_out),
     }
-    ks = (*(cut for cut in SEARCH_KS if cut < config.k), config.k)
     report: dict[str, dict] = {"held_out": {"n_items": len(held_out), "add_seconds": seconds}}
     for task, task_track in tasks.items():
-        query_ids, texts, judgments = search_eval_inputs(task_track, "test")
-        relevant = [(q, t) for q, t in zip(query_ids, texts, strict=True) if relevant_items(judgments[q])]
-        kept = relevant[: config.limit] if config.limit else relevant
-        started = time.perf_counter()
-        rankings = served_rankings(service, kept, config.beam, config.k)
-        model = search_metrics(rankings, judgments, ks) | {
-            "n_skipped": len(query_ids) - len(relevant),
-            "beam": config.beam,
-            "ms_per_query": 1000 * (time.perf_counter() - started) / max(1, len(kept)),
-        }
+        model, kept_ids = _model_metrics(service, task_track, config)
         eval_config = EvalConfig(split="test", k=config.k, e5=config.e5)
-        kept_ids = {q for q, _ in kept} if config.limit else None
         report[task] = {"model": model} | search_baselines(Path(run), task_track, eval_config, kept_ids)
+    report["own_title"]["model_trained"], _ = _model_metrics(service, own_title_track(track, trained), config)
     return report
+
+
+def _model_metrics(
+    service: SearchService, task_track: Track, config: ColdStartConfig
+) -> tuple[dict[str, float], set[int] | None]:
+    """The model's metrics on the task's test queries that have a relevant item (the first
+    ``config.limit`` of them), and the ids of those queries when a limit applies."""
+    query_ids, texts, judgments = search_eval_inputs(task_track, "test")
+    relevant = [(q, t) for q, t in zip(query_ids, texts, strict=True) if relevant_items(judgments[q])]
+    kept = relevant[: config.limit] if config.limit else relevant
+    started = time.perf_counter()
+    rankings = served_rankings(service, kept, config.beam, config.k)
+    ks = (*(cut for cut in SEARCH_KS if cut < config.k), config.k)
+    metrics = search_metrics(rankings, judgments, ks) | {
+        "n_skipped": len(query_ids) - len(relevant),
+        "beam": config.beam,
+        "ms_per_query": 1000 * (time.perf_counter() - started) / max(1, len(kept)),
+    }
+    return metrics, ({q for q, _ in kept} if config.limit else None)
