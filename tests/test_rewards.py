@@ -1,0 +1,240 @@
+"""PARS rewards: calibrated CTR/CVR, feedback levels, relevance and the combined rewards (no Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from onesearch_ray.data import SyntheticConfig, generate_synthetic
+from onesearch_ray.data.schemas import INTERACTION_SCHEMA, JUDGMENT_SCHEMA, Event
+from onesearch_ray.rewards import (
+    FeedbackLevel,
+    RelevanceOracle,
+    RewardConfig,
+    assign_feedback_levels,
+    calibrated_rates,
+    composite_item_reward,
+    interaction_counts,
+    load_reward_config,
+    lookup_counts,
+    preference_reward,
+    relevance_tier,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SHOWN, CLICK, ORDER = int(Event.SHOWN), int(Event.CLICKED), int(Event.ORDERED)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return generate_synthetic(SyntheticConfig(n_items=400, n_users=50, n_queries=80, n_sessions=400))
+
+
+def _log(rows: list[tuple[str, int | None, int, int, int]]) -> pa.Table:
+    """(user, query, item, event, session) rows -> an interactions table."""
+    users, queries, items, events, sessions = (list(c) for c in zip(*rows, strict=True))
+    return pa.Table.from_pydict(
+        {
+            "user_id": users,
+            "query_id": queries,
+            "item_id": items,
+            "event": events,
+            "timestamp": list(range(len(rows))),
+            "session_id": sessions,
+        },
+        schema=INTERACTION_SCHEMA,
+    )
+
+
+def _items(categories: dict[int, str | None]) -> pa.Table:
+    return pa.table(
+        {"item_id": pa.array(list(categories), pa.int64()), "category": list(categories.values())}
+    )
+
+
+# --- calibrated CTR/CVR ---------------------------------------------------------------------------
+
+
+def test_calibrated_rates_match_hand_computation():
+    # pos 90, clk 10, ord 0: T = log(100 * 20 * 10) = 9.903488; ctr = log 20 / T; cvr = log 10 / log 20.
+    rates = calibrated_rates(90, 10, 0, lam=1.0)
+    assert rates.ctr == pytest.approx(2.995732 / 9.903488, abs=1e-6)
+    assert rates.cvr == pytest.approx(2.302585 / 2.995732, abs=1e-6)
+    ctr, cvr = 0.3024924, 0.7686218
+    assert rates.reward == pytest.approx(2 * ctr * cvr / (ctr + cvr), abs=1e-6)
+    assert rates.reward == pytest.approx(0.434134, abs=1e-5)
+    assert calibrated_rates(90, 10, 0, lam=2.0).reward == pytest.approx(2 * 0.434134, abs=1e-5)
+
+
+def test_new_items_do_not_get_full_ctr():
+    rates = calibrated_rates([0, 1, 100, 100_000], [0, 1, 50, 100], [0, 1, 10, 0])
+    # Never shown: ctr 1/3, cvr 1, r = 2 * (1/3) * 1 / (4/3) = 1/2 -- far from a raw 100% CTR.
+    assert rates.ctr[0] == pytest.approx(1 / 3) and rates.cvr[0] == pytest.approx(1.0)
+    assert rates.reward[0] == pytest.approx(0.5)
+    # One impression, one click (raw CTR 100%) stays near the prior; proven clickers rank above it,
+    # an item shown 100k times with 100 clicks below it.
+    assert rates.ctr[1] < 0.35
+    assert rates.ctr[2] > rates.ctr[1] > rates.ctr[3]
+    assert np.all((rates.ctr > 0) & (rates.ctr < 1))
+
+
+def test_calibrated_rates_reject_negative_counts():
+    with pytest.raises(ValueError, match="clicks"):
+        calibrated_rates([1, 2], [0, -1], [0, 0])
+
+
+def test_interaction_counts_per_item_and_per_query_item():
+    log = _log(
+        [
+            ("u1", 7, 1, SHOWN, 0),
+            ("u1", 7, 2, SHOWN, 0),
+            ("u1", 7, 1, CLICK, 0),
+            ("u1", 7, 1, ORDER, 0),
+            ("u2", 8, 1, SHOWN, 1),
+            ("u2", None, 2, CLICK, 2),
+        ]
+    )
+    per_item = interaction_counts(log).sort_by("item_id").to_pydict()
+    assert per_item == {"item_id": [1, 2], "impressions": [2, 1], "clicks": [1, 1], "orders": [1, 0]}
+    per_pair = interaction_counts(log, ["query_id", "item_id"])
+    keys = pa.table({"query_id": [8, 7, 9], "item_id": [1, 1, 1]})
+    impressions, clicks, orders = lookup_counts(per_pair, keys)
+    np.testing.assert_array_equal(impressions, [1, 1, 0])  # in the order asked; unseen pair -> 0
+    np.testing.assert_array_equal(clicks, [0, 1, 0])
+    np.testing.assert_array_equal(orders, [0, 1, 0])
+
+
+# --- feedback levels ------------------------------------------------------------------------------
+
+
+def test_feedback_levels_on_a_hand_made_log():
+    items = _items({1: "A", 2: "A", 3: "A", 4: "A", 5: "A", 6: "B", 7: "B", 8: None})
+    log = _log(
+        [
+            ("u1", 10, 1, SHOWN, 0),
+            ("u1", 10, 2, SHOWN, 0),
+            ("u1", 10, 3, SHOWN, 0),
+            ("u1", 10, 6, SHOWN, 0),
+            ("u1", 10, 2, CLICK, 0),
+            ("u1", 10, 1, CLICK, 0),
+            ("u1", 10, 1, ORDER, 0),
+            ("u1", None, 4, CLICK, 1),  # a browse session: orders item 4 (category A) elsewhere
+            ("u1", None, 4, ORDER, 1),
+            ("u2", None, 5, ORDER, 2),  # another user's order is not u1's "elsewhere"
+        ]
+    )
+    levels = assign_feedback_levels(
+        log, items, query_categories={10: "A"}, n_same_category=20, n_other_category=20, seed=3
+    )
+    assert set(levels["session_id"].to_pylist()) == {0}  # browse sessions are no searches
+    got = dict(zip(levels["item_id"].to_pylist(), levels["level"].to_pylist(), strict=True))
+    assert {i: got[i] for i in (1, 2, 3, 4, 6)} == {1: 1, 2: 3, 3: 4, 4: 2, 6: 4}
+    assert got[5] == FeedbackLevel.SAME_CATEGORY_NOT_SHOWN  # 20 draws over 5 items find it
+    assert got[7] == FeedbackLevel.OTHER_CATEGORY
+    assert 8 not in got  # no category: neither same nor other
+    weights = dict(zip(levels["item_id"].to_pylist(), levels["weight"].to_pylist(), strict=True))
+    assert [weights[i] for i in (1, 4, 2, 3, 5, 7)] == [2.0, 1.5, 1.0, 0.5, 0.2, 0.0]
+
+
+def test_feedback_levels_on_the_synthetic_world(world):
+    intents = world.extras["query_intent"]
+    query_category = {q: intent["category"] for q, intent in intents.items()}
+    levels = assign_feedback_levels(world.interactions, world.items, query_categories=query_category)
+    assert set(levels["level"].to_pylist()) == {1, 2, 3, 4, 5, 6}
+    pairs = list(zip(levels["session_id"].to_pylist(), levels["item_id"].to_pylist(), strict=True))
+    assert len(pairs) == len(set(pairs))  # one level per (search, item)
+    category = dict(zip(world.items["item_id"].to_pylist(), world.items["category"].to_pylist(), strict=True))
+    log = world.interactions
+    shown = set(zip(log["session_id"].to_pylist(), log["item_id"].to_pylist(), strict=True))
+    for session, query, item, level in zip(
+        *(levels[c].to_pylist() for c in ("session_id", "query_id", "item_id", "level")), strict=True
+    ):
+        if level in (5, 6):
+            assert (session, item) not in shown
+            assert (category[item] == query_category[query]) == (level == 5)
+        if level == 2:
+            assert category[item] == query_category[query]
+    # Without the intents, the engagement vote recovers every logged query's category on this world.
+    estimated = assign_feedback_levels(world.interactions, world.items)
+    assert estimated.filter(pc.less_equal(estimated["level"], 4)).equals(
+        levels.filter(pc.less_equal(levels["level"], 4))
+    )
+
+
+# --- relevance ------------------------------------------------------------------------------------
+
+
+def test_relevance_tiers_of_hand_picked_grades():
+    grades = [1.0, 4 / 3, 5 / 3, 2.0, 7 / 3, 8 / 3, 3.0]
+    np.testing.assert_array_equal(relevance_tier(grades), [0, 1, 1, 2, 2, 3, 3])
+    with pytest.raises(ValueError, match="grades"):
+        relevance_tier([0.5])
+
+
+def test_relevance_from_judgments_then_intents_then_default(world):
+    judgments = world.judgments
+    oracle = RelevanceOracle.from_track(world)
+    queries, items = judgments["query_id"].to_numpy(), judgments["item_id"].to_numpy()
+    np.testing.assert_array_equal(oracle.grades(queries, items), judgments["relevance"].to_numpy())
+    # The intents alone reproduce every judgment the generator wrote ...
+    by_intent = RelevanceOracle(items=world.items, intents=world.extras["query_intent"])
+    np.testing.assert_array_equal(by_intent.grades(queries, items), judgments["relevance"].to_numpy())
+    # ... and grade the unjudged pairs too: all items of query 1's category are 2 or 3, the rest 1.
+    intent = world.extras["query_intent"][1]
+    all_items = world.items["item_id"].to_numpy()
+    grades = oracle.grades(np.ones_like(all_items), all_items)
+    in_category = np.asarray(world.items["category"].to_pylist()) == intent["category"]
+    assert np.all(grades[in_category] >= 2) and np.all(grades[~in_category] == 1)
+    assert (grades == 3).any()
+    # Judgments only (a track read back from disk): unjudged pairs get the default.
+    judged_only = RelevanceOracle(
+        pa.table({"query_id": [1], "item_id": [5], "relevance": [8 / 3]}, schema=JUDGMENT_SCHEMA),
+        unjudged=1.0,
+    )
+    np.testing.assert_allclose(judged_only.grades([1, 1, 2], [5, 6, 5]), [8 / 3, 1.0, 1.0])
+    np.testing.assert_array_equal(judged_only.tiers([1, 1], [5, 6]), [3, 0])
+
+
+# --- combined rewards and config ------------------------------------------------------------------
+
+
+def test_reward_config_from_yaml(tmp_path):
+    assert load_reward_config(REPO / "configs" / "default.yaml") == RewardConfig()
+    path = tmp_path / "c.yaml"
+    path.write_text("rewards:\n  relevance_weight: 5.0\n  level_weights: [3, 2, 1, 0.5, 0.1, 0]\n")
+    config = load_reward_config(path)
+    assert config.relevance_weight == 5.0 and config.level_weights == (3.0, 2.0, 1.0, 0.5, 0.1, 0.0)
+    path.write_text("rewards:\n  relevance_wieght: 5.0\n")
+    with pytest.raises(ValueError, match="unknown key 'relevance_wieght'"):
+        load_reward_config(path)
+    with pytest.raises(ValueError, match="must not increase"):
+        RewardConfig(level_weights=(1.0, 2.0, 1.0, 0.5, 0.2, 0.0))
+    with pytest.raises(ValueError, match="6 weights"):
+        RewardConfig(level_weights=(1.0, 0.5))  # type: ignore[arg-type]
+
+
+def test_preference_reward_weights_relevance_up():
+    config = RewardConfig()
+    # Ordered (weight 2.0), calibrated r 0.5, irrelevant (grade 1): 2 + 0.5 + 10 * 0 = 2.5.
+    # Shown only (0.5), r 0.3, exact match (grade 3): 0.5 + 0.3 + 10 * 1 = 10.8.
+    rewards = preference_reward([2.0, 0.5, 1.0], [0.5, 0.3, 0.4], [1.0, 3.0, 2.0], config)
+    np.testing.assert_allclose(rewards, [2.5, 10.8, 1.0 + 0.4 + 5.0])
+    assert rewards[1] > rewards[0]  # the guard: clicks cannot buy past relevance
+
+
+def test_composite_item_reward_of_v2():
+    config = RewardConfig()
+    rewards = composite_item_reward(
+        ordered=[True, False, False, True],
+        clicked=[True, True, False, False],
+        ctr=[0.4, 1.7, -0.2, 0.9],
+        tier=[3, 2, 0, 3],
+        valid=[True, True, True, False],
+        config=config,
+    )
+    # 4 + 0.4 + 3 + 1 (valid SID); 3 + 1 (ctr clipped) + 2 + 1; 0 + 0 (clipped) + 0 + 1; invalid -> 0.
+    np.testing.assert_allclose(rewards, [8.4, 7.0, 1.0, 0.0])
