@@ -40,6 +40,14 @@ def _reject_unknown_keys(cls: type, payload: dict[str, Any], source: str, prefix
         _reject_unknown_keys(hints[key], value, source, prefix=f"{prefix}{key}.")
 
 
+def require_non_negative(config: Any, names: typing.Iterable[str], prefix: str = "") -> None:
+    """Raise ValueError naming the first field of ``names`` on ``config`` that is negative."""
+    for name in names:
+        value = getattr(config, name)
+        if value < 0:
+            raise ValueError(f"{prefix}{name} must be >= 0, got {value}")
+
+
 def read_yaml_section(path: str | Path | None, section: str) -> dict[str, Any]:
     if path is None:
         return {}

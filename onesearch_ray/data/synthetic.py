@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from onesearch_ray.config import require_non_negative
 from onesearch_ray.data.loaders import Track, write_track
 from onesearch_ray.data.schemas import (
     INTERACTION_SCHEMA,
@@ -246,17 +247,18 @@ class SyntheticConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.n_categories <= len(CATEGORIES):
             raise ValueError(f"n_categories must be in [1, {len(CATEGORIES)}], got {self.n_categories}")
-        for name in (
-            "n_items",
-            "n_users",
-            "n_queries",
-            "n_sessions",
-            "max_judged_relevant",
-            "judged_irrelevant",
-            "history_length",
-        ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0")
+        require_non_negative(
+            self,
+            (
+                "n_items",
+                "n_users",
+                "n_queries",
+                "n_sessions",
+                "max_judged_relevant",
+                "judged_irrelevant",
+                "history_length",
+            ),
+        )
         if self.impressions_per_session < 1 or self.min_user_clicks < 2:
             raise ValueError("impressions_per_session must be >= 1 and min_user_clicks >= 2")
         if self.valid_fraction < 0 or self.test_fraction < 0 or self.valid_fraction + self.test_fraction > 1:

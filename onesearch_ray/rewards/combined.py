@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onesearch_ray.config import parse_config, read_yaml_section
+from onesearch_ray.config import parse_config, read_yaml_section, require_non_negative
 from onesearch_ray.rewards.feedback import DEFAULT_LEVEL_WEIGHTS, FeedbackLevel
 from onesearch_ray.rewards.relevance import GRADE_RANGE
 
@@ -47,17 +47,18 @@ class RewardConfig:
             raise ValueError(f"level_weights must not increase from level 1 to level 6, got {weights}")
         if self.calibration_lambda <= 0:
             raise ValueError("calibration_lambda must be > 0")
-        for name in (
-            "feedback_weight",
-            "calibrated_weight",
-            "relevance_weight",
-            "click_order_weight",
-            "ctr_weight",
-            "tier_weight",
-            "format_weight",
-        ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0")
+        require_non_negative(
+            self,
+            (
+                "feedback_weight",
+                "calibrated_weight",
+                "relevance_weight",
+                "click_order_weight",
+                "ctr_weight",
+                "tier_weight",
+                "format_weight",
+            ),
+        )
         if not self.ordered_score >= self.clicked_score >= 0:
             raise ValueError("expected ordered_score >= clicked_score >= 0")
 

@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from onesearch_ray.config import require_non_negative
 from onesearch_ray.eval.baselines import BM25Retriever, DenseRetriever, rrf_fuse
 from onesearch_ray.io import write_parquet
 from onesearch_ray.khqe import SemanticIdTokenizer
@@ -73,16 +74,18 @@ class DistillConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in (
-            "pseudo_queries_per_item",
-            "max_pseudo_queries",
-            "top_k",
-            "depth",
-            "rank_repeats",
-            "human_repeats",
-        ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"train.distill.{name} must be >= 0, got {getattr(self, name)}")
+        require_non_negative(
+            self,
+            (
+                "pseudo_queries_per_item",
+                "max_pseudo_queries",
+                "top_k",
+                "depth",
+                "rank_repeats",
+                "human_repeats",
+            ),
+            prefix="train.distill.",
+        )
         if self.enabled and (self.top_k < 1 or self.depth < self.top_k or self.batch_size < 1):
             raise ValueError(
                 f"train.distill: need top_k >= 1, depth >= top_k and batch_size >= 1 "
