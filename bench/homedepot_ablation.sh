@@ -4,8 +4,10 @@
 #
 #   today        the paper layout (4096-1024-512+opq2x256), title spans, small model from scratch
 #   layout       + the layout chosen by `onesearch tune` (LAYOUT below)
-#   distill      + cascade-distilled pseudo-queries (BM25 + dense RRF labels) in co-occurrence
-#   select       + checkpoint selection / early stopping on valid
+#   distill      + cascade-distilled pseudo-queries (BM25 + dense RRF labels) in co-occurrence; the
+#                  same run also scores every co-occurrence checkpoint on 100 valid queries, so it
+#                  yields two rows: its LAST checkpoint (+ distillation) and its BEST-on-valid one
+#                  (+ selection on valid: with 3 checkpoints and patience 3 it never stops early)
 #
 # Usage: bash bench/homedepot_ablation.sh [row ...]   (default: all rows, in order)
 # Needs `onesearch encode --data $DATA --out runs/hd` first (its embeddings are reused by every row).
@@ -20,7 +22,7 @@ COOC_STEPS=${COOC_STEPS:-300}
 EVAL_LIMIT=${EVAL_LIMIT:-300}
 BEAM=${BEAM:-350}
 ROWS=("$@")
-[ ${#ROWS[@]} -gt 0 ] || ROWS=(today layout distill select)
+[ ${#ROWS[@]} -gt 0 ] || ROWS=(today layout distill)
 
 encoded_run() {  # encoded_run DIR LAYOUT: encode with LAYOUT, reusing the base run's cached embeddings
   local dir=$1 layout=$2
@@ -32,7 +34,7 @@ encoded_run() {  # encoded_run DIR LAYOUT: encode with LAYOUT, reusing the base 
 
 row_config() {  # row_config ROW: the train: section of the row, on stdout
   local distill=0 select=0
-  case $1 in distill) distill=20000 ;; select) distill=20000 select=100 ;; esac
+  case $1 in distill) distill=20000 select=100 ;; esac
   cat <<EOF
 train:
   model: {size: small}
@@ -49,8 +51,8 @@ EOF
 for row in "${ROWS[@]}"; do
   case $row in
     today) layout=4096-1024-512+opq2x256 ;;
-    layout | distill | select) layout=$LAYOUT ;;
-    *) echo "unknown row $row (today, layout, distill, select)" >&2; exit 2 ;;
+    layout | distill) layout=$LAYOUT ;;
+    *) echo "unknown row $row (today, layout, distill)" >&2; exit 2 ;;
   esac
   encoded="runs/hd_enc_${layout//[^0-9a-z]/_}"
   [ "$layout" = 4096-1024-512+opq2x256 ] && encoded=$BASE
@@ -63,10 +65,6 @@ for row in "${ROWS[@]}"; do
     done
   fi
   row_config "$row" > "$run/train.yaml"
-  # the distilled labels depend only on the catalogue, SIDs and distill settings: label them once
-  if [ "$row" = select ] && [ -d runs/hd_ablation_distill/distill ] && [ ! -d "$run/distill" ]; then
-    cp -r runs/hd_ablation_distill/distill "$run/"
-  fi
   started=$(date +%s)
   for stage in alignment cooccurrence; do  # Home Depot has no users: personalisation would repeat co-occurrence
     python -m onesearch_ray.train.local --run "$run" --data "$DATA" --config "$run/train.yaml" --stage "$stage" --device cpu
@@ -75,4 +73,24 @@ for row in "${ROWS[@]}"; do
   for split in test valid; do
     onesearch eval --run "$run" --track homedepot --data "$DATA" --split "$split" --beam "$BEAM" --limit "$EVAL_LIMIT"
   done
+  if [ "$row" = distill ]; then  # the last checkpoint too, evaluated in a run of its own
+    last="${run}_last"
+    mkdir -p "$last" && cp -r "$run"/{sid_tokenizer,embeddings,items.parquet,queries.parquet} "$last/"
+    python - "$run" "$last/model" <<'PY'
+import sys
+from pathlib import Path
+
+from onesearch_ray.model import load_model, save_model
+from onesearch_ray.train import checkpoints
+
+run, out = Path(sys.argv[1]), Path(sys.argv[2])
+model, tokenizer = load_model(run / "model/alignment")  # what co-occurrence started from
+checkpoints.restore(checkpoints.latest(run / "sft/cooccurrence"), model)
+save_model(model, tokenizer, out)
+PY
+    for split in test valid; do
+      onesearch eval --run "$last" --model "$last/model" --track homedepot --data "$DATA" --split "$split" \
+        --beam "$BEAM" --limit "$EVAL_LIMIT"
+    done
+  fi
 done

@@ -60,6 +60,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=350, help="ranking depth (items)")
     parser.add_argument("--limit", type=int, default=0, help="evaluate the model on the first N only")
     parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument("--model", help="model directory to evaluate (default: the run's latest model)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument(
         "--e5",
@@ -78,6 +79,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         baselines=not args.no_baselines,
         threads=args.threads,
         e5=args.e5,
+        model_dir=args.model,
     )
 
 

@@ -58,6 +58,7 @@ class EvalConfig:
     # stand-in; embedding a large catalogue takes long (~24 min for 54,667 titles on 2 CPUs) once,
     # then its vectors are cached in the run directory
     e5: bool = False
+    model_dir: str | None = None  # a model directory to evaluate instead of the run's latest model
 
 
 def build_engine(run: Path, model_dir: Path | None = None) -> tuple[TransformersEngine, SemanticIdTokenizer]:
@@ -94,7 +95,7 @@ def encoded_vectors(
 
 def evaluate(run: str | Path, data: str | Path, track_kind: str, config: EvalConfig) -> dict[str, dict]:
     run, track = Path(run), load_track(data)
-    engine, sids = build_engine(run)
+    engine, sids = build_engine(run, Path(config.model_dir) if config.model_dir else None)
     builder = PromptBuilder(sids, PromptConfig())
     if track_kind == "search":
         return _evaluate_search(run, track, engine, sids, builder, config)
