@@ -34,7 +34,7 @@ encoded_run() {  # encoded_run DIR LAYOUT: encode with LAYOUT, reusing the base 
 
 row_config() {  # row_config ROW: the train: section of the row, on stdout
   local distill=0 select=0
-  case $1 in distill) distill=20000 select=100 ;; esac
+  case $1 in distill) distill=10000 select=100 ;; esac
   cat <<EOF
 train:
   model: {size: small}

@@ -118,19 +118,14 @@ def test_results_rank_best_first_and_skip_missing_scores(tmp_path):
 
 # ---- real sweeps ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def encoded_run(small_track, tmp_path_factory):
-    """The small synthetic track encoded on a local Ray instance of this module (never a shared one)."""
-    import ray
+def encoded_run(encoded_small_run, tmp_path_factory):
+    """A private copy of the session's encoded small track; the sweep joins the session's Ray cluster
+    (a second ``ray.init`` in one test process would fail)."""
+    import shutil
 
-    from pipelines import prepare
-
-    ray.init(address="local", num_cpus=2, logging_level="WARNING", include_dashboard=False)
-    try:
-        run = tmp_path_factory.mktemp("tune") / "run"
-        prepare.prepare(small_track, run, KHQEConfig())
-        yield run
-    finally:
-        ray.shutdown()
+    run = tmp_path_factory.mktemp("tune") / "run"
+    shutil.copytree(encoded_small_run, run)
+    return run
 
 
 def test_two_trial_sweep_from_the_cli_both_rungs(encoded_run, small_track, tmp_path):
