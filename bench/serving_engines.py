@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             args.demo_dir, size=args.demo_size, n_items=args.demo_items, layout=args.demo_layout,
             steps=args.demo_steps,
         )  # fmt: skip
-    trie = SidTrie(np.asarray(setup.sids.all_sids()), setup.sids.layout.level_sizes)
+    trie = SidTrie.of_catalogue(setup.sids)
     engines = make_engines(args, setup, trie)
     tokenizer, block = engines["transformers"].tokenizer, engines["transformers"].prompt_block
     prompts = setup.prompts[: args.prompts]

@@ -187,7 +187,7 @@ def prepare(
             phrase_vectors,
             config.keyword_text_weight,
         )
-        _write_query_sids(run, tokenizer, queries, tokenizer.encode(fused))
+        write_query_sids(run, tokenizer, queries, tokenizer.encode(fused))
     report.update(
         {
             "track": track.name,
@@ -233,7 +233,7 @@ def _write_item_sids(run: RunDir, tokenizer: SemanticIdTokenizer, items: pa.Tabl
     )
 
 
-def _write_query_sids(
+def write_query_sids(
     run: RunDir, tokenizer: SemanticIdTokenizer, queries: pa.Table, codes: np.ndarray
 ) -> None:
     write_parquet(

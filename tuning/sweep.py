@@ -65,7 +65,7 @@ from onesearch_ray.train.config import TrainConfig, load_train_config
 from onesearch_ray.train.stages import STAGES
 from onesearch_ray.train.workflow import StageJob, run_stage_loop, train_stages
 from pipelines.common import init_ray
-from pipelines.prepare import _write_query_sids
+from pipelines.prepare import write_query_sids
 from tuning.results import best_row, ranked, trial_khqe_config, write_best_config, write_results
 from tuning.space import Candidate, SearchSpace, candidates, draw
 
@@ -207,7 +207,7 @@ def _write_trial_query_sids(
     texts = EncodedTexts([t for p in parts for t in p.texts], np.concatenate([p.vectors for p in parts]))
     lexicon = data.lexicon if khqe.keyword_enhancement else None
     fused, _ = enhance(texts, lexicon, data.phrase_vectors, khqe.keyword_text_weight)
-    _write_query_sids(run, tokenizer, queries, tokenizer.encode(fused))
+    write_query_sids(run, tokenizer, queries, tokenizer.encode(fused))
 
 
 def _chunk_reporting_trainer(

@@ -10,8 +10,12 @@ removing items builds a new one with a higher ``version``; the holder swaps the 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from onesearch_ray.khqe.sid_tokenizer import SemanticIdTokenizer
 
 
 class SidTrie:
@@ -34,6 +38,11 @@ class SidTrie:
             pairs = np.unique(np.stack([keys, self.sids[:, depth]], axis=1), axis=0)
             self._prefix_keys.append(pairs[:, 0] if len(pairs) else np.zeros(0, np.int64))
             self._next_codes.append(pairs[:, 1] if len(pairs) else np.zeros(0, np.int64))
+
+    @classmethod
+    def of_catalogue(cls, sids: SemanticIdTokenizer) -> SidTrie:
+        """The trie of every SID a :class:`SemanticIdTokenizer` holds, in its layout."""
+        return cls(np.asarray(sids.all_sids()), sids.layout.level_sizes)
 
     def __len__(self) -> int:
         return len(self.sids)

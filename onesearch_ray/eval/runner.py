@@ -65,7 +65,7 @@ def build_engine(run: Path, model_dir: Path | None = None) -> tuple[Transformers
     sids = SemanticIdTokenizer.load(run / "sid_tokenizer")
     model, tokenizer = load_model(model_dir or latest_model_dir(run))
     vocabulary = SidVocabulary.from_tokenizers(tokenizer, sids)
-    trie = SidTrie(np.asarray(sids.all_sids()), sids.layout.level_sizes)
+    trie = SidTrie.of_catalogue(sids)
     return TransformersEngine(model, tokenizer, vocabulary.position_token_ids, trie), sids
 
 

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 
 from onesearch_ray.behavior import BehaviorIndex, UserContext
@@ -72,7 +71,7 @@ class SearchService:
 
         check_model_dir(self.model_dir)  # names a missing or corrupt file before any engine loads it
         self.vocabulary = SidVocabulary.from_tokenizers(load_tokenizer(self.model_dir), self.sids)
-        self.trie = SidTrie(np.asarray(self.sids.all_sids()), self.sids.layout.level_sizes)
+        self.trie = SidTrie.of_catalogue(self.sids)
         self.engine = engine_factory(self.model_dir, self.vocabulary, self.trie)
         self.builder = PromptBuilder(self.sids, PromptConfig())
         self.text_encoder = RunTextEncoder.from_run(self.run)

@@ -153,7 +153,7 @@ class ValidScorer:
     def __init__(self, tokenizer, sids: SemanticIdTokenizer, sample: ValidSample) -> None:
         self.tokenizer, self.sids, self.sample = tokenizer, sids, sample
         self.position_token_ids = SidVocabulary.from_tokenizers(tokenizer, sids).position_token_ids
-        self.trie = SidTrie(np.asarray(sids.all_sids()), sids.layout.level_sizes)
+        self.trie = SidTrie.of_catalogue(sids)
 
     def score(self, model: torch.nn.Module) -> float:
         config = self.sample.config
