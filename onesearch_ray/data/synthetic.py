@@ -20,7 +20,7 @@ change the catalogue. Default config: well under a second; 1M items (``n_session
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -39,6 +39,7 @@ from onesearch_ray.data.schemas import (
     USER_SCHEMA,
     Event,
 )
+from onesearch_ray.io import read_json, write_json
 
 
 class _Category(NamedTuple):
@@ -169,6 +170,7 @@ CATEGORIES: tuple[_Category, ...] = (
         ("1 m", "2 m", "3 m"),
     ),
 )
+WORLD_FILE = "synthetic_world.json"  # beside the tables: what they do not hold (config, query intents)
 SHARED_BRANDS = ("Acme", "HomeCraft", "Everyday", "Northwind")
 COLOURS = (
     "black",
@@ -297,8 +299,51 @@ def generate_synthetic(config: SyntheticConfig | None = None) -> Track:
 
 
 def write_synthetic(directory: str | os.PathLike, config: SyntheticConfig | None = None) -> Path:
-    """Generate the synthetic track and write it (onesearch format) to ``directory``."""
-    return write_track(generate_synthetic(config), directory)
+    """Generate the synthetic track and write it (onesearch format) to ``directory``, with
+    :data:`WORLD_FILE`: the config and the query intents, which the track's tables do not hold."""
+    config = config or SyntheticConfig()
+    track = generate_synthetic(config)
+    root = write_track(track, directory)
+    intents = track.extras["query_intent"]
+    write_json(
+        root / WORLD_FILE, {"config": asdict(config), "query_intent": [[q, intents[q]] for q in intents]}
+    )
+    return root
+
+
+def read_world(directory: str | os.PathLike) -> tuple[SyntheticConfig, dict[int, dict[str, str]]]:
+    """The generating config and the query intents (by query id) of a track ``write_synthetic`` wrote."""
+    path = Path(directory) / WORLD_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: not a synthetic track, or written before {WORLD_FILE} existed "
+            "(write it again with `onesearch synth`)"
+        )
+    payload = read_json(path)
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()}
+    return SyntheticConfig(**fields), {int(q): dict(intent) for q, intent in payload["query_intent"]}
+
+
+def click_model(
+    config: SyntheticConfig,
+    relevance: np.ndarray,
+    likes_brand: np.ndarray,
+    likes_colour: np.ndarray,
+    likes_category: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The log's user behaviour for one list of shown items, best position first: (P(click),
+    P(order | click)) per item, from relevance (1..3) x position x the user's preference matches."""
+    relevance = np.asarray(relevance, dtype=np.int64)
+    position = (np.arange(len(relevance)) + 1.0) ** -config.position_bias
+    p_click = (
+        np.asarray(config.click_by_relevance)[relevance - 1]
+        * position
+        * (1 + config.brand_boost * likes_brand)
+        * (1 + config.colour_boost * likes_colour)
+        * (1 + config.category_boost * likes_category)
+    )
+    p_order = config.order_rate * (1 + config.brand_boost * likes_brand) * np.where(relevance == 3, 1.0, 0.3)
+    return np.minimum(p_click, 0.95), np.minimum(p_order, 0.95)
 
 
 # --- vocabulary ---------------------------------------------------------------------------------
@@ -876,22 +921,10 @@ def _session_events(
     likes_brand = users.brand[user, catalogue.codes["brand"][shown]]
     likes_colour = users.colour[user, catalogue.codes["colour"][shown]]
     likes_category = users.category[user, catalogue.codes["category"][shown]]
-    position = (np.arange(len(shown)) + 1.0) ** -config.position_bias
-    p_click = (
-        np.asarray(config.click_by_relevance)[rel - 1]
-        * position
-        * (1 + config.brand_boost * likes_brand)
-        * (1 + config.colour_boost * likes_colour)
-        * (1 + config.category_boost * likes_category)
-    )
-    click = rng.random(len(shown)) < np.minimum(p_click, 0.95)
+    p_click, p_order = click_model(config, rel, likes_brand, likes_colour, likes_category)
+    click = rng.random(len(shown)) < p_click
     clicked = shown[click]
-    p_order = (
-        config.order_rate
-        * (1 + config.brand_boost * likes_brand[click])
-        * np.where(rel[click] == 3, 1.0, 0.3)
-    )
-    ordered = rng.random(len(clicked)) < np.minimum(p_order, 0.95)
+    ordered = rng.random(len(clicked)) < p_order[click]
     rows, kinds, offsets = [shown], [np.full(len(shown), Event.SHOWN)], [np.zeros(len(shown), np.int64)]
     for j, (item, order) in enumerate(zip(clicked, ordered, strict=True)):
         rows.append(np.array([item, item] if order else [item]))
