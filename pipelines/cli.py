@@ -3,6 +3,7 @@
 onesearch synth --out DIR            write the synthetic catalogue + search log
 onesearch encode --data DIR --out RUN   KHQE: embeddings -> semantic IDs (Ray Data)
 onesearch quickstart [--data DIR]    the whole pipeline on the default (synthetic) data
+onesearch simulate --run RUN --data DIR   simulated A/B test (cascade vs the trained models)
 onesearch tune --run RUN --data DIR  Ray Tune sweep over KHQE codebook layouts (tuning/)
 onesearch backbone [--out DIR]       the packaged SmolLM2-135M as a local HF directory (init_from)
 """
@@ -66,6 +67,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from pipelines import evaluate
 
     evaluate.run_eval(args.run, args.track, args.data, evaluate.config_from_args(args))
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from pipelines import simulate
+
+    simulate.run_simulation(args)
     return 0
 
 
@@ -181,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation = commands.add_parser("eval", help="evaluate a trained run beside the baselines")
     add_eval_arguments(evaluation)
     evaluation.set_defaults(handler=_cmd_eval)
+
+    from pipelines.simulate import add_simulate_arguments
+
+    simulation = commands.add_parser(
+        "simulate", help="simulated A/B test: synthetic users search the cascade and the trained models"
+    )
+    add_simulate_arguments(simulation)
+    simulation.set_defaults(handler=_cmd_simulate)
 
     from tuning.sweep import add_tune_arguments
 

@@ -1,0 +1,131 @@
+"""Systems named on the command line -> builders of :class:`SearchSystem` for one run.
+
+``cascade`` (RRF + personalised re-rank), ``rrf`` (without the re-rank), ``random``, ``oracle``,
+``sft`` (the run's last SFT stage, ``RUN/model/<stage>``) and ``NAME=MODEL_DIR`` (any model directory,
+e.g. ``dpo=RUN/model/dpo``; a relative path is tried as given, then inside the run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from onesearch_ray.sim.systems import (
+    CascadeSystem,
+    OracleSystem,
+    RandomSystem,
+    RerankConfig,
+    SearchSystem,
+    ServiceSystem,
+)
+from onesearch_ray.sim.world import World
+from onesearch_ray.train.stages import STAGES
+
+NAMED_SYSTEMS = ("cascade", "rrf", "random", "oracle", "sft")
+_NOT_ALIGNED = (*STAGES, "init")  # model directories that are SFT (or its starting point)
+
+
+@dataclass(frozen=True)
+class SystemOptions:
+    engine: str = "transformers"  # the trained models' decoding engine (serving.engines.ENGINES)
+    beam: int = 50
+    seed: int = 0  # the random system's stream
+    rerank: RerankConfig = field(default_factory=RerankConfig)
+
+    def __post_init__(self) -> None:
+        from onesearch_ray.serving.engines import ENGINES
+
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r} (one of {', '.join(ENGINES)})")
+        if self.beam < 1:
+            raise ValueError(f"beam must be >= 1, got {self.beam}")
+
+
+def default_systems(run: Path) -> list[str]:
+    """The cascade (control), the SFT model, and every other model directory of the run (RL stages)."""
+    models = run / "model"
+    aligned = [
+        f"{d.name}={d}"
+        for d in sorted(models.iterdir() if models.is_dir() else [])
+        if d.is_dir() and d.name not in _NOT_ALIGNED and (d / "config.json").is_file()
+    ]
+    return ["cascade", "sft", *aligned]
+
+
+def sft_model_dir(run: Path) -> Path:
+    for stage in reversed(STAGES):
+        if (run / "model" / stage / "config.json").is_file():
+            return run / "model" / stage
+    raise FileNotFoundError(f"{run / 'model'}: no SFT model in this run (run `onesearch train` first)")
+
+
+def system_builders(
+    specs: Sequence[str], run: Path, world: World, options: SystemOptions
+) -> dict[str, Callable[[], SearchSystem]]:
+    """A builder per spec, in order (the first is the control); every name and path is checked now,
+    before any system is built."""
+    if not run.is_dir():
+        raise FileNotFoundError(f"run directory {run} not found")
+    builders: dict[str, Callable[[], SearchSystem]] = {}
+    for spec in specs:
+        name, builder = _builder(spec, run, world, options)
+        if name in builders:
+            raise ValueError(f"system {name!r} named twice")
+        builders[name] = builder
+    return builders
+
+
+def _builder(
+    spec: str, run: Path, world: World, options: SystemOptions
+) -> tuple[str, Callable[[], SearchSystem]]:
+    if "=" in spec:
+        name, path = (part.strip() for part in spec.split("=", 1))
+        if not name:
+            raise ValueError(f"system {spec!r}: empty name (expected NAME=MODEL_DIR)")
+        return name, _service_builder(name, _model_dir(path, run), run, world, options)
+    if spec == "sft":
+        return spec, _service_builder(spec, sft_model_dir(run), run, world, options)
+    if spec in ("cascade", "rrf"):
+        rerank = options.rerank if spec == "cascade" else None
+        return spec, lambda: _cascade(spec, run, world, rerank)
+    if spec == "random":
+        return spec, lambda: RandomSystem(world, seed=options.seed)
+    if spec == "oracle":
+        return spec, lambda: OracleSystem(world)
+    raise ValueError(f"unknown system {spec!r} (one of {', '.join(NAMED_SYSTEMS)}, or NAME=MODEL_DIR)")
+
+
+def _model_dir(path: str, run: Path) -> Path:
+    for candidate in (Path(path), run / path):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"model directory {path!r} not found (as given, or inside {run})")
+
+
+def _cascade(name: str, run: Path, world: World, rerank: RerankConfig | None) -> CascadeSystem:
+    from onesearch_ray.eval.runner import encoded_vectors
+    from onesearch_ray.khqe import EncoderConfig, catalogue_texts
+    from onesearch_ray.khqe.encoder import make_encoder
+
+    config = EncoderConfig()
+    encoder = make_encoder(config)
+    texts = catalogue_texts(world.track.items)
+    vectors = encoded_vectors(run, "items", texts, config, "passage", encoder)
+    return CascadeSystem(world, vectors, encoder, rerank, name=name)
+
+
+def _service_builder(
+    name: str, model_dir: Path, run: Path, world: World, options: SystemOptions
+) -> Callable[[], SearchSystem]:
+    def build() -> SearchSystem:
+        from onesearch_ray.eval.coldstart import add_items_live
+        from onesearch_ray.serving.engines import make_engine
+        from onesearch_ray.serving.service import SearchService
+
+        service = SearchService(run, make_engine(options.engine), data=world.track.root, model_dir=model_dir)
+        if world.cold_items:  # held out of training: they join the served catalogue live
+            add_items_live(service, world.track, sorted(world.cold_items))
+        return ServiceSystem(name, service, options.beam, options.engine)
+
+    return build

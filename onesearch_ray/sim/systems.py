@@ -1,0 +1,163 @@
+"""The systems an A/B simulation compares, behind one small interface: requests -> ranked item ids.
+
+- ``CascadeSystem``: the cascade stand-in of docs/evaluation.md, BM25 + dense (MiniLM) fused by RRF
+  (k=60, depth 1000), then (``RerankConfig``) a personalised re-rank of the top candidates that
+  boosts items sharing category, brand or colour with the user's history;
+- ``ServiceSystem``: a trained model as ``/search`` serves it (``SearchService``, any engine);
+- ``RandomSystem`` and ``OracleSystem``: the floor and the ceiling (ranking by the known relevance,
+  then the known user's preferences), which check that the harness measures what it says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from onesearch_ray.eval.baselines import RRF_DEPTH, RRF_K, BM25Retriever, DenseRetriever, rrf_fuse
+from onesearch_ray.khqe.encoder import TextEncoder
+from onesearch_ray.sim.world import World
+
+if TYPE_CHECKING:
+    from onesearch_ray.serving.service import SearchService
+
+
+@dataclass(frozen=True)
+class SimRequest:
+    query_id: int  # for the oracle only: a real system sees the text
+    query: str
+    user_id: str | None  # None: a new user (no id, no history)
+
+
+class SearchSystem(Protocol):
+    name: str
+    description: str
+
+    def search(self, requests: Sequence[SimRequest], k: int) -> list[list[int]]:
+        """Item ids, best first, at most ``k`` per request."""
+        ...
+
+
+class RandomSystem:
+    description = "random items from the catalogue"
+
+    def __init__(self, world: World, seed: int = 0, name: str = "random") -> None:
+        self.name, self._items, self._rng = name, world.item_ids, np.random.default_rng(seed)
+
+    def search(self, requests: Sequence[SimRequest], k: int) -> list[list[int]]:
+        size = min(k, len(self._items))
+        return [self._rng.choice(self._items, size=size, replace=False).tolist() for _ in requests]
+
+
+class OracleSystem:
+    description = "known relevance, then the known user's brand, colour and category preferences"
+
+    def __init__(self, world: World, name: str = "oracle") -> None:
+        self.name, self.world = name, world
+        self._user_row = {user: row for row, user in enumerate(world.user_ids)}
+        self._popularity = world.track.items["popularity"].to_numpy()
+        self._relevance: dict[int, np.ndarray] = {}
+
+    def search(self, requests: Sequence[SimRequest], k: int) -> list[list[int]]:
+        return [self._rank(request)[:k] for request in requests]
+
+    def _rank(self, request: SimRequest) -> list[int]:
+        items = self.world.item_ids
+        if request.query_id not in self._relevance:
+            self._relevance[request.query_id] = self.world.relevance(request.query_id, items)
+        keys = [self._popularity, self._relevance[request.query_id]]
+        if request.user_id is not None:
+            brand, colour, category = self.world.likes(self._user_row[request.user_id], items)
+            keys[1:1] = [category, colour, brand]  # lexsort: the last key sorts first
+        return items[np.lexsort([-np.asarray(key, dtype=np.float64) for key in keys])].tolist()
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    """Score of a candidate at RRF rank r (1-based): (RRF_K + 1) / (RRF_K + r) plus, per facet, its
+    weight times the share of the user's history items with the candidate's value of that facet."""
+
+    depth: int = 50  # RRF candidates re-ranked
+    category: float = 0.1
+    brand: float = 0.3
+    colour: float = 0.15
+    history: int = 100  # the user's most recent clicked and ordered items
+
+    def __post_init__(self) -> None:
+        if self.depth < 1 or self.history < 1:
+            raise ValueError(f"rerank: depth and history must be >= 1, got {self.depth}, {self.history}")
+        if min(self.category, self.brand, self.colour) < 0:
+            raise ValueError("rerank: facet weights must be >= 0")
+
+
+class CascadeSystem:
+    def __init__(
+        self,
+        world: World,
+        item_vectors: np.ndarray,
+        encoder: TextEncoder,
+        rerank: RerankConfig | None = RerankConfig(),
+        name: str = "cascade",
+    ) -> None:
+        self.name, self.world, self.rerank = name, world, rerank
+        self.description = "BM25 + dense (MiniLM) RRF" + (
+            f" + personalised re-rank of the top {rerank.depth} on the user's history" if rerank else ""
+        )
+        items = world.track.items
+        self.bm25 = BM25Retriever(items["title"].to_pylist(), world.item_ids.tolist())
+        self.dense = DenseRetriever(world.item_ids.tolist(), item_vectors, encoder=encoder)
+        self._weights = np.array([rerank.category, rerank.brand, rerank.colour]) if rerank else None
+
+    def search(self, requests: Sequence[SimRequest], k: int) -> list[list[int]]:
+        texts = [request.query for request in requests]
+        fused = rrf_fuse(self.bm25.search(texts, RRF_DEPTH), self.dense.search(texts, RRF_DEPTH))
+        return [
+            self._personalise(ranked, request.user_id)[:k]
+            for ranked, request in zip(fused, requests, strict=True)
+        ]
+
+    def _personalise(self, ranked: list[int], user_id: str | None) -> list[int]:
+        if self.rerank is None or user_id is None or not ranked:
+            return ranked
+        context = self.world.behaviour_index.context_for(user_id, long_len=self.rerank.history)
+        if not context.long_items:
+            return ranked
+        head = ranked[: self.rerank.depth]
+        history = self.world.item_facts[self.world.rows_of(context.long_items)]
+        facts = self.world.item_facts[self.world.rows_of(head)]
+        shares = np.stack(
+            [
+                (facts[:, None, facet] == history[None, :, facet]).mean(axis=1) * (facts[:, facet] >= 0)
+                for facet in range(3)
+            ],
+            axis=1,
+        )
+        score = (RRF_K + 1) / (RRF_K + np.arange(1, len(head) + 1)) + shares @ self._weights
+        order = np.argsort(-score, kind="stable")
+        return [head[i] for i in order] + ranked[self.rerank.depth :]
+
+
+class ServiceSystem:
+    """A trained model through ``SearchService.search`` (as ``/search`` answers), beam ``beam``."""
+
+    def __init__(self, name: str, service: SearchService, beam: int, engine: str) -> None:
+        self.name, self.service, self.beam = name, service, beam
+        self.description = f"{service.model_dir} ({engine} engine, beam {beam})"
+
+    def search(self, requests: Sequence[SimRequest], k: int) -> list[list[int]]:
+        from onesearch_ray.serving.schemas import MAX_QUERY_CHARS, SearchRequest
+
+        answers = self.service.search(
+            [
+                SearchRequest(query=r.query[:MAX_QUERY_CHARS], user_id=r.user_id, k=k, beam=self.beam)
+                for r in requests
+            ]
+        )
+        pages = []
+        for request, answer in zip(requests, answers, strict=True):
+            if isinstance(answer, Exception):
+                raise RuntimeError(f"{self.name}: search for {request.query!r} failed: {answer}") from answer
+            pages.append([hit.item_id for hit in answer.items])
+        return pages
