@@ -1,4 +1,5 @@
-"""Multi-stage SFT job (Ray Train ``TorchTrainer``, DDP over N CPU or GPU workers).
+"""Training jobs (Ray Train ``TorchTrainer``, DDP over N CPU or GPU workers): multi-stage SFT, then
+preference alignment (list-wise DPO, TPMA-GRPO).
 
 Stages (paper section 3): ``alignment`` -> ``cooccurrence`` -> ``personalization``; each starts
 from the previous stage's model. Before the first stage the SID-aware tokenizer is trained and the
@@ -11,10 +12,16 @@ model built (``RUN/model/init``). Per stage, under ``RUN/sft/<stage>/``:
 and the stage's final model goes to ``RUN/model/<stage>`` (an HF directory vLLM can load).
 A stopped or failed job rerun with the same arguments resumes from the last complete checkpoint.
 
+After SFT, ``--stage dpo`` or ``--stage grpo`` aligns the run's latest model
+(``onesearch_ray.train.alignment``): data and checkpoints under ``RUN/align/<stage>/``, the result
+in ``RUN/model/<stage>``, made the latest model. ``--feedback LOG`` builds DPO's phase 2 from the
+server's live feedback log instead of the track's search log. ``--stage all`` is the three SFT stages.
+
 Resources: ``--workers N`` (each ``--cpus-per-worker`` CPUs, or one GPU with ``--gpu``). With more
 than one node, RUN must be on storage every node can reach.
 
     python -m pipelines.train --run RUN --data DIR [--stage alignment|cooccurrence|personalization|all]
+    python -m pipelines.train --run RUN --data DIR --stage dpo [--feedback LOG]
     ray job submit -- python -m pipelines.train --run RUN --data DIR --workers 2
 """
 
@@ -32,14 +39,16 @@ import ray.train.torch
 import torch
 
 from onesearch_ray.train import checkpoints
+from onesearch_ray.train.alignment import ALIGN_STAGES, align_options, align_run, run_align_loop
 from onesearch_ray.train.config import TrainConfig, load_train_config
 from onesearch_ray.train.stages import STAGES
-from onesearch_ray.train.workflow import StageJob, run_stage_loop, train_stages
+from onesearch_ray.train.workflow import run_stage_loop, train_stages
 from pipelines.common import init_ray, off_main_thread
 
 
 def train_worker(loop_config: dict) -> None:
-    """Runs on every Ray Train worker: the library's stage loop, DDP-wrapped, reporting checkpoints."""
+    """Runs on every Ray Train worker: the library's stage loop (SFT or alignment), DDP-wrapped,
+    reporting checkpoints."""
     context = ray.train.get_context()
     if loop_config["threads"]:
         torch.set_num_threads(loop_config["threads"])
@@ -58,7 +67,7 @@ def train_worker(loop_config: dict) -> None:
                 checkpoint_dir_name=checkpoints.dir_name(step),
             )
 
-    run_stage_loop(
+    loop_config["loop"](
         loop_config["job"],
         rank=context.get_world_rank(),
         world_size=context.get_world_size(),
@@ -68,15 +77,16 @@ def train_worker(loop_config: dict) -> None:
     )
 
 
-def ray_stage_trainer(config: TrainConfig):
-    """``train_stage`` for the driver: one TorchTrainer per stage, checkpoints under the stage dir."""
+def ray_stage_trainer(config: TrainConfig, loop=run_stage_loop):
+    """``train_stage`` for the driver: one TorchTrainer per stage running ``loop`` (``run_stage_loop``
+    for SFT, ``run_align_loop`` for DPO/GRPO), checkpoints under the stage dir."""
 
-    def train_stage(job: StageJob) -> None:
+    def train_stage(job) -> None:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         threads = config.cpus_per_worker or max(1, cpus // config.num_workers)
         trainer = ray.train.torch.TorchTrainer(
             train_worker,
-            train_loop_config={"job": job, "threads": 0 if config.use_gpu else threads},
+            train_loop_config={"job": job, "loop": loop, "threads": 0 if config.use_gpu else threads},
             scaling_config=ray.train.ScalingConfig(
                 num_workers=config.num_workers,
                 use_gpu=config.use_gpu,
@@ -97,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipelines.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, help="run directory (after `onesearch encode`)")
     parser.add_argument("--data", required=True, help="the track directory the run was encoded from")
-    parser.add_argument("--stage", default="all", choices=[*STAGES, "all"])
-    parser.add_argument("--config", help="YAML file with a `train:` section")
+    parser.add_argument("--stage", default="all", choices=[*STAGES, "all", *ALIGN_STAGES])
+    parser.add_argument("--config", help="YAML file with `train:` (and `align:`, `rewards:`) sections")
+    parser.add_argument("--feedback", help="dpo: the server's live feedback log (phase 2 from it)")
     parser.add_argument("--workers", type=int, help="Ray Train workers (DDP)")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
     parser.add_argument("--size", help="model size preset: tiny, small, base, large")
@@ -115,8 +126,14 @@ def main(argv: list[str] | None = None) -> Path:
     )
     init_ray(args.address)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    stages = list(STAGES) if args.stage == "all" else [args.stage]
-    final = train_stages(args.run, args.data, stages, config, ray_stage_trainer(config))
+    if args.stage in ALIGN_STAGES:
+        trainer = ray_stage_trainer(config, run_align_loop)
+        final = align_run(
+            args.run, args.data, args.stage, args.config, trainer, **align_options(args, config)
+        )
+    else:
+        stages = list(STAGES) if args.stage == "all" else [args.stage]
+        final = train_stages(args.run, args.data, stages, config, ray_stage_trainer(config))
     print(f"trained model: {final}")
     return final
 

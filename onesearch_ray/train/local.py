@@ -1,9 +1,11 @@
-"""Multi-stage SFT in this process on one device, without Ray: for a single-GPU box, or debugging.
+"""Multi-stage SFT and DPO/GRPO alignment in this process on one device, without Ray: for a
+single-GPU box, or debugging.
 
 Same run-directory layout, checkpoints, resume and final models as the Ray Train job
 (``pipelines/train.py``); only the worker shell differs.
 
     python -m onesearch_ray.train.local --run RUN --data DIR [--config YAML] [--device cuda]
+    python -m onesearch_ray.train.local --run RUN --data DIR --stage dpo [--feedback LOG]
 """
 
 from __future__ import annotations
@@ -16,20 +18,22 @@ from pathlib import Path
 import torch
 
 from onesearch_ray.train import checkpoints
+from onesearch_ray.train.alignment import ALIGN_STAGES, align_options, align_run, run_align_loop
 from onesearch_ray.train.config import load_train_config
 from onesearch_ray.train.stages import STAGES
-from onesearch_ray.train.workflow import StageJob, run_stage_loop, train_stages
+from onesearch_ray.train.workflow import run_stage_loop, train_stages
 
 
-def in_process_trainer(device: str):
-    """``train_stage`` that runs the stage loop here and writes checkpoints straight to the stage dir."""
+def in_process_trainer(device: str, loop=run_stage_loop):
+    """``train_stage`` that runs ``loop`` (``run_stage_loop`` for SFT, ``run_align_loop`` for
+    DPO/GRPO) here and writes checkpoints straight to the stage dir."""
 
-    def train_stage(job: StageJob) -> None:
+    def train_stage(job) -> None:
         def save_checkpoint(step: int, model, optimizer, metrics: dict) -> None:
             checkpoints.write(job.stage_dir / checkpoints.dir_name(step), model, optimizer, step, metrics)
             checkpoints.prune(job.stage_dir, keep=checkpoints.KEEP)
 
-        run_stage_loop(job, device=device, save_checkpoint=save_checkpoint)
+        loop(job, device=device, save_checkpoint=save_checkpoint)
 
     return train_stage
 
@@ -40,8 +44,9 @@ def main(argv: list[str] | None = None) -> Path:
     )
     parser.add_argument("--run", required=True, help="run directory (after `onesearch encode`)")
     parser.add_argument("--data", required=True, help="the track directory the run was encoded from")
-    parser.add_argument("--stage", default="all", choices=[*STAGES, "all"])
-    parser.add_argument("--config", help="YAML file with a `train:` section")
+    parser.add_argument("--stage", default="all", choices=[*STAGES, "all", *ALIGN_STAGES])
+    parser.add_argument("--config", help="YAML file with `train:` (and `align:`, `rewards:`) sections")
+    parser.add_argument("--feedback", help="dpo: the server's live feedback log (phase 2 from it)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", help="model size preset: tiny, small, base, large")
     parser.add_argument("--max-steps", type=int, help="cap every stage at this many steps (smoke runs)")
@@ -51,8 +56,14 @@ def main(argv: list[str] | None = None) -> Path:
     config = load_train_config(args.config, size=args.size, max_steps=args.max_steps)
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 weights, TF32 matmuls: same loss, faster
-    stages = list(STAGES) if args.stage == "all" else [args.stage]
-    final = train_stages(args.run, args.data, stages, config, in_process_trainer(args.device))
+    if args.stage in ALIGN_STAGES:
+        trainer = in_process_trainer(args.device, run_align_loop)
+        final = align_run(
+            args.run, args.data, args.stage, args.config, trainer, **align_options(args, config)
+        )
+    else:
+        stages = list(STAGES) if args.stage == "all" else [args.stage]
+        final = train_stages(args.run, args.data, stages, config, in_process_trainer(args.device))
     print(f"trained model: {final}")
     return final
 
