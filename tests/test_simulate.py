@@ -1,0 +1,114 @@
+"""Simulated A/B test: the harness measures what it says, is deterministic, and the CLI writes the report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from onesearch_ray.eval.holdout import cold_holdout_mask
+from onesearch_ray.sim import OracleSystem, RandomSystem, SimulationConfig, World, simulate
+from onesearch_ray.sim.metrics import METRICS
+from onesearch_ray.sim.report import to_markdown, write_report
+from pipelines import cli
+
+SHORT = SimulationConfig(searches=300, bootstrap=300, seed=5)
+SLICES = {"all", "cold_start_items", "cold_start_users", "long_tail_queries"}
+
+
+@pytest.fixture(scope="module")
+def world(small_track) -> World:
+    items = World.from_directory(small_track).item_ids
+    return World.from_directory(small_track, cold_items=items[cold_holdout_mask(items.tolist())].tolist())
+
+
+def _floor_and_ceiling(world: World, config: SimulationConfig) -> dict:
+    systems = {"random": lambda: RandomSystem(world, seed=config.seed), "oracle": lambda: OracleSystem(world)}
+    return simulate(world, systems, config)
+
+
+def _numbers(report: dict) -> dict:
+    """The report without its timings."""
+    return {key: value for key, value in report.items() if key != "systems"}
+
+
+def test_oracle_beats_random_on_orders_with_an_interval_excluding_zero(world, tmp_path):
+    report = _floor_and_ceiling(world, SHORT)
+    assert set(report["slices"]) == SLICES and report["control"] == "random"
+    for piece, result in report["slices"].items():
+        assert result["n_searches"] > 0, piece
+        for name in ("random", "oracle"):
+            for metric in METRICS:
+                entry = result["systems"][name]["metrics"][metric]
+                assert set(entry) == {"value", "low", "high"}
+        assert not result["systems"]["random"]["vs_control"]
+    overall = report["slices"]["all"]["systems"]
+    orders = overall["oracle"]["vs_control"]["orders_per_1k"]
+    assert orders["low"] > 0 and orders["rel_low"] > 0
+    metrics = overall["oracle"]["metrics"]["orders_per_1k"]
+    assert metrics["low"] <= metrics["value"] <= metrics["high"]
+    assert overall["oracle"]["metrics"]["mean_relevance"]["value"] > 2.0
+    assert overall["random"]["metrics"]["mean_relevance"]["value"] < 1.5
+    # The cold-item slice counts only held-out items: the oracle shows them, random almost never.
+    cold = report["slices"]["cold_start_items"]["systems"]
+    assert cold["oracle"]["metrics"]["mean_relevance"]["value"] > 2.5
+    assert cold["oracle"]["metrics"]["ctr"]["low"] > 0
+    assert report["world"]["n_cold_items"] == len(world.cold_items) > 0
+    for system in report["systems"].values():
+        assert system["cpu_ms_per_query"] >= 0 and system["wall_ms_per_query"] > 0
+    paths = write_report(report, tmp_path)
+    assert json.loads(paths["json"].read_text())["slices"]["all"]["n_searches"] == SHORT.searches
+    assert paths["plot"].stat().st_size > 0 and "### cold_start_items" in paths["markdown"].read_text()
+
+
+def test_same_seed_same_numbers_other_seed_other_traffic(world):
+    first, again = _floor_and_ceiling(world, SHORT), _floor_and_ceiling(world, SHORT)
+    assert _numbers(first) == _numbers(again)
+    other = _floor_and_ceiling(world, replace(SHORT, seed=6))
+    assert _numbers(other)["slices"] != _numbers(first)["slices"]
+
+
+def test_bad_configuration_is_named():
+    with pytest.raises(ValueError, match="searches"):
+        SimulationConfig(searches=0)
+    with pytest.raises(ValueError, match="cold_user_fraction"):
+        SimulationConfig(cold_user_fraction=1.5)
+
+
+def test_cli_errors_name_the_problem(small_track, tmp_path, capsys):
+    missing = tmp_path / "no_run"
+    assert cli.main(["simulate", "--run", str(missing), "--data", str(small_track)]) == 2
+    assert f"run directory {missing} not found" in capsys.readouterr().err
+    run = tmp_path / "run"
+    run.mkdir()
+    argv = ["simulate", "--run", str(run), "--data", str(small_track), "--system", "bogus"]
+    assert cli.main(argv) == 2
+    assert "unknown system 'bogus'" in capsys.readouterr().err
+    assert cli.main([*argv[:-1], "sft"]) == 2
+    assert "no SFT model in this run" in capsys.readouterr().err
+    assert cli.main(["simulate", "--run", str(run), "--data", str(run)]) == 2
+    assert "synthetic_world.json not found" in capsys.readouterr().err
+
+
+def test_cli_on_a_trained_run_reports_every_system_and_slice(trained_small_run, small_track, tmp_path):
+    out = tmp_path / "sim"
+    model = trained_small_run / "model" / "personalization"
+    argv = ["simulate", "--run", str(trained_small_run), "--data", str(small_track), "--out", str(out)]
+    argv += ["--system", "cascade", "--system", "sft", "--system", f"again={model}"]
+    argv += ["--searches", "32", "--beam", "4", "--bootstrap", "200"]
+    assert cli.main(argv) == 0
+    report = json.loads((out / "simulation.json").read_text())
+    assert list(report["systems"]) == ["cascade", "sft", "again"] and report["control"] == "cascade"
+    assert set(report["slices"]) == SLICES - {"cold_start_items"}  # this run holds no item out
+    for result in report["slices"].values():
+        for name in ("sft", "again"):
+            assert set(result["systems"][name]["vs_control"]) == set(METRICS)
+    # The same model twice on the same traffic: the same numbers, a zero difference.
+    overall = report["slices"]["all"]["systems"]
+    assert overall["sft"]["metrics"] == overall["again"]["metrics"]
+    assert np.isfinite(report["systems"]["sft"]["cpu_ms_per_query"])
+    assert "### long_tail_queries" in (out / "simulation.md").read_text()
+    assert (out / "simulation.png").stat().st_size > 0
+    assert to_markdown(report) == (out / "simulation.md").read_text()
