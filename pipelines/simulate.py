@@ -41,6 +41,11 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cold-user-fraction", type=float, default=SimulationConfig.cold_user_fraction)
     parser.add_argument("--long-tail-share", type=float, default=SimulationConfig.long_tail_share)
     parser.add_argument("--bootstrap", type=int, default=SimulationConfig.bootstrap, help="resamples")
+    parser.add_argument(
+        "--tune-rerank",
+        action="store_true",
+        help="choose the cascade's re-rank weights on the simulator first (traffic of its own)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--out", type=Path, help="output directory (default: RUN/simulation)")
 
@@ -53,7 +58,7 @@ def run_simulation(args: argparse.Namespace) -> dict:
         long_tail_share=args.long_tail_share,
         bootstrap=args.bootstrap,
     )
-    options = SystemOptions(engine=args.engine, beam=args.beam, seed=args.seed)
+    options = SystemOptions(engine=args.engine, beam=args.beam, seed=args.seed, tune_rerank=args.tune_rerank)
     if not args.run.is_dir():
         raise FileNotFoundError(f"run directory {args.run} not found")
     if args.threads:
@@ -64,7 +69,7 @@ def run_simulation(args: argparse.Namespace) -> dict:
     if not cold:
         log.info("%s holds no item out (encode with --holdout-cold): no cold-start item slice", args.run)
     world = World.from_directory(args.data, cold_items=cold)
-    builders = system_builders(args.system or default_systems(args.run), args.run, world, options)
+    builders = system_builders(args.system or default_systems(args.run), args.run, world, options, config)
     report = simulate(world, builders, config)
     paths = write_report(report, args.out or args.run / "simulation")
     print(to_markdown(report))

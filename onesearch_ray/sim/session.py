@@ -167,15 +167,16 @@ def run_system(system: SearchSystem, world: World, traffic: Traffic, config: Sim
                 f"system {system.name!r} returned item ids not in the catalogue: {sorted(unknown)[:5]}"
             )
         for i, request, page in zip(rows, requests, pages, strict=True):
-            outcomes[i] = _page_outcome(world, traffic, i, request.query_id, page, config.page_size)
+            outcomes[i] = page_outcome(world, traffic, i, request.query_id, page, config.page_size)
         if start // config.batch_size % 25 == 0:
             log.info("%s: %d / %d searches", system.name, rows[-1] + 1, len(traffic))
     return SystemRun(outcomes, cpu, wall)
 
 
-def _page_outcome(
+def page_outcome(
     world: World, traffic: Traffic, i: int, query_id: int, page: Sequence[int], page_size: int
 ) -> np.ndarray:
+    """OUTCOME_COLUMNS of search ``i`` of ``traffic`` showing the first ``page_size`` of ``page``."""
     shown = [int(item) for item in dict.fromkeys(page)][:page_size]
     if not shown:
         return np.zeros(len(OUTCOME_COLUMNS))

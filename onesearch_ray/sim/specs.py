@@ -7,10 +7,12 @@ e.g. ``dpo=RUN/model/dpo``; a relative path is tried as given, then inside the r
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from onesearch_ray.sim.session import SimulationConfig
 from onesearch_ray.sim.systems import (
     CascadeSystem,
     OracleSystem,
@@ -19,9 +21,11 @@ from onesearch_ray.sim.systems import (
     SearchSystem,
     ServiceSystem,
 )
+from onesearch_ray.sim.tune import tune_rerank
 from onesearch_ray.sim.world import World
 from onesearch_ray.train.stages import STAGES
 
+log = logging.getLogger(__name__)
 NAMED_SYSTEMS = ("cascade", "rrf", "random", "oracle", "sft")
 _NOT_ALIGNED = (*STAGES, "init")  # model directories that are SFT (or its starting point)
 
@@ -32,6 +36,7 @@ class SystemOptions:
     beam: int = 50
     seed: int = 0  # the random system's stream
     rerank: RerankConfig = field(default_factory=RerankConfig)
+    tune_rerank: bool = False  # cascade: choose the re-rank on the simulator first (sim.tune)
 
     def __post_init__(self) -> None:
         from onesearch_ray.serving.engines import ENGINES
@@ -61,15 +66,15 @@ def sft_model_dir(run: Path) -> Path:
 
 
 def system_builders(
-    specs: Sequence[str], run: Path, world: World, options: SystemOptions
+    specs: Sequence[str], run: Path, world: World, options: SystemOptions, simulation: SimulationConfig
 ) -> dict[str, Callable[[], SearchSystem]]:
     """A builder per spec, in order (the first is the control); every name and path is checked now,
-    before any system is built."""
+    before any system is built. ``simulation``: the traffic mix a tuned re-rank is chosen on."""
     if not run.is_dir():
         raise FileNotFoundError(f"run directory {run} not found")
     builders: dict[str, Callable[[], SearchSystem]] = {}
     for spec in specs:
-        name, builder = _builder(spec, run, world, options)
+        name, builder = _builder(spec, run, world, options, simulation)
         if name in builders:
             raise ValueError(f"system {name!r} named twice")
         builders[name] = builder
@@ -77,7 +82,7 @@ def system_builders(
 
 
 def _builder(
-    spec: str, run: Path, world: World, options: SystemOptions
+    spec: str, run: Path, world: World, options: SystemOptions, simulation: SimulationConfig
 ) -> tuple[str, Callable[[], SearchSystem]]:
     if "=" in spec:
         name, path = (part.strip() for part in spec.split("=", 1))
@@ -86,9 +91,11 @@ def _builder(
         return name, _service_builder(name, _model_dir(path, run), run, world, options)
     if spec == "sft":
         return spec, _service_builder(spec, sft_model_dir(run), run, world, options)
-    if spec in ("cascade", "rrf"):
-        rerank = options.rerank if spec == "cascade" else None
-        return spec, lambda: _cascade(spec, run, world, rerank)
+    if spec == "rrf":
+        return spec, lambda: _cascade(spec, run, world, None)
+    if spec == "cascade":
+        tuning = simulation if options.tune_rerank else None
+        return spec, lambda: _cascade(spec, run, world, options.rerank, tuning)
     if spec == "random":
         return spec, lambda: RandomSystem(world, seed=options.seed)
     if spec == "oracle":
@@ -103,7 +110,9 @@ def _model_dir(path: str, run: Path) -> Path:
     raise FileNotFoundError(f"model directory {path!r} not found (as given, or inside {run})")
 
 
-def _cascade(name: str, run: Path, world: World, rerank: RerankConfig | None) -> CascadeSystem:
+def _cascade(
+    name: str, run: Path, world: World, rerank: RerankConfig | None, tuning: SimulationConfig | None = None
+) -> CascadeSystem:
     from onesearch_ray.eval.runner import encoded_vectors
     from onesearch_ray.khqe import EncoderConfig, catalogue_texts
     from onesearch_ray.khqe.encoder import make_encoder
@@ -112,7 +121,13 @@ def _cascade(name: str, run: Path, world: World, rerank: RerankConfig | None) ->
     encoder = make_encoder(config)
     texts = catalogue_texts(world.track.items)
     vectors = encoded_vectors(run, "items", texts, config, "passage", encoder)
-    return CascadeSystem(world, vectors, encoder, rerank, name=name)
+    cascade = CascadeSystem(world, vectors, encoder, rerank, name=name)
+    if tuning is not None:
+        chosen, grid = tune_rerank(world, cascade, tuning)
+        best = sorted(grid, key=lambda point: -point["orders_per_1k"])[:5]
+        log.info("re-rank tuned on %d searches of its own: %s; best points %s", tuning.searches, chosen, best)
+        cascade.description += f", tuned on {tuning.searches} searches of its own (seed {tuning.seed + 1})"
+    return cascade
 
 
 def _service_builder(

@@ -101,24 +101,33 @@ class CascadeSystem:
         rerank: RerankConfig | None = RerankConfig(),
         name: str = "cascade",
     ) -> None:
-        self.name, self.world, self.rerank = name, world, rerank
-        self.description = "BM25 + dense (MiniLM) RRF" + (
-            f" + personalised re-rank of the top {rerank.depth} on the user's history" if rerank else ""
-        )
+        self.name, self.world = name, world
+        self.set_rerank(rerank)
         items = world.track.items
         self.bm25 = BM25Retriever(items["title"].to_pylist(), world.item_ids.tolist())
         self.dense = DenseRetriever(world.item_ids.tolist(), item_vectors, encoder=encoder)
+
+    def set_rerank(self, rerank: RerankConfig | None) -> None:
+        self.rerank = rerank
         self._weights = np.array([rerank.category, rerank.brand, rerank.colour]) if rerank else None
+        self.description = "BM25 + dense (MiniLM) RRF" + (
+            f" + personalised re-rank of the top {rerank.depth} (brand {rerank.brand}, colour "
+            f"{rerank.colour}, category {rerank.category})"
+            if rerank
+            else ""
+        )
 
     def search(self, requests: Sequence[SimRequest], k: int) -> list[list[int]]:
-        texts = [request.query for request in requests]
-        fused = rrf_fuse(self.bm25.search(texts, RRF_DEPTH), self.dense.search(texts, RRF_DEPTH))
-        return [
-            self._personalise(ranked, request.user_id)[:k]
-            for ranked, request in zip(fused, requests, strict=True)
-        ]
+        fused = self.fuse(requests)
+        return [self.personalise(ranked, r.user_id)[:k] for ranked, r in zip(fused, requests, strict=True)]
 
-    def _personalise(self, ranked: list[int], user_id: str | None) -> list[int]:
+    def fuse(self, requests: Sequence[SimRequest]) -> list[list[int]]:
+        """The RRF ranking of each request (before the re-rank)."""
+        texts = [request.query for request in requests]
+        return rrf_fuse(self.bm25.search(texts, RRF_DEPTH), self.dense.search(texts, RRF_DEPTH))
+
+    def personalise(self, ranked: list[int], user_id: str | None) -> list[int]:
+        """``ranked`` with its top ``rerank.depth`` re-ranked for the user (as is without a history)."""
         if self.rerank is None or user_id is None or not ranked:
             return ranked
         context = self.world.behaviour_index.context_for(user_id, long_len=self.rerank.history)
