@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from onesearch_ray.eval.holdout import cold_holdout_mask
-from onesearch_ray.sim import OracleSystem, RandomSystem, SimulationConfig, World, simulate
+from onesearch_ray.sim import (
+    CascadeSystem,
+    OracleSystem,
+    RandomSystem,
+    RerankConfig,
+    SimulationConfig,
+    World,
+    simulate,
+)
 from onesearch_ray.sim.metrics import METRICS
 from onesearch_ray.sim.report import to_markdown, write_report
+from onesearch_ray.sim.tune import tune_rerank
 from pipelines import cli
 
 SHORT = SimulationConfig(searches=300, bootstrap=300, seed=5)
@@ -68,6 +78,52 @@ def test_same_seed_same_numbers_other_seed_other_traffic(world):
     assert _numbers(first) == _numbers(again)
     other = _floor_and_ceiling(world, replace(SHORT, seed=6))
     assert _numbers(other)["slices"] != _numbers(first)["slices"]
+
+
+class _HashEncoder:
+    """Deterministic pseudo-random vectors per text: a stand-in for MiniLM (these tests are about
+    the re-rank, not the retrieval)."""
+
+    name = "hash"
+
+    def encode(self, texts: list[str], kind: str = "query") -> np.ndarray:
+        return np.stack([np.random.default_rng(zlib.crc32(t.encode())).standard_normal(16) for t in texts])
+
+
+def _cascade(world: World, rerank: RerankConfig | None) -> CascadeSystem:
+    encoder = _HashEncoder()
+    vectors = encoder.encode(world.track.items["title"].to_pylist())
+    return CascadeSystem(world, vectors, encoder, rerank)
+
+
+def test_cascade_rerank_lifts_the_users_brand(world):
+    user = max(
+        world.behaviour_index.user_ids(), key=lambda u: len(world.behaviour_index.context_for(u).long_items)
+    )
+    history = world.behaviour_index.context_for(user).long_items
+    brands = world.item_facts[world.rows_of(history), 1]
+    favourite = np.bincount(brands[brands >= 0]).argmax()
+    ranked = world.item_ids.tolist()[:40]
+    facts = world.item_facts[world.rows_of(ranked)]
+    cascade = _cascade(world, RerankConfig(depth=40, brand=5.0, colour=0.0, category=0.0))
+    personal = cascade.personalise(ranked, user)
+    assert sorted(personal) == sorted(ranked)
+    n_favourite = int((facts[:, 1] == favourite).sum())
+    assert n_favourite > 0
+    top = world.item_facts[world.rows_of(personal[:n_favourite]), 1]
+    assert (top == favourite).all()
+    assert cascade.personalise(ranked, None) == ranked  # a new user keeps the RRF order
+    assert _cascade(world, None).personalise(ranked, user) == ranked
+
+
+def test_tune_rerank_keeps_the_best_point(world):
+    cascade = _cascade(world, RerankConfig())
+    grid = {"depth": (20,), "brand": (0.0, 0.6), "colour": (0.0,), "category": (0.0, 0.1)}
+    chosen, points = tune_rerank(world, cascade, SimulationConfig(searches=120), grid)
+    assert len(points) == 4
+    best = max(points, key=lambda point: point["orders_per_1k"])
+    assert (chosen.brand, chosen.category) == (best["brand"], best["category"])
+    assert cascade.rerank == chosen
 
 
 def test_bad_configuration_is_named():
