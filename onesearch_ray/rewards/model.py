@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 MISSING = -1  # code of an absent SID (no query SID, a shorter history)
 REWARD_MODEL_DIR = "reward_model"
 _SESSION_KEYS = ["session_id", "user_id", "query_id"]
+_WORD = re.compile(r"[a-z0-9]+")
 
 
 @dataclass
@@ -45,6 +48,8 @@ class RewardModelConfig:
     embedding_dim: int = 16
     hidden: int = 64
     history: int = 5  # recent clicked items of the user, as in the prompt's short-term view
+    word_buckets: int = 4096  # hashed query words (the prompt's query text)
+    max_words: int = 8
     epochs: int = 8
     batch_size: int = 256
     learning_rate: float = 3e-3
@@ -53,7 +58,15 @@ class RewardModelConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if min(self.embedding_dim, self.hidden, self.epochs, self.batch_size) < 1 or self.history < 0:
+        sizes = (
+            self.embedding_dim,
+            self.hidden,
+            self.epochs,
+            self.batch_size,
+            self.word_buckets,
+            self.max_words,
+        )
+        if min(sizes) < 1 or self.history < 0:
             raise ValueError("reward_model: sizes, epochs and batch_size must be >= 1, history >= 0")
         if not 0 <= self.holdout_fraction < 1:
             raise ValueError(f"reward_model.holdout_fraction {self.holdout_fraction}: expected [0, 1)")
@@ -64,6 +77,7 @@ class RewardExamples:
     """One row per shown item of a search: SID codes (MISSING where absent) and outcomes."""
 
     query_codes: np.ndarray  # (N, L) int64
+    query_words: np.ndarray  # (N, W) hashed words of the query text
     item_codes: np.ndarray  # (N, L)
     history_codes: np.ndarray  # (N, H, L)
     clicked: np.ndarray  # (N,) float32, 1 for clicked or ordered
@@ -92,6 +106,37 @@ def codes_or_missing(codes: Sequence[Sequence[int] | None], length: int) -> np.n
     return out
 
 
+def hashed_words(texts: Sequence[str | None], buckets: int, max_words: int) -> np.ndarray:
+    """(N, max_words) bucket ids of each text's first lower-case words (crc32, stable across runs),
+    MISSING-padded."""
+    out = np.full((len(texts), max_words), MISSING, dtype=np.int64)
+    for row, text in enumerate(texts):
+        words = _WORD.findall((text or "").lower())[:max_words]
+        out[row, : len(words)] = [zlib.crc32(w.encode()) % buckets for w in words]
+    return out
+
+
+def candidate_examples(
+    sids: SemanticIdTokenizer,
+    query_codes: Sequence[int] | None,
+    query_text: str | None,
+    recent_items: Sequence[int],
+    item_codes: np.ndarray,
+    config: RewardModelConfig,
+) -> RewardExamples:
+    """Rows to score candidate items (``item_codes`` (N, L)) for one search; outcomes unknown (0)."""
+    n = len(item_codes)
+    return RewardExamples(
+        query_codes=np.repeat(codes_or_missing([query_codes], sids.sid_length), n, axis=0),
+        query_words=np.repeat(hashed_words([query_text], config.word_buckets, config.max_words), n, axis=0),
+        item_codes=np.asarray(item_codes, dtype=np.int64),
+        history_codes=np.repeat(history_codes([recent_items], sids, config.history), n, axis=0),
+        clicked=np.zeros(n, np.float32),
+        ordered=np.zeros(n, np.float32),
+        timestamp=np.zeros(n, np.int64),
+    )
+
+
 def history_codes(items: Sequence[Sequence[int]], sids: SemanticIdTokenizer, history: int) -> np.ndarray:
     """(N, history, L) codes of each row's last ``history`` items that have a SID, MISSING-padded."""
     out = np.full((len(items), history, sids.sid_length), MISSING, dtype=np.int64)
@@ -107,7 +152,7 @@ def log_examples(
     sids: SemanticIdTokenizer,
     query_codes: Mapping[int, Sequence[int]],
     behavior: BehaviorIndex,
-    history: int = 5,
+    config: RewardModelConfig,
 ) -> RewardExamples:
     """The shown items of every search in the log (``query_id`` not null) whose item has a SID.
 
@@ -126,14 +171,16 @@ def log_examples(
     contexts: dict[int, list[int]] = {}
     for session, user in zip(sessions, users, strict=True):
         if session not in contexts:
-            context = behavior.context_for(user, before_timestamp=start_of[session], short_len=history)
+            context = behavior.context_for(user, before_timestamp=start_of[session], short_len=config.history)
             contexts[session] = context.short_items
     event = rows["event_max"].to_numpy()
-    length = sids.sid_length
+    length, queries = sids.sid_length, rows["query_id"].to_pylist()
+    texts = [behavior.query_text.get(q) for q in queries]
     return RewardExamples(
-        query_codes=codes_or_missing([query_codes.get(q) for q in rows["query_id"].to_pylist()], length),
+        query_codes=codes_or_missing([query_codes.get(q) for q in queries], length),
+        query_words=hashed_words(texts, config.word_buckets, config.max_words),
         item_codes=np.asarray(sids.item_codes(rows["item_id"].to_pylist()), dtype=np.int64),
-        history_codes=history_codes([contexts[s] for s in sessions], sids, history),
+        history_codes=history_codes([contexts[s] for s in sessions], sids, config.history),
         clicked=(event >= int(Event.CLICKED)).astype(np.float32),
         ordered=(event == int(Event.ORDERED)).astype(np.float32),
         timestamp=np.asarray([start_of[s] for s in sessions], dtype=np.int64),
@@ -153,18 +200,32 @@ class RewardModel(nn.Module):
         )
         dim = config.embedding_dim
         self.codes = nn.Embedding(sum(self.level_sizes) + 1, dim, padding_idx=sum(self.level_sizes))
-        self.mlp = nn.Sequential(nn.Linear(5 * dim, config.hidden), nn.ReLU(), nn.Linear(config.hidden, 2))
+        self.words = nn.EmbeddingBag(
+            config.word_buckets + 1, dim, mode="sum", padding_idx=config.word_buckets
+        )
+        width = 7 * dim + 2 * len(self.level_sizes)
+        self.mlp = nn.Sequential(nn.Linear(width, config.hidden), nn.ReLU(), nn.Linear(config.hidden, 2))
 
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
         """(..., L) codes -> (..., dim): the sum of the positions' vectors; MISSING codes add nothing."""
         index = torch.where(codes == MISSING, self.codes.padding_idx, codes + self.offsets)
         return self.codes(index).sum(dim=-2)
 
-    def forward(self, query: torch.Tensor, item: torch.Tensor, history: torch.Tensor) -> RewardPrediction:
+    def forward(
+        self, query: torch.Tensor, words: torch.Tensor, item: torch.Tensor, history: torch.Tensor
+    ) -> RewardPrediction:
         q, i = self.embed(query), self.embed(item)
+        present_words = (words != MISSING).float()
+        w = self.words(torch.where(words == MISSING, self.words.padding_idx, words)) / present_words.sum(
+            dim=1, keepdim=True
+        ).clamp(min=1.0)
         present = (history != MISSING).all(dim=-1, keepdim=True).float()  # (B, H, 1)
-        u = (self.embed(history) * present).sum(dim=1) / present.sum(dim=1).clamp(min=1.0)
-        logits = self.mlp(torch.cat([q, i, u, q * i, u * i], dim=-1))
+        count = present.sum(dim=1).clamp(min=1.0)
+        u = (self.embed(history) * present).sum(dim=1) / count
+        query_match = prefix_match(query, item)
+        history_match = (prefix_match(history, item[:, None, :]) * present).sum(dim=1) / count
+        features = [q, w, i, u, q * i, w * i, u * i, query_match, history_match]
+        logits = self.mlp(torch.cat(features, dim=-1))
         ctr, cvr = torch.sigmoid(logits[:, 0]), torch.sigmoid(logits[:, 1])
         return RewardPrediction(ctr, cvr, ctr * cvr)
 
@@ -180,10 +241,18 @@ class RewardModel(nn.Module):
         return {name: np.concatenate(values) for name, values in parts.items()}
 
 
-def _tensors(examples: RewardExamples, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def prefix_match(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(..., L) float: 1 at position l where the SIDs agree on positions 0..l (MISSING never agrees).
+
+    The hierarchy made explicit: a query whose SID shares a long prefix with the item's is about
+    the same kind of item, as is a history that does."""
+    return ((a == b) & (a != MISSING)).long().cumprod(dim=-1).float()
+
+
+def _tensors(examples: RewardExamples, rows: np.ndarray) -> tuple[torch.Tensor, ...]:
     return tuple(
         torch.as_tensor(getattr(examples, name)[rows])
-        for name in ("query_codes", "item_codes", "history_codes")
+        for name in ("query_codes", "query_words", "item_codes", "history_codes")
     )
 
 

@@ -67,11 +67,9 @@ from onesearch_ray.rewards import (
 )
 from onesearch_ray.rewards.model import (
     REWARD_MODEL_DIR,
-    RewardExamples,
     RewardModel,
     RewardModelConfig,
-    codes_or_missing,
-    history_codes,
+    candidate_examples,
     load_reward_model,
     log_examples,
     save_reward_model,
@@ -93,6 +91,7 @@ ALIGN_STAGES = ("dpo", "grpo")
 DPO_PHASES = ("beams", "log")
 LISTS_FILE = "lists.parquet"
 PROMPTS_FILE = "prompts.parquet"
+HELDOUT_FILE = "heldout.parquet"
 JOB_FILE = "job.json"
 
 
@@ -110,11 +109,16 @@ class OptimConfig:
     checkpoint_every: int = 50
     log_every: int = 10
     seed: int = 0
+    # the latest train searches, kept out of the stage's data; the model is measured on them before
+    # and after the stage (recorded in the manifest)
+    heldout_searches: int = 50
 
     def __post_init__(self) -> None:
         if min(self.max_steps, self.batch_size, self.checkpoint_every, self.log_every) < 1:
             raise ValueError("max_steps, batch_size, checkpoint_every and log_every must be >= 1")
-        require_non_negative(self, ("learning_rate", "warmup_steps", "weight_decay", "grad_clip"))
+        require_non_negative(
+            self, ("learning_rate", "warmup_steps", "weight_decay", "grad_clip", "heldout_searches")
+        )
 
 
 @dataclass
@@ -210,6 +214,7 @@ class Search:
     """One logged search: its prompt as SFT builds it, the user's recent items and what was done."""
 
     session_id: int
+    timestamp: int  # the search's first event
     query_id: int
     prompt: str
     recent_items: list[int]
@@ -241,9 +246,16 @@ def log_searches(inputs: StageInputs, split: str = "train") -> list[Search]:
                 user, before_timestamp=start[session], query_id=qid, exclude_session=session
             )
             prompt = inputs.builder.search_prompt(text_of[qid], inputs.query_codes.get(qid), context)
-            searches[session] = Search(session, qid, prompt, list(context.short_items), {})
+            searches[session] = Search(session, start[session], qid, prompt, list(context.short_items), {})
         searches[session].events[item] = event
     return [searches[s] for s in sorted(searches)]
+
+
+def split_searches(searches: Sequence[Search], heldout: int) -> tuple[list[Search], list[Search]]:
+    """(training searches, the latest ``heldout`` ones), the held-out part never trained on."""
+    ordered = sorted(searches, key=lambda s: (s.timestamp, s.session_id))
+    cut = max(0, len(ordered) - heldout)
+    return ordered[:cut], ordered[cut:]
 
 
 def _sample(values: list, limit: int, seed: int) -> list:
@@ -452,19 +464,13 @@ def beam_preference_lists(
         hits = engine.search([search.prompt], config.beam)[0]
         codes = [hit.codes for hit in hits]
         items = [inputs.sids.items_for_sid(c)[0] for c in codes]
-        examples = RewardExamples(
-            query_codes=codes_or_missing(
-                [inputs.query_codes.get(search.query_id)] * len(codes), inputs.sids.sid_length
-            ),
-            item_codes=np.asarray(codes, dtype=np.int64),
-            history_codes=np.repeat(
-                history_codes([search.recent_items], inputs.sids, reward_model.config.history),
-                len(codes),
-                axis=0,
-            ),
-            clicked=np.zeros(len(codes), np.float32),
-            ordered=np.zeros(len(codes), np.float32),
-            timestamp=np.zeros(len(codes), np.int64),
+        examples = candidate_examples(
+            inputs.sids,
+            inputs.query_codes.get(search.query_id),
+            inputs.behavior.query_text.get(search.query_id),
+            search.recent_items,
+            np.asarray(codes, dtype=np.int64),
+            reward_model.config,
         )
         predicted = reward_model.predict(examples)
         # expected level weight: ordered (level 1), clicked not ordered (3), shown only (4)
@@ -493,7 +499,7 @@ def reward_model_for_run(run: Path, inputs: StageInputs, config: RewardModelConf
     if inputs.track.interactions is None or inputs.behavior is None:
         raise ValueError("dpo phase 'beams' needs a search log to train the reward model on")
     examples = log_examples(
-        inputs.track.interactions, inputs.sids, inputs.query_codes, inputs.behavior, config.history
+        inputs.track.interactions, inputs.sids, inputs.query_codes, inputs.behavior, config
     )
     model, metrics = train_reward_model(examples, inputs.sids.layout.level_sizes, config)
     save_reward_model(model, directory, metrics)
@@ -506,10 +512,10 @@ def build_dpo_lists(
     init_dir: Path,
     config: AlignConfig,
     rewards: ItemRewards,
+    searches: Sequence[Search],
     feedback: pa.Table | None = None,
 ) -> list[PreferenceList]:
     """All of the stage's lists: phase 1 beams, phase 2 from the live log when given, else the track's."""
-    searches = log_searches(inputs)
     lists: list[PreferenceList] = []
     if "beams" in config.dpo.phases:
         model, tokenizer = load_model(init_dir)
@@ -855,6 +861,53 @@ def append_metrics(job: AlignJob, record: dict) -> None:
         handle.write(json.dumps({"stage": job.stage, **record}) + "\n")
 
 
+# ---- measuring a model against the stage's data ----------------------------------------------------
+@dataclass
+class ModelScorer:
+    """A model with what it takes to score (prompt, SID) rows and decode beams; for before/after
+    measurements of a stage (tests, bench), outside training."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    sids: SemanticIdTokenizer
+
+    @classmethod
+    def load(cls, model_dir: str | Path, sid_dir: str | Path) -> ModelScorer:
+        model, tokenizer = load_model(model_dir)
+        return cls(model.eval(), tokenizer, SemanticIdTokenizer.load(sid_dir))
+
+    def engine(self) -> TransformersEngine:
+        vocabulary = SidVocabulary.from_tokenizers(self.tokenizer, self.sids)
+        return TransformersEngine(
+            self.model, self.tokenizer, vocabulary.position_token_ids, SidTrie.of_catalogue(self.sids)
+        )
+
+    @torch.no_grad()
+    def preference_margin(self, lists: pa.Table) -> float:
+        """Mean over lists of log pi(y+) - mean_k log pi(y_k): how far the model prefers positives."""
+        vocabulary = SidVocabulary.from_tokenizers(self.tokenizer, self.sids)
+        block, margins = prompt_block(self.model.config), []
+        for prompt, positive, negatives in zip(
+            *(lists[c].to_pylist() for c in ("prompt", "positive", "negatives")), strict=True
+        ):
+            prompt_ids, sid_ids = sequence_batch(
+                self.tokenizer, vocabulary, [prompt] * (1 + len(negatives)), [positive, *negatives], block
+            )
+            scores = sequence_logprobs(self.model, prompt_ids, sid_ids, "cpu", self.tokenizer.pad_token_id)
+            margins.append(float(scores[0] - scores[1:].mean()))
+        return float(np.mean(margins))
+
+    def rollout_rewards(self, prompts: pa.Table, group: int, rewards: ItemRewards) -> dict[str, float]:
+        """Mean composite reward of the top beam and of the top ``group`` beams, and the share of
+        top beams that are a clicked or ordered SID of the search."""
+        out = rollout(self.engine(), self.sids, prompts, group, rewards)
+        return {
+            "top_reward": float(out.rewards[:, 0].mean()),
+            "group_reward": float(out.rewards.mean()),
+            "top_truth_hit": _truth_hits(out.codes[:, :1], prompts["truth"].to_pylist()),
+        }
+
+
 # ---- the driver -----------------------------------------------------------------------------------
 def align_stage(
     run_dir: str | Path,
@@ -883,18 +936,24 @@ def align_stage(
     inputs = stage_inputs(run.path, data)
     scores = item_rewards(inputs, rewards)
     stage_config = config.dpo if stage == "dpo" else config.grpo
-    if stage == "dpo" and not (stage_dir / LISTS_FILE).exists():
-        lists = build_dpo_lists(run.path, inputs, init_dir, config, scores, feedback)
-        write_parquet(stage_dir / LISTS_FILE, lists_table(lists))
-        log.info("dpo: %d preference lists (%s)", len(lists), _sources(lists))
-    if stage == "grpo" and not (stage_dir / PROMPTS_FILE).exists():
-        searches = _sample(log_searches(inputs), config.grpo.max_prompts, config.grpo.seed)
-        prompts = grpo_prompts(searches, inputs)
-        if prompts.num_rows == 0:
-            raise ValueError("grpo: the track's log has no train search with a clicked item to learn from")
-        check_training_pairs(inputs, "grpo", [(p, "") for p in prompts["prompt"].to_pylist()])
-        write_parquet(stage_dir / PROMPTS_FILE, prompts)
-        log.info("grpo: %d prompts", prompts.num_rows)
+    if not (stage_dir / HELDOUT_FILE).exists():  # written last: the data is complete
+        searches, heldout = split_searches(log_searches(inputs), stage_config.heldout_searches)
+        if stage == "dpo":
+            lists = build_dpo_lists(run.path, inputs, init_dir, config, scores, searches, feedback)
+            write_parquet(stage_dir / LISTS_FILE, lists_table(lists))
+            log.info("dpo: %d preference lists (%s)", len(lists), _sources(lists))
+            held = lists_table(log_preference_lists(heldout, inputs, scores, config.dpo.negatives))
+        else:
+            prompts = grpo_prompts(_sample(searches, config.grpo.max_prompts, config.grpo.seed), inputs)
+            if prompts.num_rows == 0:
+                raise ValueError(
+                    "grpo: the track's log has no train search with a clicked item to learn from"
+                )
+            check_training_pairs(inputs, "grpo", [(p, "") for p in prompts["prompt"].to_pylist()])
+            write_parquet(stage_dir / PROMPTS_FILE, prompts)
+            log.info("grpo: %d prompts", prompts.num_rows)
+            held = grpo_prompts(heldout, inputs)
+        write_parquet(stage_dir / HELDOUT_FILE, held)
     job = AlignJob(
         stage,
         stage_dir,
@@ -904,7 +963,9 @@ def align_stage(
         scores if stage == "grpo" else None,
     )
     train_stage(job)
-    return finish_alignment(run, job, workers, str(data))
+    final_dir = finish_alignment(run, job, workers, str(data), scores)
+    write_latest_model(run.path, final_dir)
+    return final_dir
 
 
 def align_run(
@@ -962,8 +1023,21 @@ def _sources(lists: Sequence[PreferenceList]) -> str:
     return ", ".join(f"{n} from {s}" for s, n in counts.items())
 
 
-def finish_alignment(run: RunDir, job: AlignJob, workers: int, data: str) -> Path:
-    """The last checkpoint as ``RUN/model/<stage>``, recorded in the manifest and made the latest."""
+def heldout_report(job: AlignJob, model_dir: Path, rewards: ItemRewards) -> dict[str, float]:
+    """The stage's measure of ``model_dir`` on its held-out searches: DPO, the preference margin of
+    their logged lists; GRPO, the composite reward of the top beams. Empty without held-out data."""
+    heldout = pq.read_table(job.stage_dir / HELDOUT_FILE)
+    if heldout.num_rows == 0:
+        return {}
+    scorer = ModelScorer.load(model_dir, job.sid_dir)
+    if job.stage == "dpo":
+        return {"margin": scorer.preference_margin(heldout), "lists": heldout.num_rows}
+    return {**scorer.rollout_rewards(heldout, job.config.group, rewards), "prompts": heldout.num_rows}
+
+
+def finish_alignment(run: RunDir, job: AlignJob, workers: int, data: str, rewards: ItemRewards) -> Path:
+    """The last checkpoint as ``RUN/model/<stage>``, measured on the held-out searches before and
+    after, recorded in the manifest."""
     chosen = checkpoints.latest(job.stage_dir)
     if chosen is None:
         raise RuntimeError(f"{job.stage}: training finished without a checkpoint in {job.stage_dir}")
@@ -971,6 +1045,11 @@ def finish_alignment(run: RunDir, job: AlignJob, workers: int, data: str) -> Pat
     step = checkpoints.load_weights(chosen, model)
     final_dir = run / f"model/{job.stage}"
     save_model(model, tokenizer, final_dir)
+    heldout = {
+        "before": heldout_report(job, job.init_dir, rewards),
+        "after": heldout_report(job, final_dir, rewards),
+    }
+    log.info("%s on held-out searches: %s", job.stage, heldout)
     run.record_stage(
         f"train.{job.stage}",
         config={job.stage: dataclasses.asdict(job.config), "workers": workers},
@@ -980,7 +1059,7 @@ def finish_alignment(run: RunDir, job: AlignJob, workers: int, data: str) -> Pat
             "checkpoint": chosen.name,
             "step": step,
             "metrics": checkpoints.read_state(chosen)["metrics"],
+            "heldout": heldout,
         },
     )
-    write_latest_model(run.path, final_dir)
     return final_dir
