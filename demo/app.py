@@ -1,12 +1,17 @@
 """Gradio demo page for the OneSearch search API.
 
-The page knows the HTTP API only (``POST /search``, ``POST /search/bm25``, ``GET /users``,
-``GET /users/{id}``), never the library, so it can point at any running ``onesearch serve``:
+The page knows the HTTP API only (``POST /search``, ``POST /search/bm25``, ``POST /feedback``,
+``GET /users``, ``GET /users/{id}``), never the library, so it can point at any running
+``onesearch serve``:
 
-    onesearch demo --api http://127.0.0.1:8000 --port 7860
+    onesearch demo --api http://127.0.0.1:8000 --port 7860 [--write-token-file FILE]
+
+A person can click or order a result: it goes to ``POST /feedback`` against the search's impression,
+the log the next DPO round trains from (the reward loop, made visible).
 
 Stable element ids for browser tests: ``query``, ``search-btn``, ``user-picker``, ``k``, ``beam``,
-``user-history``, ``status``, ``results-onesearch``, ``results-bm25``.
+``user-history``, ``status``, ``results-onesearch``, ``results-bm25``, ``feedback-item``,
+``click-btn``, ``order-btn``, ``feedback-status``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import pandas as pd
 ANONYMOUS = "anonymous"
 GENERATIVE_COLUMNS = ["rank", "title", "SID", "score"]
 BM25_COLUMNS = ["rank", "title"]
-MAX_USERS = 200
+USERS_PAGE = 1000  # the API's largest page; the picker pages through every user
 
 
 class ApiError(Exception):
@@ -31,9 +36,10 @@ class ApiError(Exception):
 class SearchApi:
     """A tiny client for the search API; every failure becomes an ``ApiError``."""
 
-    def __init__(self, base_url: str, timeout: float = 60.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 60.0, write_token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self.client = httpx.Client(base_url=self.base_url, timeout=timeout)
+        headers = {"Authorization": f"Bearer {write_token}"} if write_token else {}
+        self.client = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -44,8 +50,18 @@ class SearchApi:
             return response.json()
         raise ApiError(f"API error {response.status_code}: {_detail(response)}")
 
-    def users(self, limit: int = MAX_USERS) -> list[str]:
-        return self._call("GET", "/users", params={"limit": limit})
+    def users(self) -> list[str]:
+        """Every user, a page at a time."""
+        users: list[str] = []
+        while True:
+            page = self._call("GET", "/users", params={"limit": USERS_PAGE, "offset": len(users)})
+            users += page
+            if len(page) < USERS_PAGE:
+                return users
+
+    def feedback(self, impression_id: str, item_id: int, action: str) -> dict:
+        body = {"impression_id": impression_id, "item_id": item_id, "action": action}
+        return self._call("POST", "/feedback", json=body)
 
     def user(self, user_id: str) -> dict:
         return self._call("GET", f"/users/{quote(user_id, safe='')}")
@@ -97,8 +113,19 @@ def _bm25_table(items: list[dict]) -> pd.DataFrame:
     return pd.DataFrame([[r, it["title"]] for r, it in enumerate(items, 1)], columns=BM25_COLUMNS)
 
 
-def build_demo(api_url: str) -> gr.Blocks:
-    api = SearchApi(api_url)
+def _feedback_choices(result: dict, system: str) -> list[tuple[str, str]]:
+    """Dropdown entries (label, "impression_id item_id") for the results of one search."""
+    impression = result.get("impression_id")
+    if not impression:
+        return []
+    return [
+        (f"{system} #{rank}: {item['title']}", f"{impression} {item['item_id']}")
+        for rank, item in enumerate(result["items"], 1)
+    ]
+
+
+def build_demo(api_url: str, write_token: str | None = None) -> gr.Blocks:
+    api = SearchApi(api_url, write_token=write_token)
 
     def load_users():
         try:
@@ -122,23 +149,37 @@ def build_demo(api_url: str) -> gr.Blocks:
             "k": int(k),
             "beam": int(beam),
         }
-        messages = []
+        messages, choices = [], []
         generative, bm25 = _generative_table([]), _bm25_table([])
         try:
             result = api.search(body)
             generative = _generative_table(result["items"])
+            choices += _feedback_choices(result, "OneSearch")
             messages.append(
                 f"OneSearch: {len(result['items'])} items in {result['timing_ms']:.0f} ms "
-                f"(trie v{result['trie_version']})"
+                f"(beam {result['beam']}, trie v{result['trie_version']})"
             )
         except ApiError as err:
             messages.append(f"⚠️ OneSearch: {err}")
         try:
-            bm25 = _bm25_table(api.search(body, bm25=True)["items"])
+            result = api.search(body, bm25=True)
+            bm25 = _bm25_table(result["items"])
+            choices += _feedback_choices(result, "BM25")
             messages.append(f"BM25: {len(bm25)} items")
         except ApiError as err:
             messages.append(f"⚠️ BM25: {err}")
-        return generative, bm25, " · ".join(messages)
+        picker = gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)
+        return generative, bm25, " · ".join(messages), picker
+
+    def send_feedback(choice: str | None, action: str) -> str:
+        if not choice:
+            return "Search first, then pick a result to click or order."
+        impression, item_id = choice.rsplit(" ", 1)
+        try:
+            event = api.feedback(impression, int(item_id), action)
+        except ApiError as err:
+            return f"⚠️ {err}"
+        return f"Recorded {action} on item {event['item_id']} (event {event['event_id']})."
 
     with gr.Blocks(title="OneSearch-Ray demo") as demo:
         gr.Markdown(f"# OneSearch-Ray: generative e-commerce search\nAPI: `{api.base_url}`")
@@ -179,13 +220,27 @@ def build_demo(api_url: str) -> gr.Blocks:
                 elem_id="results-bm25",
             )
 
+        with gr.Row():
+            feedback_item = gr.Dropdown(
+                choices=[], label="Act on a result (goes to POST /feedback)", scale=4, elem_id="feedback-item"
+            )
+            click = gr.Button("Click", scale=1, elem_id="click-btn")
+            order = gr.Button("Order", variant="secondary", scale=1, elem_id="order-btn")
+        feedback_status = gr.Markdown("", elem_id="feedback-status")
+
         demo.load(load_users, outputs=[user, status])
         user.change(show_user, inputs=user, outputs=history)
         for trigger in (button.click, query.submit):
-            trigger(search, inputs=[query, user, k, beam], outputs=[generative, bm25, status])
+            trigger(search, inputs=[query, user, k, beam], outputs=[generative, bm25, status, feedback_item])
+        click.click(
+            lambda choice: send_feedback(choice, "click"), inputs=feedback_item, outputs=feedback_status
+        )
+        order.click(
+            lambda choice: send_feedback(choice, "order"), inputs=feedback_item, outputs=feedback_status
+        )
     return demo
 
 
-def launch(api_url: str, host: str = "127.0.0.1", port: int = 7860) -> None:
+def launch(api_url: str, host: str = "127.0.0.1", port: int = 7860, write_token: str | None = None) -> None:
     """Serve the demo page (blocks until interrupted)."""
-    build_demo(api_url).launch(server_name=host, server_port=port)
+    build_demo(api_url, write_token).launch(server_name=host, server_port=port)

@@ -89,15 +89,32 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from serve_apps.launch import start
 
     _stop_on_sigterm()
-    start(args.run, host=args.host, port=args.port, engine=args.engine, data=args.data)
+    start(
+        args.run,
+        host=args.host,
+        port=args.port,
+        engine=args.engine,
+        data=args.data,
+        write_token=_read_token(args.write_token_file),
+        feedback_log=args.feedback_log,
+    )
     return 0
+
+
+def _read_token(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    token = path.read_text().strip()
+    if not token:
+        raise SystemExit(f"--write-token-file {path}: the file is empty")
+    return token
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from demo.app import launch
 
     _stop_on_sigterm()
-    launch(api_url=args.api, host=args.host, port=args.port)
+    launch(api_url=args.api, host=args.host, port=args.port, write_token=_read_token(args.write_token_file))
     return 0
 
 
@@ -123,13 +140,22 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     if args.no_serve:
         return 0
     from demo.app import launch
-    from serve_apps.launch import start, stop
+    from serve_apps.launch import start, stop, write_token_for
 
     print("[5/5] serve: the trained model behind HTTP (Ray Serve + vLLM), and the demo page")
-    api = start(run, host=args.host, port=args.port, engine=args.engine, data=str(data), blocking=False)
+    token = write_token_for(run, args.host)
+    api = start(
+        run,
+        host=args.host,
+        port=args.port,
+        engine=args.engine,
+        data=str(data),
+        blocking=False,
+        write_token=token,
+    )
     print(f"demo page: http://{args.host}:{args.demo_port}  (Ctrl-C stops both)", flush=True)
     try:
-        launch(api_url=api, host=args.host, port=args.demo_port)
+        launch(api_url=api, host=args.host, port=args.demo_port, write_token=token)
     finally:
         stop()
     return 0
@@ -221,12 +247,24 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
     serving.add_argument("--engine", default="vllm", choices=ENGINES)
     serving.add_argument("--data", help="track directory for user behaviour (default: the one encoded)")
+    serving.add_argument(
+        "--write-token-file",
+        type=Path,
+        help="file holding the token /items, /feedback and POST /model require (default: "
+        "$ONESEARCH_WRITE_TOKEN; off loopback without either, one is made in RUN/serve/write_token)",
+    )
+    serving.add_argument(
+        "--feedback-log",
+        type=Path,
+        help="SQLite log of impressions, clicks, orders (default RUN/feedback.sqlite)",
+    )
     serving.set_defaults(handler=_cmd_serve)
 
     demo = commands.add_parser("demo", help="the Gradio demo page, talking to a running search API")
     demo.add_argument("--api", default="http://127.0.0.1:8000", help="base URL of `onesearch serve`")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=7860)
+    demo.add_argument("--write-token-file", type=Path, help="the API's write token, for clicks and orders")
     demo.set_defaults(handler=_cmd_demo)
 
     quick = commands.add_parser("quickstart", help="run the pipeline end to end on the default data")

@@ -2,16 +2,47 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
+import secrets
 import time
 from pathlib import Path
 
 from ray import serve
 
+from onesearch_ray.io import atomic_path
 from pipelines.common import init_ray
-from serve_apps.search_app import build_app
+from serve_apps.search_app import TOKEN_ENV, build_app
 
 log = logging.getLogger("onesearch.serve")
+TOKEN_FILE = "serve/write_token"  # under the run: the token made for a server bound beyond loopback
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
+def write_token_for(run: str | Path, host: str, token: str | None = None) -> str | None:
+    """The token write routes require: ``token``, else $ONESEARCH_WRITE_TOKEN; off loopback, with
+    neither, the one in RUN/serve/write_token, made (owner-only) on first use. On loopback none is
+    needed."""
+    token = token or os.environ.get(TOKEN_ENV) or None
+    if token is not None or is_loopback(host):
+        return token
+    path = Path(run) / TOKEN_FILE
+    if not path.is_file():
+        with atomic_path(path) as tmp:
+            tmp.chmod(0o600)
+            tmp.write_text(secrets.token_urlsafe(24) + "\n")
+    token = path.read_text().strip()
+    print(f"write token (for /items, /feedback, POST /model): {path}", flush=True)
+    return token
 
 
 def start(
@@ -21,13 +52,20 @@ def start(
     engine: str = "vllm",
     data: str | None = None,
     blocking: bool = True,
+    write_token: str | None = None,
+    feedback_log: str | Path | None = None,
 ) -> str:
-    """Deploy the app; returns its base URL. ``blocking`` keeps serving until interrupted."""
+    """Deploy the app; returns its base URL. ``blocking`` keeps serving until interrupted.
+
+    ``write_token``: see :func:`write_token_for`. ``feedback_log``: default RUN/feedback.sqlite.
+    """
+    token = write_token_for(run, host, write_token)
     init_ray()
     serve.start(http_options={"host": host, "port": port})
-    serve.run(
-        build_app({"run": str(run), "engine": engine, "data": data}), name="onesearch", route_prefix="/"
-    )
+    args = {"run": str(run), "engine": engine, "data": data, "write_token": token}
+    if feedback_log is not None:
+        args["feedback_log"] = str(feedback_log)
+    serve.run(build_app(args), name="onesearch", route_prefix="/")
     url = f"http://{host}:{port}"
     print(f"search API: {url}/search  (docs: {url}/docs, health: {url}/healthz)", flush=True)
     if blocking:

@@ -1,9 +1,13 @@
 """Ray Serve application: the generative search API around ``onesearch_ray.serving.SearchService``.
 
-Endpoints: ``POST /search``, ``POST /search/bm25`` (baseline), ``POST /items`` (live catalogue
-update), ``GET /users``, ``GET /users/{user_id}``, ``GET /healthz``; OpenAPI at ``/docs`` and
-``/openapi.json``. Concurrent ``/search`` requests are batched (``@serve.batch``) into one beam
-search call per beam width. Bad input gets a 4xx naming the problem, never a 500.
+Endpoints: ``POST /search``, ``POST /search/bm25`` (baseline), ``POST /feedback`` (clicks and orders
+on an impression), ``POST /items`` (live catalogue update), ``GET /items/{id}``, ``GET /users``,
+``GET /users/{id}``, ``GET /models`` (which model serves), ``POST /model`` (swap it live),
+``GET /healthz``; OpenAPI at ``/docs`` and ``/openapi.json``, every status a route returns declared there.
+Concurrent ``/search`` requests are batched (``@serve.batch``) into one beam search call per beam width.
+
+Routes that change state (``/items``, ``/feedback``, ``POST /model``) take ``Authorization: Bearer
+TOKEN`` when the server has a write token: always when it binds beyond loopback (``launch.start``).
 
     onesearch serve --run RUN --port 8000                 # binds 127.0.0.1 unless --host says otherwise
     serve run serve_apps/serve_config.yaml                # the same app from a Serve config file
@@ -12,99 +16,218 @@ search call per beam width. Bad input gets a 4xx naming the problem, never a 500
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Query, Request, Security
+from fastapi import Path as PathParam
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 
+from onesearch_ray.rewards.feedback_log import FeedbackLog
 from onesearch_ray.serving.engines import make_engine
 from onesearch_ray.serving.schemas import (
-    MAX_K,
+    MAX_ITEM_ID,
+    MAX_USERS_PAGE,
     AddItemsRequest,
     AddItemsResponse,
+    ErrorDetail,
+    FeedbackRequest,
+    FeedbackResponse,
+    Health,
+    ModelInfo,
+    ModelSwapRequest,
     SearchHit,
     SearchRequest,
     SearchResponse,
     UserSummary,
 )
-from onesearch_ray.serving.service import BadRequestError, SearchService, UnknownUserError
+from onesearch_ray.serving.service import BadRequestError, ConflictError, NotFoundError, SearchService
 
 log = logging.getLogger("onesearch.serve")
-api = FastAPI(title="OneSearch-Ray", description="End-to-end generative e-commerce search", version="0.1.0")
+api = FastAPI(title="OneSearch-Ray", description="End-to-end generative e-commerce search", version="0.2.0")
+bearer = HTTPBearer(auto_error=False, description="the server's write token (required off loopback)")
+WriteCredentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+TOKEN_ENV = "ONESEARCH_WRITE_TOKEN"
+MAX_ECHOED_INPUT = 200  # characters of a refused input a 422 repeats back
+
+
+def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    reasons = {
+        400: "the body is not JSON text (e.g. bytes that are not UTF-8)",
+        401: "no or wrong write token",
+        404: "names something unknown",
+        409: "conflicts with what exists",
+    }
+    return {status: {"model": ErrorDetail, "description": reasons[status]} for status in statuses}
 
 
 def _http_error(err: Exception) -> HTTPException:
-    if isinstance(err, UnknownUserError):
-        return HTTPException(404, err.args[0] if err.args else str(err))
+    if isinstance(err, NotFoundError):
+        return HTTPException(404, str(err))
+    if isinstance(err, ConflictError):
+        return HTTPException(409, str(err))
     if isinstance(err, BadRequestError):
         return HTTPException(422, str(err))
     return HTTPException(500, "internal error")
 
 
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, with each refused input cut short: a 100k-character query is not echoed back."""
+    errors = []
+    for error in jsonable_encoder(exc.errors()):
+        shown = repr(error.get("input"))
+        if len(shown) > MAX_ECHOED_INPUT:
+            error["input"] = f"{shown[:MAX_ECHOED_INPUT]}... ({len(shown)} characters)"
+        errors.append(error)
+    return JSONResponse(status_code=422, content={"detail": errors})
+
+
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
 @serve.ingress(api)
 class SearchDeployment:
-    def __init__(self, run: str, engine: str = "vllm", data: str | None = None) -> None:
+    def __init__(
+        self,
+        run: str,
+        engine: str = "vllm",
+        data: str | None = None,
+        write_token: str | None = None,
+        feedback_log: str | None = None,
+    ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        self.service = SearchService(run, make_engine(engine), data)
+        log_path = Path(feedback_log) if feedback_log else Path(run) / "feedback.sqlite"
+        self.service = SearchService(run, make_engine(engine), data, feedback_log=FeedbackLog(log_path))
+        self.write_token = write_token or os.environ.get(TOKEN_ENV) or None
+        api.openapi_schema = None
+        api.openapi = self._openapi_document
+
+    def _openapi_document(self) -> dict[str, Any]:
+        """The OpenAPI document; without a write token the bearer scheme is dropped (nothing checks it)."""
+        if api.openapi_schema is None:
+            schema = get_openapi(
+                title=api.title, version=api.version, description=api.description, routes=api.routes
+            )
+            if self.write_token is None:
+                schema.get("components", {}).pop("securitySchemes", None)
+                for operations in schema["paths"].values():
+                    for operation in operations.values():
+                        operation.pop("security", None)
+                        operation.get("responses", {}).pop("401", None)
+            api.openapi_schema = schema
+        return api.openapi_schema
+
+    def _authorize(self, credentials: HTTPAuthorizationCredentials | None) -> None:
+        if self.write_token is None:
+            return
+        given = credentials.credentials if credentials else ""
+        if not hmac.compare_digest(given.encode(), self.write_token.encode()):
+            raise HTTPException(
+                401,
+                "this route needs the server's write token: Authorization: Bearer TOKEN",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _search_batch(self, requests: list[SearchRequest]) -> list[SearchResponse | Exception]:
         return await asyncio.to_thread(self.service.search, requests)
 
-    @api.post("/search", response_model=SearchResponse)
+    @api.post("/search", response_model=SearchResponse, responses=_responses(400, 404))
     async def search(self, body: SearchRequest) -> SearchResponse:
         try:
             result = await self._search_batch(body)
-        except (UnknownUserError, BadRequestError) as err:  # serve.batch re-raises a slot's exception
+        except (NotFoundError, BadRequestError) as err:  # serve.batch re-raises a slot's exception
             raise _http_error(err) from None
         if isinstance(result, Exception):
             raise _http_error(result)
         return result
 
-    @api.post("/search/bm25", response_model=SearchResponse)
+    @api.post("/search/bm25", response_model=SearchResponse, responses=_responses(400, 404))
     async def search_bm25(self, body: SearchRequest) -> SearchResponse:
-        hits = await asyncio.to_thread(self.service.bm25, body.query, min(body.k, MAX_K))
-        return SearchResponse(items=hits, timing_ms=0.0, trie_version=self.service.trie.version)
+        try:
+            return await asyncio.to_thread(self.service.bm25, body)
+        except NotFoundError as err:
+            raise _http_error(err) from None
 
-    @api.post("/items", response_model=AddItemsResponse)
-    async def add_items(self, body: AddItemsRequest) -> AddItemsResponse:
+    @api.post("/feedback", response_model=FeedbackResponse, responses=_responses(400, 401, 404))
+    async def feedback(self, body: FeedbackRequest, credentials: WriteCredentials = None) -> FeedbackResponse:
+        self._authorize(credentials)
+        try:
+            return await asyncio.to_thread(self.service.record_feedback, body)
+        except NotFoundError as err:
+            raise _http_error(err) from None
+
+    @api.post("/items", response_model=AddItemsResponse, responses=_responses(400, 401, 409))
+    async def add_items(
+        self, body: AddItemsRequest, credentials: WriteCredentials = None
+    ) -> AddItemsResponse:
+        self._authorize(credentials)
         try:
             return await asyncio.to_thread(self.service.add_items, body)
-        except BadRequestError as err:
+        except ConflictError as err:
+            raise _http_error(err) from None
+
+    @api.get("/items/{item_id}", response_model=SearchHit, responses=_responses(404))
+    async def item(self, item_id: Annotated[int, PathParam(ge=0, le=MAX_ITEM_ID)]) -> SearchHit:
+        try:
+            return self.service.item(item_id)
+        except NotFoundError as err:
             raise _http_error(err) from None
 
     @api.get("/users", response_model=list[str])
-    async def users(self, limit: int = 50) -> list[str]:
-        return self.service.users(max(1, min(limit, 1000)))
+    async def users(
+        self,
+        limit: int = Query(50, ge=1, le=MAX_USERS_PAGE, description="users per page"),
+        offset: int = Query(0, ge=0, description="users to skip (page through all with limit + offset)"),
+    ) -> list[str]:
+        return self.service.users(limit, offset)
 
-    @api.get("/users/{user_id}", response_model=UserSummary)
+    @api.get("/users/{user_id}", response_model=UserSummary, responses=_responses(404))
     async def user(self, user_id: str) -> UserSummary:
         try:
             return self.service.user_summary(user_id)
-        except UnknownUserError as err:
+        except NotFoundError as err:
             raise _http_error(err) from None
 
-    @api.get("/items/{item_id}", response_model=SearchHit)
-    async def item(self, item_id: int) -> SearchHit:
-        if item_id not in self.service.catalogue.titles:
-            raise HTTPException(404, f"unknown item_id {item_id}")
-        return self.service.catalogue.hit(item_id, 0.0, self.service._sid_of(item_id))
+    @api.get("/models", response_model=ModelInfo)
+    async def models(self) -> ModelInfo:
+        return ModelInfo(model=self.service.model_name, available=self.service.available_models())
 
-    @api.get("/healthz")
-    async def healthz(self) -> JSONResponse:
-        return JSONResponse(
-            {"status": "ok", "items": self.service.sids.n_items, "trie_version": self.service.trie.version}
+    @api.post("/model", response_model=ModelInfo, responses=_responses(400, 401, 404, 409))
+    async def swap_model(self, body: ModelSwapRequest, credentials: WriteCredentials = None) -> ModelInfo:
+        """Serve another model of this run; searches in flight finish on the model they started with."""
+        self._authorize(credentials)
+        try:
+            return await asyncio.to_thread(self.service.swap_model, body.model)
+        except (NotFoundError, ConflictError) as err:
+            raise _http_error(err) from None
+
+    @api.get("/healthz", response_model=Health)
+    async def healthz(self) -> Health:
+        return Health(
+            status="ok",
+            items=self.service.sids.n_items,
+            trie_version=self.service.trie.version,
+            model=self.service.model_name,
         )
 
 
 def build_app(args: dict) -> serve.Application:
-    """``serve run serve_apps.search_app:build_app run=RUN [engine=vllm] [data=DIR]``."""
+    """``serve run serve_apps.search_app:build_app run=RUN [engine=vllm] [data=DIR] [feedback_log=PATH]``;
+    the write token comes from ``write_token=`` or the ONESEARCH_WRITE_TOKEN environment variable."""
     if "run" not in args:
         raise ValueError("search app: the `run` argument (a trained run directory) is required")
     return SearchDeployment.bind(
-        str(Path(args["run"]).resolve()), args.get("engine", "vllm"), args.get("data")
+        str(Path(args["run"]).resolve()),
+        args.get("engine", "vllm"),
+        args.get("data"),
+        args.get("write_token"),
+        args.get("feedback_log"),
     )

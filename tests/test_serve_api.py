@@ -1,4 +1,8 @@
-"""The search API over real HTTP: Ray Serve + the vLLM engine (CPU), bad input, live catalogue updates."""
+"""The search API over real HTTP: Ray Serve + the vLLM engine (CPU), bad input, live catalogue updates,
+feedback, model swaps, the write token off loopback, and schemathesis over the OpenAPI contract.
+
+The server binds 0.0.0.0 (beyond loopback), so its write routes need the token; the client sends it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import httpx
 import pytest
 
 ENGINE = "vllm"
+TOKEN = "test-write-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def _free_port() -> int:
@@ -18,22 +24,44 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def api(ray_cluster, trained_small_run):
+def served(ray_cluster, trained_small_run, tmp_path_factory):
+    """(base URL on loopback, feedback log path, restart) of a server bound to 0.0.0.0 with a token."""
     from ray import serve
 
     from serve_apps.launch import start
 
-    url = start(trained_small_run, host="127.0.0.1", port=_free_port(), engine=ENGINE, blocking=False)
-    with httpx.Client(base_url=url, timeout=120) as client:
-        yield client
+    port, log = _free_port(), tmp_path_factory.mktemp("feedback") / "feedback.sqlite"
+
+    def restart() -> str:
+        start(
+            trained_small_run,
+            host="0.0.0.0",
+            port=port,
+            engine=ENGINE,
+            blocking=False,
+            write_token=TOKEN,
+            feedback_log=log,
+        )
+        return f"http://127.0.0.1:{port}"
+
+    yield restart(), log, restart
     serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def api(served):
+    with httpx.Client(base_url=served[0], timeout=120, headers=AUTH) as client:
+        yield client
 
 
 def test_health_and_openapi(api):
     health = api.get("/healthz").json()
-    assert health["status"] == "ok" and health["items"] == 400
+    assert health["status"] == "ok" and health["items"] == 400 and health["model"] == "model/personalization"
     paths = api.get("/openapi.json").json()["paths"]
-    assert {"/search", "/items", "/healthz", "/users/{user_id}"} <= set(paths)
+    assert {"/search", "/items", "/feedback", "/model", "/healthz", "/users/{user_id}"} <= set(paths)
+    assert set(paths["/users/{user_id}"]["get"]["responses"]) == {"200", "404", "422"}
+    assert set(paths["/items"]["post"]["responses"]) == {"200", "401", "409", "422"}
+    assert paths["/feedback"]["post"]["security"] == [{"HTTPBearer": []}]
 
 
 def test_search_returns_valid_items(api):
@@ -71,7 +99,8 @@ def test_known_user_and_explicit_history(api):
         ({"query": "lamp", "k": 5, "beam": 0}, 422, "beam"),
         ({"query": "lamp", "k": 5, "beam": 10_000}, 422, "beam"),
         ({"query": "lamp", "user_id": "nobody", "k": 5, "beam": 5}, 404, "nobody"),
-        ({"query": "lamp", "history": [123456789], "k": 5, "beam": 5}, 422, "123456789"),
+        ({"query": "lamp", "history": [123456789], "k": 5, "beam": 5}, 404, "123456789"),
+        ({"query": "lamp", "k": 5.5}, 422, "k"),
         ({"query": "lamp", "history": "abc", "k": 5, "beam": 5}, 422, "history"),
         ({"k": 5, "beam": 5}, 422, "query"),
         ({"query": "lamp", "surprise": 1}, 422, "surprise"),
@@ -104,7 +133,8 @@ def test_live_catalogue_update_is_searchable_at_once(api):
     # the very next generative search decodes against the updated trie
     after = api.post("/search", json={"query": "hover kettle", "k": 3, "beam": 5}).json()
     assert after["trie_version"] == added.json()["trie_version"]
-    assert api.post("/items", json={"items": [new_item]}).status_code == 422  # duplicate id
+    duplicate = api.post("/items", json={"items": [new_item]})
+    assert duplicate.status_code == 409 and "900001" in duplicate.json()["detail"]
     assert api.post("/items", json={"items": []}).status_code == 422
 
 
@@ -115,6 +145,142 @@ def test_concurrent_requests_are_batched_without_errors(api):
     with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
         statuses = list(pool.map(lambda p: api.post("/search", json=p).status_code, payloads))
     assert statuses == [200] * len(payloads)
+
+
+def test_contract_details(api):
+    """The details a new user tripped over: BM25 scores, whole floats as integers, short 422s, paging."""
+    bm25 = api.post("/search/bm25", json={"query": "cordless drill", "k": 12.0})
+    assert bm25.status_code == 200, bm25.text
+    scores = [item["score"] for item in bm25.json()["items"]]
+    assert scores and all(score > 0 for score in scores) and scores == sorted(scores, reverse=True)
+    assert api.post("/search/bm25", json={"query": "lamp", "user_id": "nobody"}).status_code == 404
+    huge = api.post("/search", json={"query": "x" * 100_000})
+    assert huge.status_code == 422 and "query" in huge.text and len(huge.text) < 2_000
+    wide = api.post("/search", json={"query": "lamp", "k": 20, "beam": 5}).json()
+    assert wide["beam"] == 20 and len(wide["items"]) == 20  # the beam widens to k, and says so
+    assert api.get("/users", params={"limit": -1}).status_code == 422
+    pages = [api.get("/users", params={"limit": 15, "offset": o}).json() for o in (0, 15, 30, 45)]
+    assert sum(len(page) for page in pages) == 40 and len({u for page in pages for u in page}) == 40
+
+
+def test_feedback_is_recorded_against_the_impression(api, served):
+    from onesearch_ray.rewards.feedback_log import read_feedback
+
+    result = api.post("/search", json={"query": "cordless drill", "k": 3, "beam": 5}).json()
+    impression, shown = result["impression_id"], [item["item_id"] for item in result["items"]]
+    click = api.post("/feedback", json={"impression_id": impression, "item_id": shown[1], "action": "click"})
+    assert click.status_code == 200, click.text
+    assert api.post(
+        "/feedback", json={"impression_id": impression, "item_id": shown[1], "action": "order"}
+    ).is_success
+    rows = [r for r in read_feedback(served[1]).to_pylist() if r["impression_id"] == impression]
+    assert [(r["item_id"], r["event"]) for r in rows] == [(shown[0], 0), (shown[1], 2), (shown[2], 0)]
+    assert rows[0]["query"] == "cordless drill" and rows[0]["model_dir"] == "model/personalization"
+    bad = [
+        ({"impression_id": "no-such-impression", "item_id": shown[0], "action": "click"}, 404),
+        ({"impression_id": impression, "item_id": 987654321, "action": "click"}, 404),
+        ({"impression_id": impression, "item_id": shown[0], "action": "like"}, 422),
+        ({"impression_id": impression, "action": "click"}, 422),
+    ]
+    for body, status in bad:
+        assert api.post("/feedback", json=body).status_code == status, body
+
+
+def test_writes_without_the_token_are_refused_off_loopback(api, served):
+    impression = api.post("/search", json={"query": "lamp", "k": 1}).json()["impression_id"]
+    writes = [
+        ("/items", {"items": [{"item_id": 900777, "title": "Unwritten Lamp"}]}),
+        ("/feedback", {"impression_id": impression, "item_id": 1, "action": "click"}),
+        ("/model", {"model": "cooccurrence"}),
+    ]
+    for headers in ({}, {"Authorization": "Bearer wrong-token"}):
+        with httpx.Client(base_url=served[0], timeout=60, headers=headers) as anonymous:
+            for path, body in writes:
+                refused = anonymous.post(path, json=body)
+                assert refused.status_code == 401 and "token" in refused.json()["detail"], (path, headers)
+            assert (
+                anonymous.post("/search", json={"query": "lamp", "k": 1}).status_code == 200
+            )  # reads stay open
+    assert api.get("/items/900777").status_code == 404
+
+
+def test_concurrent_feedback_loses_nothing_across_a_restart(api, served):
+    from ray import serve
+
+    from onesearch_ray.rewards.feedback_log import FeedbackLog
+
+    base, log_path, restart = served
+    before = FeedbackLog(log_path).counts()
+
+    def search_and_order(query: str) -> tuple[str, int]:
+        result = api.post("/search", json={"query": query, "k": 2, "beam": 4}).json()
+        item = result["items"][0]["item_id"]
+        for action in ("click", "order"):
+            response = api.post(
+                "/feedback",
+                json={"impression_id": result["impression_id"], "item_id": item, "action": action},
+            )
+            assert response.status_code == 200, response.text
+        return result["impression_id"], item
+
+    queries = [f"{word} {n}" for n in range(6) for word in ("drill", "lamp", "sofa", "kettle")]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        done = list(pool.map(search_and_order, queries))
+    after = FeedbackLog(log_path).counts()
+    assert {k: after[k] - before[k] for k in after} == {"impressions": 24, "clicks": 24, "orders": 24}
+
+    serve.delete("onesearch")  # a server restart: a new replica on the same log
+    assert restart() == base
+    assert FeedbackLog(log_path).counts() == after
+    impression, item = done[0]  # an impression from before the restart still takes feedback
+    assert api.post(
+        "/feedback", json={"impression_id": impression, "item_id": item, "action": "click"}
+    ).is_success
+
+
+def test_model_swap_under_load_fails_no_request(api):
+    import threading
+
+    assert api.get("/models").json()["model"] == "model/personalization"
+    assert {"model/cooccurrence", "model/personalization"} <= set(api.get("/models").json()["available"])
+    stop, statuses = threading.Event(), []
+
+    def keep_searching(query: str) -> None:
+        while not stop.is_set():
+            statuses.append(api.post("/search", json={"query": query, "k": 3, "beam": 5}).status_code)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        searchers = [pool.submit(keep_searching, query) for query in ("drill", "lamp", "sofa", "kettle")]
+        try:
+            for model in ("cooccurrence", "personalization"):
+                swapped = api.post("/model", json={"model": model})
+                assert swapped.status_code == 200, swapped.text
+                assert swapped.json()["model"] == f"model/{model}"
+                health = api.get("/healthz").json()
+                assert health["model"] == f"model/{model}", health
+        finally:
+            stop.set()
+        for searcher in searchers:
+            searcher.result()  # a transport error in a searcher fails the test here
+    assert len(statuses) >= 8 and set(statuses) == {200}, statuses
+    missing = api.post("/model", json={"model": "../../etc"})
+    assert missing.status_code == 404 and "personalization" in missing.json()["detail"]
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_contract_violation(api, served, tmp_path):
+    """Every route of the served OpenAPI document, with every check, tried as a new user would."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    st = shutil.which("st") or str(Path(sys.executable).with_name("st"))
+    command = [st, "run", f"{served[0]}/openapi.json", "--checks", "all", "--max-examples", "20"]
+    command += ["--seed", "7", "--header", f"Authorization: Bearer {TOKEN}", "--request-timeout", "120"]
+    command += ["--no-color"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
 
 
 def test_sigterm_stops_servers_like_ctrl_c():

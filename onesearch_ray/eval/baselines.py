@@ -46,9 +46,13 @@ class BM25Retriever:
 
     def search(self, queries: Sequence[str], k: int) -> list[list[int]]:
         """Top-``k`` item ids per query (fewer when fewer items match; [] when none do)."""
+        return [[item for item, _ in hits] for hits in self.search_scored(queries, k)]
+
+    def search_scored(self, queries: Sequence[str], k: int) -> list[list[tuple[int, float]]]:
+        """Top-``k`` (item id, BM25 score) per query, best first."""
         return [self._search_one(tokens, k) for tokens in self.tokenize(queries)]
 
-    def _search_one(self, tokens: list[str], k: int) -> list[int]:
+    def _search_one(self, tokens: list[str], k: int) -> list[tuple[int, float]]:
         """Items with a positive score, by score then catalogue order (ties are common: equal titles)."""
         token_ids = [self._vocab[t] for t in tokens if t in self._vocab]
         if not token_ids or k <= 0:
@@ -56,7 +60,7 @@ class BM25Retriever:
         scores = self._model.get_scores(token_ids)
         matched = np.flatnonzero(scores > 0)
         order = matched[np.lexsort((matched, -scores[matched]))][:k]
-        return self._item_ids[order].tolist()
+        return list(zip(self._item_ids[order].tolist(), scores[order].astype(float).tolist(), strict=True))
 
 
 def normalise_rows(vectors: np.ndarray) -> np.ndarray:

@@ -1,27 +1,62 @@
-"""The HTTP API's request and response bodies (pydantic: bad input becomes a 422 naming the field)."""
+"""The HTTP API's request and response bodies (pydantic: bad input becomes a 422 naming the field).
+
+Every rule a request must meet is in its JSON Schema, so a schema-valid request is never refused as
+malformed: it is answered, or refused as naming something that does not exist (404), or that
+already exists (409), or without the write token (401).
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 MAX_QUERY_CHARS = 512
 MAX_K = 350
 MAX_BEAM = 512
+DEFAULT_BEAM = 50
 MAX_HISTORY = 1000
+MAX_USERS_PAGE = 1000
+MAX_ITEM_ID = 2**53 - 1  # the largest integer every JSON parser reads exactly
+NOT_BLANK = r"\S"  # at least one non-space character
+
+
+def _integral_float_to_int(value: Any) -> Any:
+    """JSON Schema counts 12.0 as an integer; strict pydantic would not, so whole floats become ints."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integral_float_to_int)]
+# constraints before the validator, or pydantic's JSON Schema loses them (ge/le instead of minimum/maximum)
+ItemId = Annotated[int, Field(ge=0, le=MAX_ITEM_ID), BeforeValidator(_integral_float_to_int)]
+Beam = Annotated[int, Field(ge=1, le=MAX_BEAM), BeforeValidator(_integral_float_to_int)]
 
 
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="the user's query text")
-    user_id: str | None = Field(default=None, min_length=1, max_length=128, description="a known user")
-    history: list[int] | None = Field(
+    query: str = Field(
+        min_length=1,
+        max_length=MAX_QUERY_CHARS,
+        json_schema_extra={"pattern": NOT_BLANK},  # checked by _not_blank, with a plainer message
+        description="the user's query text (not blank)",
+    )
+    user_id: str | None = Field(
+        default=None, min_length=1, max_length=128, description="a known user (404 if unknown)"
+    )
+    history: list[ItemId] | None = Field(
         default=None,
         max_length=MAX_HISTORY,
-        description="recent item ids, oldest first (overrides the user's log)",
+        description="recent item ids, oldest first (overrides the user's log; 404 if an id is unknown)",
     )
-    k: int = Field(default=10, ge=1, le=MAX_K, description="items to return")
-    beam: int = Field(default=50, ge=1, le=MAX_BEAM, description="beam width of the constrained search")
+    k: Int = Field(default=10, ge=1, le=MAX_K, description="items to return")
+    beam: Beam | None = Field(
+        default=None,
+        description=f"beam width of the constrained search; default max(k, {DEFAULT_BEAM}), raised to k "
+        "when smaller (the beam bounds how many SIDs come back); the response says which beam ran",
+    )
 
     @field_validator("query")
     @classmethod
@@ -30,11 +65,15 @@ class SearchRequest(BaseModel):
             raise ValueError("query is blank")
         return value
 
+    @property
+    def effective_beam(self) -> int:
+        return max(self.k, self.beam if self.beam is not None else DEFAULT_BEAM)
+
 
 class SearchHit(BaseModel):
     item_id: int
     title: str
-    score: float
+    score: float = Field(description="the model's SID log-probability, or the BM25 score on /search/bm25")
     sid: str
 
 
@@ -42,14 +81,25 @@ class SearchResponse(BaseModel):
     items: list[SearchHit]
     timing_ms: float
     trie_version: int
+    beam: int = Field(description="the beam width that ran (0 for BM25)")
+    impression_id: str | None = Field(
+        default=None, description="send it back with POST /feedback (null when the server keeps no log)"
+    )
 
 
 class NewItem(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    item_id: int
-    title: str = Field(min_length=1, max_length=1000)
+    item_id: ItemId
+    title: str = Field(min_length=1, max_length=1000, json_schema_extra={"pattern": NOT_BLANK})
     brand: str | None = Field(default=None, max_length=200)
+
+    @field_validator("title")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("title is blank")
+        return value
 
 
 class AddItemsRequest(BaseModel):
@@ -68,3 +118,44 @@ class UserSummary(BaseModel):
     user_id: str
     recent_queries: list[str]
     recent_items: list[SearchHit]
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    impression_id: str = Field(min_length=1, max_length=64, description="from the /search response")
+    item_id: ItemId = Field(description="an item that impression showed")
+    action: Literal["click", "order"]
+
+
+class FeedbackResponse(BaseModel):
+    event_id: int
+    impression_id: str
+    item_id: int
+    action: str
+
+
+class ModelSwapRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str = Field(
+        min_length=1, max_length=200, description="a model of this run: a name listed by GET /model"
+    )
+
+
+class ModelInfo(BaseModel):
+    model: str = Field(description="the model serving now (its directory under the run)")
+    available: list[str] = Field(description="models of this run POST /model can switch to")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    items: int
+    trie_version: int
+    model: str
+
+
+class ErrorDetail(BaseModel):
+    """A refused request (401, 404, 409): ``detail`` names the problem."""
+
+    detail: str

@@ -4,18 +4,27 @@ Pure Python (no Ray): ``serve_apps/search_app.py`` wraps it in a Ray Serve deplo
 catalogue is live: ``add_items`` encodes new items with the frozen KHQE codebooks, puts each on the
 trained SID that describes it best (``SemanticIdTokenizer.add_items``: a SID the model generates)
 and swaps in a new trie version; searches already running keep the version they started with.
+The model is live too: ``swap_model`` loads another model of the run beside the serving one and
+switches to it; a search holds the engine it started with, so none in flight fails.
+
+With a feedback log every search is recorded as an impression (what was shown, from which
+prompt and model) and ``record_feedback`` stores clicks and orders against it: the data
+``onesearch train --stage dpo --feedback LOG`` learns from.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from onesearch_ray.behavior import BehaviorIndex, UserContext
@@ -25,11 +34,21 @@ from onesearch_ray.decoding.trie import SidTrie
 from onesearch_ray.eval.baselines import BM25Retriever
 from onesearch_ray.khqe import SemanticIdTokenizer, item_text
 from onesearch_ray.khqe.online import RunTextEncoder
+from onesearch_ray.model import check_model_dir, load_tokenizer
 from onesearch_ray.prompts import PromptBuilder, PromptConfig, SidVocabulary
+from onesearch_ray.rewards.feedback_log import (
+    FeedbackLog,
+    ItemNotShownError,
+    ShownItem,
+    UnknownImpressionError,
+)
 from onesearch_ray.runs import latest_model_dir
 from onesearch_ray.serving.schemas import (
     AddItemsRequest,
     AddItemsResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    ModelInfo,
     SearchHit,
     SearchRequest,
     SearchResponse,
@@ -37,15 +56,35 @@ from onesearch_ray.serving.schemas import (
 )
 
 log = logging.getLogger(__name__)
+BM25_MODEL = "bm25"  # the model name impressions of /search/bm25 carry
 EngineFactory = Callable[[Path, SidVocabulary, SidTrie], DecodingEngine]
 
 
-class UnknownUserError(KeyError):
+class NotFoundError(LookupError):
+    """The request names something the service does not have (HTTP 404)."""
+
+    def __str__(self) -> str:  # KeyError-style quoting of the message would be noise
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownUserError(NotFoundError):
     """A user id the service has no behaviour for (and the request brought no history)."""
 
 
+class UnknownItemError(NotFoundError):
+    """An item id that is not in the catalogue."""
+
+
+class UnknownModelError(NotFoundError):
+    """A model name that is not a model of this run."""
+
+
+class ConflictError(ValueError):
+    """The request would create something that already exists (HTTP 409)."""
+
+
 class BadRequestError(ValueError):
-    """A well-formed request the catalogue cannot serve (e.g. unknown item ids)."""
+    """A well-formed request the engine cannot serve (HTTP 422)."""
 
 
 @dataclass
@@ -63,13 +102,12 @@ class SearchService:
         engine_factory: EngineFactory,
         data: str | Path | None = None,
         model_dir: str | Path | None = None,
+        feedback_log: FeedbackLog | None = None,
     ) -> None:
         self.run = Path(run)
         self.sids = SemanticIdTokenizer.load(self.run / "sid_tokenizer")
-        self.model_dir = Path(model_dir) if model_dir else latest_model_dir(self.run)
-        from onesearch_ray.model import check_model_dir, load_tokenizer
-
-        check_model_dir(self.model_dir)  # names a missing or corrupt file before any engine loads it
+        self.engine_factory = engine_factory
+        self.model_dir = self._checked_model_dir(Path(model_dir) if model_dir else latest_model_dir(self.run))
         self.vocabulary = SidVocabulary.from_tokenizers(load_tokenizer(self.model_dir), self.sids)
         self.trie = SidTrie.of_catalogue(self.sids)
         self.engine = engine_factory(self.model_dir, self.vocabulary, self.trie)
@@ -80,34 +118,46 @@ class SearchService:
             dict(zip(items.column("item_id").to_pylist(), items.column("title").to_pylist(), strict=True))
         )
         self.behavior = _behavior(data or _encoded_data(self.run))
+        self.feedback_log = feedback_log
         self._bm25: BM25Retriever | None = None
-        self._update_lock = threading.Lock()
+        self._update_lock = threading.Lock()  # catalogue updates and model swaps, one at a time
+        self._swap_gate = _SwapGate()
 
     # ---- search ---------------------------------------------------------------------------
     def search(self, requests: list[SearchRequest]) -> list[SearchResponse | Exception]:
         """A batch of requests; those sharing a beam width decode together. A request that cannot be
         served (unknown user, bad history) gets its error in its slot; the others are answered."""
+        with self._swap_gate.searching():  # a model swap waits for this batch and holds the next back
+            return self._search(requests, self.engine, self.model_name)
+
+    def _search(
+        self, requests: list[SearchRequest], engine: DecodingEngine, model: str
+    ) -> list[SearchResponse | Exception]:
         started = time.perf_counter()
         prompts: list[str | Exception] = []
         for request in requests:
             try:
                 prompts.append(self.prompt_for(request))
-            except (UnknownUserError, BadRequestError) as err:
+            except NotFoundError as err:
                 prompts.append(err)
         results: list[SearchResponse | Exception] = [p for p in prompts]
         version = self.trie.version
-        for beam in sorted({r.beam for r, p in zip(requests, prompts, strict=True) if isinstance(p, str)}):
-            rows = [i for i, r in enumerate(requests) if r.beam == beam and isinstance(prompts[i], str)]
+        beams = [r.effective_beam for r in requests]
+        for beam in sorted({b for b, p in zip(beams, prompts, strict=True) if isinstance(p, str)}):
+            rows = [i for i, b in enumerate(beams) if b == beam and isinstance(prompts[i], str)]
             try:
-                found = self.engine.search([prompts[i] for i in rows], beam)
+                found = engine.search([prompts[i] for i in rows], beam)
             except SearchLimitError as err:  # prompt too long or beam too wide for this engine
                 for row in rows:
                     results[row] = BadRequestError(str(err))
                 continue
             elapsed = 1000 * (time.perf_counter() - started)
             for row, hits in zip(rows, found, strict=True):
-                items = self._items(hits, requests[row].k)
-                results[row] = SearchResponse(items=items, timing_ms=elapsed, trie_version=version)
+                request, items = requests[row], self._items(hits, requests[row].k)
+                impression = self._record(request, prompts[row], items, model)
+                results[row] = SearchResponse(
+                    items=items, timing_ms=elapsed, trie_version=version, beam=beam, impression_id=impression
+                )
         return results
 
     def prompt_for(self, request: SearchRequest) -> str:
@@ -119,7 +169,7 @@ class SearchService:
         if request.history is not None:
             unknown = [i for i in request.history if not self.sids.has_item(i)]
             if unknown:
-                raise BadRequestError(f"history: unknown item id(s) {unknown[:5]}")
+                raise UnknownItemError(f"history: unknown item id(s) {unknown[:5]}")
             return UserContext.from_history(request.user_id, request.history)
         if request.user_id is None:
             return None
@@ -136,24 +186,101 @@ class SearchService:
                 break
         return results[:k]
 
-    def bm25(self, query: str, k: int) -> list[SearchHit]:
-        """The BM25 baseline on titles, for side-by-side comparison in the demo."""
+    def bm25(self, request: SearchRequest) -> SearchResponse:
+        """The BM25 baseline on titles, for side-by-side comparison; users are checked as in ``search``."""
+        started = time.perf_counter()
+        prompt = self.prompt_for(request)  # validates user and history; the impression keeps it
         if self._bm25 is None:
             ids = list(self.catalogue.titles)
             self._bm25 = BM25Retriever([self.catalogue.titles[i] for i in ids], ids)
-        ranked = self._bm25.search([query], k)[0]
-        return [self.catalogue.hit(i, 0.0, self._sid_of(i)) for i in ranked]
+        ranked = self._bm25.search_scored([request.query], request.k)[0]
+        items = [self.catalogue.hit(i, score, self._sid_of(i)) for i, score in ranked]
+        return SearchResponse(
+            items=items,
+            timing_ms=1000 * (time.perf_counter() - started),
+            trie_version=self.trie.version,
+            beam=0,
+            impression_id=self._record(request, prompt, items, BM25_MODEL),
+        )
+
+    # ---- feedback --------------------------------------------------------------------------
+    def _record(self, request: SearchRequest, prompt: str, items: list[SearchHit], model: str) -> str | None:
+        if self.feedback_log is None:
+            return None
+        shown = [ShownItem(hit.item_id, hit.sid) for hit in items]
+        return self.feedback_log.record_impression(request.query, prompt, request.user_id, shown, model)
+
+    def record_feedback(self, request: FeedbackRequest) -> FeedbackResponse:
+        """A click or order on an item an impression showed (unknown impression or item: NotFoundError)."""
+        if self.feedback_log is None:
+            raise NotFoundError("this server keeps no feedback log, so it has no impressions")
+        try:
+            event_id = self.feedback_log.record_event(request.impression_id, request.item_id, request.action)
+        except (UnknownImpressionError, ItemNotShownError) as err:
+            raise NotFoundError(str(err)) from None
+        return FeedbackResponse(
+            event_id=event_id,
+            impression_id=request.impression_id,
+            item_id=request.item_id,
+            action=request.action,
+        )
+
+    # ---- live model --------------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return _relative_to(self.model_dir, self.run)
+
+    def available_models(self) -> list[str]:
+        root = self.run / "model"
+        names = (
+            [p.name for p in sorted(root.iterdir()) if (p / "config.json").is_file()] if root.is_dir() else []
+        )
+        return [_relative_to(root / name, self.run) for name in names]
+
+    def swap_model(self, name: str) -> ModelInfo:
+        """Serve model ``name`` (from ``available_models``, or its last part). Searches running finish
+        on the old model; new ones wait while the next loads (seconds), then run on it: none fails."""
+        by_name = {model: model for model in self.available_models()}
+        by_name.update({Path(model).name: model for model in self.available_models()})
+        if name not in by_name:
+            raise UnknownModelError(
+                f"unknown model {name!r} (this run has: {', '.join(sorted(set(by_name.values())))})"
+            )
+        model_dir = self._checked_model_dir(self.run / by_name[name])
+        vocabulary = SidVocabulary.from_tokenizers(load_tokenizer(model_dir), self.sids)
+        if not _same_vocabulary(vocabulary, self.vocabulary):
+            raise ConflictError(
+                f"model {name!r} has other SID token ids than the serving model: not a model of this run"
+            )
+        # the trie may not change while the new engine loads with it; no search may run meanwhile
+        with self._update_lock, self._swap_gate.swapping():
+            self.engine = None  # two vLLM engines in one process must not overlap: drop the old first
+            gc.collect()
+            try:
+                self.engine = self.engine_factory(model_dir, vocabulary, self.trie)
+            except Exception:
+                self.engine = self.engine_factory(self.model_dir, self.vocabulary, self.trie)  # the old again
+                raise
+            self.model_dir, self.vocabulary = model_dir, vocabulary
+        log.info("now serving %s", model_dir)
+        return ModelInfo(model=self.model_name, available=self.available_models())
+
+    @staticmethod
+    def _checked_model_dir(model_dir: Path) -> Path:
+        check_model_dir(model_dir)  # names a missing or corrupt file before any engine loads it
+        return model_dir
 
     # ---- live catalogue --------------------------------------------------------------------
     def add_items(self, request: AddItemsRequest) -> AddItemsResponse:
         """Encode new items with the frozen codebooks and make them searchable at once, on trained SIDs."""
         ids = [item.item_id for item in request.items]
-        if len(set(ids)) != len(ids):
-            raise BadRequestError("items: duplicate item_id in the request")
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ConflictError(f"items: item_id(s) {repeated[:5]} appear more than once in the request")
         with self._update_lock:
             taken = [i for i in ids if self.sids.has_item(i)]
             if taken:
-                raise BadRequestError(f"items: item_id(s) {taken[:5]} already in the catalogue")
+                raise ConflictError(f"items: item_id(s) {taken[:5]} already in the catalogue")
             texts = [item_text(item.title, item.brand) for item in request.items]
             codes = self.sids.add_items(ids, self.text_encoder.encode(texts, "passage"))
             for item in request.items:
@@ -164,9 +291,14 @@ class SearchService:
         added = [self.catalogue.hit(i, 0.0, self.sids.sid_string(c)) for i, c in zip(ids, codes, strict=True)]
         return AddItemsResponse(added=added, trie_version=self.trie.version, n_items=self.sids.n_items)
 
+    def item(self, item_id: int) -> SearchHit:
+        if item_id not in self.catalogue.titles:
+            raise UnknownItemError(f"unknown item_id {item_id}")
+        return self.catalogue.hit(item_id, 0.0, self._sid_of(item_id))
+
     # ---- users -----------------------------------------------------------------------------
-    def users(self, limit: int = 50) -> list[str]:
-        return [] if self.behavior is None else self.behavior.user_ids()[:limit]
+    def users(self, limit: int = 50, offset: int = 0) -> list[str]:
+        return [] if self.behavior is None else self.behavior.user_ids()[offset : offset + limit]
 
     def user_summary(self, user_id: str) -> UserSummary:
         if self.behavior is None or user_id not in self.behavior:
@@ -177,6 +309,52 @@ class SearchService:
 
     def _sid_of(self, item_id: int) -> str:
         return self.sids.sid_string(self.sids.item_codes([item_id])[0]) if self.sids.has_item(item_id) else ""
+
+
+class _SwapGate:
+    """Searches share the engine; a swap waits until those running finish and holds new ones back
+    until the next engine is loaded (vLLM keeps per-process state two engines would fight over)."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._searching = 0
+        self._swapping = False
+
+    @contextlib.contextmanager
+    def searching(self) -> Iterator[None]:
+        with self._condition:
+            self._condition.wait_for(lambda: not self._swapping)
+            self._searching += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._searching -= 1
+                self._condition.notify_all()
+
+    @contextlib.contextmanager
+    def swapping(self) -> Iterator[None]:
+        with self._condition:
+            self._condition.wait_for(lambda: not self._swapping)
+            self._swapping = True
+            self._condition.wait_for(lambda: self._searching == 0)
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._swapping = False
+                self._condition.notify_all()
+
+
+def _relative_to(path: Path, root: Path) -> str:
+    path, root = path.resolve(), root.resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def _same_vocabulary(a: SidVocabulary, b: SidVocabulary) -> bool:
+    return len(a.position_token_ids) == len(b.position_token_ids) and all(
+        np.array_equal(x, y) for x, y in zip(a.position_token_ids, b.position_token_ids, strict=True)
+    )
 
 
 def _encoded_data(run: Path) -> str | None:
