@@ -93,20 +93,24 @@ def demo_url(search_api):
         demo.close()
 
 
-def test_demo_search_in_browser(search_api, demo_url, tmp_path):
+def test_demo_search_in_browser(search_api, demo_url, trained_small_run, tmp_path, monkeypatch):
     expect = sync_api.expect
 
     # A user with some history, and one of their own queries (so BM25 surely matches something).
     with httpx.Client(base_url=search_api, timeout=120) as client:
-        summaries = [
-            client.get(f"/users/{u}").json() for u in client.get("/users", params={"limit": 20}).json()
-        ]
+        all_users = client.get("/users", params={"limit": 1000}).json()
+        summaries = [client.get(f"/users/{u}").json() for u in all_users[:20]]
         user = next(s for s in summaries if s["recent_items"] and s["recent_queries"])
         query = user["recent_queries"][0]
         body = {"query": query, "user_id": user["user_id"], "k": K, "beam": BEAM}
         expected_generative = client.post("/search", json=body).json()["items"]
         expected_bm25 = client.post("/search/bm25", json=body).json()["items"]
     assert expected_generative and expected_bm25
+
+    import demo.app
+
+    monkeypatch.setattr(demo.app, "USERS_PAGE", 7)  # the picker pages through every user
+    assert demo.app.SearchApi(search_api).users() == all_users and len(all_users) == 40
 
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
@@ -158,6 +162,13 @@ def test_demo_search_in_browser(search_api, demo_url, tmp_path):
             assert bm25_titles == [item["title"] for item in expected_bm25]
             assert _column(page, "results-onesearch", 0)[:3] == ["1", "2", "3"][: len(generative_titles)]
 
+            # The loop made visible: order the first OneSearch result; it lands in the feedback log.
+            expect(page.locator("#feedback-item")).to_contain_text("OneSearch #1")
+            page.locator("#order-btn").click()
+            expect(page.locator("#feedback-status")).to_contain_text(
+                f"Recorded order on item {expected_generative[0]['item_id']}", timeout=TIMEOUT_MS
+            )
+
             shot = (
                 REPO / "docs/demo.png"
                 if os.environ.get("ONESEARCH_SCREENSHOT") == "1"
@@ -167,3 +178,7 @@ def test_demo_search_in_browser(search_api, demo_url, tmp_path):
             assert shot.stat().st_size > 10_000
         finally:
             context.close()
+    from onesearch_ray.rewards.feedback_log import read_feedback
+
+    ordered = [r for r in read_feedback(trained_small_run / "feedback.sqlite").to_pylist() if r["event"] == 2]
+    assert [r["item_id"] for r in ordered][-1:] == [expected_generative[0]["item_id"]]
