@@ -31,20 +31,15 @@ from onesearch_ray.rewards.model import (
 )
 from onesearch_ray.runs import latest_model_dir
 from onesearch_ray.train import checkpoints
-from onesearch_ray.train.alignment import (
-    AlignConfig,
-    DPOConfig,
-    GRPOConfig,
-    align_run,
-    align_stage,
+from onesearch_ray.train.alignment import align_run, align_stage, run_align_loop
+from onesearch_ray.train.config import AlignConfig, DPOConfig, GRPOConfig, load_align_config
+from onesearch_ray.train.local import in_process_trainer
+from onesearch_ray.train.preference_data import (
     feedback_preference_lists,
     item_rewards,
-    load_align_config,
     log_searches,
     make_list,
-    run_align_loop,
 )
-from onesearch_ray.train.local import in_process_trainer
 from onesearch_ray.train.workflow import stage_inputs
 
 DPO_YAML = """
@@ -169,6 +164,7 @@ def test_align_config_is_validated(tmp_path):
     with pytest.raises(ValueError, match="group"):
         GRPOConfig(group=1)
     assert load_align_config(None, max_steps=7).grpo.max_steps == 7
+    assert load_align_config(Path(__file__).parents[1] / "configs/default.yaml") == AlignConfig()
 
 
 # --- stages ---------------------------------------------------------------------------------------
