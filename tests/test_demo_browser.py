@@ -7,6 +7,7 @@ Needs Debian's chromium and the `playwright` package: `bash scripts/setup_browse
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -163,7 +164,7 @@ def test_demo_search_in_browser(search_api, demo_url, trained_small_run, tmp_pat
             assert _column(page, "results-onesearch", 0)[:3] == ["1", "2", "3"][: len(generative_titles)]
 
             # The loop made visible: order the first OneSearch result; it lands in the feedback log.
-            expect(page.locator("#feedback-item")).to_contain_text("OneSearch #1")
+            expect(page.locator("#feedback-item input")).to_have_value(re.compile(r"^OneSearch #1: "))
             page.locator("#order-btn").click()
             expect(page.locator("#feedback-status")).to_contain_text(
                 f"Recorded order on item {expected_generative[0]['item_id']}", timeout=TIMEOUT_MS

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 MAX_QUERY_CHARS = 512
 MAX_K = 350
@@ -29,6 +29,16 @@ def _integral_float_to_int(value: Any) -> Any:
 
 
 Int = Annotated[int, BeforeValidator(_integral_float_to_int)]
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("blank: only white space")
+    return value
+
+
+# checked by _not_blank, declared as a pattern so the JSON Schema carries the rule
+Text = Annotated[str, AfterValidator(_not_blank), Field(json_schema_extra={"pattern": NOT_BLANK})]
 # constraints before the validator, or pydantic's JSON Schema loses them (ge/le instead of minimum/maximum)
 ItemId = Annotated[int, Field(ge=0, le=MAX_ITEM_ID), BeforeValidator(_integral_float_to_int)]
 Beam = Annotated[int, Field(ge=1, le=MAX_BEAM), BeforeValidator(_integral_float_to_int)]
@@ -37,11 +47,8 @@ Beam = Annotated[int, Field(ge=1, le=MAX_BEAM), BeforeValidator(_integral_float_
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    query: str = Field(
-        min_length=1,
-        max_length=MAX_QUERY_CHARS,
-        json_schema_extra={"pattern": NOT_BLANK},  # checked by _not_blank, with a plainer message
-        description="the user's query text (not blank)",
+    query: Text = Field(
+        min_length=1, max_length=MAX_QUERY_CHARS, description="the user's query text (not blank)"
     )
     user_id: str | None = Field(
         default=None, min_length=1, max_length=128, description="a known user (404 if unknown)"
@@ -57,13 +64,6 @@ class SearchRequest(BaseModel):
         description=f"beam width of the constrained search; default max(k, {DEFAULT_BEAM}), raised to k "
         "when smaller (the beam bounds how many SIDs come back); the response says which beam ran",
     )
-
-    @field_validator("query")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("query is blank")
-        return value
 
     @property
     def effective_beam(self) -> int:
@@ -91,15 +91,8 @@ class NewItem(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     item_id: ItemId
-    title: str = Field(min_length=1, max_length=1000, json_schema_extra={"pattern": NOT_BLANK})
+    title: Text = Field(min_length=1, max_length=1000)
     brand: str | None = Field(default=None, max_length=200)
-
-    @field_validator("title")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("title is blank")
-        return value
 
 
 class AddItemsRequest(BaseModel):
