@@ -31,6 +31,7 @@ import argparse
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import ray
@@ -39,10 +40,10 @@ import ray.train.torch
 import torch
 
 from onesearch_ray.train import checkpoints
-from onesearch_ray.train.alignment import ALIGN_STAGES, align_options, align_run, run_align_loop
+from onesearch_ray.train.alignment import ALIGN_STAGES, AlignJob, align_options, align_run, run_align_loop
 from onesearch_ray.train.config import TrainConfig, load_train_config
 from onesearch_ray.train.stages import STAGES
-from onesearch_ray.train.workflow import run_stage_loop, train_stages
+from onesearch_ray.train.workflow import StageJob, run_stage_loop, train_stages
 from pipelines.common import init_ray, off_main_thread
 
 
@@ -77,11 +78,13 @@ def train_worker(loop_config: dict) -> None:
     )
 
 
-def ray_stage_trainer(config: TrainConfig, loop=run_stage_loop):
+def ray_stage_trainer(
+    config: TrainConfig, loop: Callable[..., None] = run_stage_loop
+) -> Callable[[StageJob | AlignJob], None]:
     """``train_stage`` for the driver: one TorchTrainer per stage running ``loop`` (``run_stage_loop``
     for SFT, ``run_align_loop`` for DPO/GRPO), checkpoints under the stage dir."""
 
-    def train_stage(job) -> None:
+    def train_stage(job: StageJob | AlignJob) -> None:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         threads = config.cpus_per_worker or max(1, cpus // config.num_workers)
         trainer = ray.train.torch.TorchTrainer(

@@ -1,12 +1,14 @@
 """The PARS reward model: CTR, CVR and CTCVR of a (query, user, item) from the generator's own inputs.
 
-Inputs are the SIDs the generator reads and writes: the query's SID, the user's recently clicked
-items' SIDs (the prompt's short-term view) and the candidate item's SID. Each SID position has its
-own embedding table; a SID is the sum of its positions' vectors, the history their mean. An MLP over
-[query, item, user, query * item, user * item] gives two logits; ESMM-style, the model predicts
-pCTR and pCVR = P(order | click), and pCTCVR = pCTR * pCVR. It trains on every shown item of the
-search log: pCTR against "clicked", pCTCVR against "ordered" (so CVR learns over the whole
-impression space, not only over clicks). Small enough to train on CPU in seconds.
+Inputs are what the generator reads and writes: the query's SID and words (hashed), the user's
+recently clicked items' SIDs (the prompt's short-term view) and the candidate item's SID. Each SID
+position has its own embedding rows; a SID is the sum of its positions' vectors, the history their
+mean; how long a SID prefix the item shares with the query and with each history item is given
+explicitly (the hierarchy's "same kind of item"). An MLP over the vectors and their products gives
+two logits; ESMM-style, the model predicts pCTR and pCVR = P(order | click), and pCTCVR = pCTR *
+pCVR. It trains on every shown item of the search log: pCTR against "clicked", pCTCVR against
+"ordered" (so CVR learns over the whole impression space, not only over clicks), and reports ROC AUC
+on the latest searches, held out. Small enough to train on CPU in seconds.
 
 Saved as ``RUN/reward_model/`` (``config.json`` + ``model.pt``), written whole or not at all.
 """

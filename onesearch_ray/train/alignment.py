@@ -72,6 +72,7 @@ from onesearch_ray.train.preference import (
 from onesearch_ray.train.preference_data import (
     ItemRewards,
     PreferenceList,
+    Search,
     build_dpo_lists,
     grpo_prompts,
     item_rewards,
@@ -81,6 +82,7 @@ from onesearch_ray.train.preference_data import (
     sample,
     split_searches,
 )
+from onesearch_ray.train.stages import StageInputs
 from onesearch_ray.train.workflow import check_training_pairs, stage_inputs, trained_stage_model
 
 log = logging.getLogger(__name__)
@@ -461,27 +463,19 @@ def align_stage(
         return done
     stage_dir = (run / f"align/{stage}").resolve()
     init_dir = _starting_model(run, stage_dir)
-    inputs = stage_inputs(run.path, data)
-    scores = item_rewards(inputs, rewards)
     stage_config = config.dpo if stage == "dpo" else config.grpo
+    inputs = stage_inputs(run.path, data)
+    searches, heldout = split_searches(log_searches(inputs), stage_config.heldout_searches)
+    hidden = {s.session_id for s in heldout}
+    scores = item_rewards(inputs, rewards, hidden)
     if not (stage_dir / HELDOUT_FILE).exists():  # written last: the data is complete
-        searches, heldout = split_searches(log_searches(inputs), stage_config.heldout_searches)
         if stage == "dpo":
-            lists = build_dpo_lists(
-                run.path, inputs, init_dir, config.dpo, config.reward_model, scores, searches, feedback
-            )
+            lists = build_dpo_lists(run.path, inputs, init_dir, config, scores, searches, feedback, hidden)
             write_parquet(stage_dir / LISTS_FILE, lists_table(lists))
             log.info("dpo: %d preference lists (%s)", len(lists), _sources(lists))
             held = lists_table(log_preference_lists(heldout, inputs, scores, config.dpo.negatives))
         else:
-            prompts = grpo_prompts(sample(searches, config.grpo.max_prompts, config.grpo.seed), inputs)
-            if prompts.num_rows == 0:
-                raise ValueError(
-                    "grpo: the track's log has no train search with a clicked item to learn from"
-                )
-            check_training_pairs(inputs, "grpo", [(p, "") for p in prompts["prompt"].to_pylist()])
-            write_parquet(stage_dir / PROMPTS_FILE, prompts)
-            log.info("grpo: %d prompts", prompts.num_rows)
+            write_parquet(stage_dir / PROMPTS_FILE, _grpo_training_prompts(inputs, searches, config.grpo))
             held = grpo_prompts(heldout, inputs)
         write_parquet(stage_dir / HELDOUT_FILE, held)
     job = AlignJob(
@@ -533,6 +527,15 @@ def align_run(
 def align_options(args: argparse.Namespace, config: TrainConfig) -> dict[str, Any]:
     """The keyword arguments of :func:`align_run` from a CLI's parsed ``args`` and its TrainConfig."""
     return {"feedback": args.feedback, "max_steps": args.max_steps, "workers": config.num_workers}
+
+
+def _grpo_training_prompts(inputs: StageInputs, searches: Sequence[Search], config: GRPOConfig) -> pa.Table:
+    prompts = grpo_prompts(sample(searches, config.max_prompts, config.seed), inputs)
+    if prompts.num_rows == 0:
+        raise ValueError("grpo: the track's log has no train search with a clicked item to learn from")
+    check_training_pairs(inputs, "grpo", [(p, "") for p in prompts["prompt"].to_pylist()])
+    log.info("grpo: %d prompts", prompts.num_rows)
+    return prompts
 
 
 def _starting_model(run: RunDir, stage_dir: Path) -> Path:

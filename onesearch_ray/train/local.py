@@ -13,22 +13,25 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from onesearch_ray.train import checkpoints
-from onesearch_ray.train.alignment import ALIGN_STAGES, align_options, align_run, run_align_loop
+from onesearch_ray.train.alignment import ALIGN_STAGES, AlignJob, align_options, align_run, run_align_loop
 from onesearch_ray.train.config import load_train_config
 from onesearch_ray.train.stages import STAGES
-from onesearch_ray.train.workflow import run_stage_loop, train_stages
+from onesearch_ray.train.workflow import StageJob, run_stage_loop, train_stages
 
 
-def in_process_trainer(device: str, loop=run_stage_loop):
+def in_process_trainer(
+    device: str, loop: Callable[..., None] = run_stage_loop
+) -> Callable[[StageJob | AlignJob], None]:
     """``train_stage`` that runs ``loop`` (``run_stage_loop`` for SFT, ``run_align_loop`` for
     DPO/GRPO) here and writes checkpoints straight to the stage dir."""
 
-    def train_stage(job) -> None:
+    def train_stage(job: StageJob | AlignJob) -> None:
         def save_checkpoint(step: int, model, optimizer, metrics: dict) -> None:
             checkpoints.write(job.stage_dir / checkpoints.dir_name(step), model, optimizer, step, metrics)
             checkpoints.prune(job.stage_dir, keep=checkpoints.KEEP)

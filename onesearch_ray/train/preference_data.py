@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +52,7 @@ from onesearch_ray.rewards.model import (
     save_reward_model,
     train_reward_model,
 )
-from onesearch_ray.train.config import DPOConfig
+from onesearch_ray.train.config import AlignConfig, DPOConfig
 from onesearch_ray.train.stages import StageInputs
 from onesearch_ray.train.workflow import check_training_pairs
 
@@ -82,8 +82,9 @@ class ItemRewards:
         return grades
 
 
-def item_rewards(inputs: StageInputs, config: RewardConfig) -> ItemRewards:
-    interactions = inputs.track.interactions
+def item_rewards(inputs: StageInputs, config: RewardConfig, hidden: Collection[int] = ()) -> ItemRewards:
+    """Rates counted over the track's log without the ``hidden`` sessions (the held-out searches)."""
+    interactions = without_sessions(inputs.track.interactions, hidden)
     if interactions is None:
         counts = pa.table(
             {n: pa.array([], pa.int64()) for n in ("item_id", "impressions", "clicks", "orders")}
@@ -91,6 +92,14 @@ def item_rewards(inputs: StageInputs, config: RewardConfig) -> ItemRewards:
     else:
         counts = interaction_counts(interactions)
     return ItemRewards(config, RelevanceOracle.from_track(inputs.track), counts)
+
+
+def without_sessions(interactions: pa.Table | None, sessions: Collection[int]) -> pa.Table | None:
+    """The log without the events of ``sessions``."""
+    if interactions is None or not sessions:
+        return interactions
+    hidden = pc.is_in(interactions["session_id"], pa.array(sorted(sessions), pa.int64()))
+    return interactions.filter(pc.invert(hidden))
 
 
 # ---- searches of the log --------------------------------------------------------------------------
@@ -204,14 +213,21 @@ def lists_table(lists: Sequence[PreferenceList]) -> pa.Table:
 
 
 def log_preference_lists(
-    searches: Sequence[Search], inputs: StageInputs, rewards: ItemRewards, negatives: int, seed: int = 0
+    searches: Sequence[Search],
+    inputs: StageInputs,
+    rewards: ItemRewards,
+    negatives: int,
+    seed: int = 0,
+    hidden: Collection[int] = (),
 ) -> list[PreferenceList]:
     """Phase 2 from the track's log: per search, each level 1-3 item against its level 4-6 items
-    (shown ones first, then the sampled same-category and other-category items)."""
-    if not searches or inputs.track.interactions is None:
+    (shown ones first, then the sampled same-category and other-category items).
+
+    Levels come from the whole log (level 2 is an order in another session) except the ``hidden``
+    sessions (the held-out searches: their orders must not shape the training lists)."""
+    log_rows = without_sessions(inputs.track.interactions, hidden)
+    if not searches or log_rows is None:
         return []
-    sessions = pa.array([s.session_id for s in searches], pa.int64())
-    log_rows = inputs.track.interactions.filter(pc.is_in(inputs.track.interactions["session_id"], sessions))
     levels = assign_feedback_levels(
         log_rows, inputs.track.items, weights=rewards.config.level_weights, seed=seed
     )
@@ -373,16 +389,18 @@ def beam_preference_lists(
     return lists
 
 
-def reward_model_for_run(run: Path, inputs: StageInputs, config: RewardModelConfig) -> RewardModel:
-    """``RUN/reward_model`` when trained before, else trained now on the track's search log."""
+def reward_model_for_run(
+    run: Path, inputs: StageInputs, config: RewardModelConfig, hidden: Collection[int] = ()
+) -> RewardModel:
+    """``RUN/reward_model`` when trained before, else trained now on the track's search log without
+    the ``hidden`` sessions."""
     directory = run / REWARD_MODEL_DIR
     if (directory / "config.json").exists():
         return load_reward_model(directory)
-    if inputs.track.interactions is None or inputs.behavior is None:
+    interactions = without_sessions(inputs.track.interactions, hidden)
+    if interactions is None or inputs.behavior is None:
         raise ValueError("dpo phase 'beams' needs a search log to train the reward model on")
-    examples = log_examples(
-        inputs.track.interactions, inputs.sids, inputs.query_codes, inputs.behavior, config
-    )
+    examples = log_examples(interactions, inputs.sids, inputs.query_codes, inputs.behavior, config)
     model, metrics = train_reward_model(examples, inputs.sids.layout.level_sizes, config)
     save_reward_model(model, directory, metrics)
     return model
@@ -392,28 +410,29 @@ def build_dpo_lists(
     run: Path,
     inputs: StageInputs,
     init_dir: Path,
-    config: DPOConfig,
-    reward_model_config: RewardModelConfig,
+    config: AlignConfig,
     rewards: ItemRewards,
     searches: Sequence[Search],
     feedback: pa.Table | None = None,
+    hidden: Collection[int] = (),
 ) -> list[PreferenceList]:
     """All of the stage's lists: phase 1 beams, phase 2 from the live log when given, else the track's."""
     lists: list[PreferenceList] = []
-    if "beams" in config.phases:
+    if "beams" in config.dpo.phases:
         model, tokenizer = load_model(init_dir)
         vocabulary = SidVocabulary.from_tokenizers(tokenizer, inputs.sids)
         engine = TransformersEngine(
             model, tokenizer, vocabulary.position_token_ids, SidTrie.of_catalogue(inputs.sids)
         )
-        reward_model = reward_model_for_run(run, inputs, reward_model_config)
-        chosen = sample(searches, config.max_prompts, config.seed)
-        lists += beam_preference_lists(chosen, inputs, rewards, engine, reward_model, config)
-    if "log" in config.phases:
+        reward_model = reward_model_for_run(run, inputs, config.reward_model, hidden)
+        chosen = sample(searches, config.dpo.max_prompts, config.dpo.seed)
+        lists += beam_preference_lists(chosen, inputs, rewards, engine, reward_model, config.dpo)
+    if "log" in config.dpo.phases:
         if feedback is not None:
-            lists += feedback_preference_lists(feedback, inputs, rewards, config.negatives)
+            lists += feedback_preference_lists(feedback, inputs, rewards, config.dpo.negatives)
         else:
-            lists += log_preference_lists(searches, inputs, rewards, config.negatives, config.seed)
+            negatives, seed = config.dpo.negatives, config.dpo.seed
+            lists += log_preference_lists(searches, inputs, rewards, negatives, seed, hidden)
     if not lists:
         raise ValueError("dpo: no preference list could be built (no searches with a preferred item)")
     if feedback is None:  # live prompts are traffic, not the track's held-out queries
