@@ -294,6 +294,29 @@ def test_dpo_from_the_live_feedback_log(sft_run, small_track, inputs):
     assert latest_model_dir(sft_run) == final
 
 
+def test_dpo_from_feedback_alone_on_a_track_without_a_log(sft_run, small_track, inputs, tmp_path):
+    """A track with no search log (as Home Depot): no beams to re-rank, no log levels; the live
+    feedback log alone makes the lists."""
+    track = tmp_path / "no_log"
+    shutil.copytree(small_track, track, ignore=shutil.ignore_patterns("interactions.parquet"))
+    manifest = read_json(track / "track.json")
+    manifest["tables"].remove("interactions")
+    (track / "track.json").write_text(json.dumps(manifest))
+    log_path = tmp_path / "feedback.sqlite"
+    searches = log_searches(inputs)[:6]
+    _write_feedback_log(log_path, inputs, searches, clicks=True)
+    config_path = tmp_path / "align.yaml"
+    config_path.write_text("align:\n  dpo: {max_steps: 2, batch_size: 2, checkpoint_every: 2}\n")
+    trainer = in_process_trainer("cpu", run_align_loop)
+    with pytest.raises(ValueError, match="needs --feedback LOG"):
+        align_run(sft_run, track, "dpo", config_path, trainer)
+    align_run(sft_run, track, "dpo", config_path, trainer, feedback=log_path)
+    lists = pq.read_table(sft_run / "align/dpo/lists.parquet")
+    assert set(lists["source"].to_pylist()) == {"feedback"} and lists.num_rows == len(searches)
+    heldout = read_json(sft_run / "manifest.json")["stages"]["train.dpo"]["outputs"]["heldout"]
+    assert heldout == {"before": {}, "after": {}}  # no logged searches to hold out
+
+
 def test_cli_train_stage_choices(sft_run, small_track, capsys):
     from pipelines import cli, train
 

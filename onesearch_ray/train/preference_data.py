@@ -418,7 +418,7 @@ def build_dpo_lists(
 ) -> list[PreferenceList]:
     """All of the stage's lists: phase 1 beams, phase 2 from the live log when given, else the track's."""
     lists: list[PreferenceList] = []
-    if "beams" in config.dpo.phases:
+    if "beams" in config.dpo.phases and searches:  # tracks without a search log: live feedback only
         model, tokenizer = load_model(init_dir)
         vocabulary = SidVocabulary.from_tokenizers(tokenizer, inputs.sids)
         engine = TransformersEngine(
@@ -434,7 +434,10 @@ def build_dpo_lists(
             negatives, seed = config.dpo.negatives, config.dpo.seed
             lists += log_preference_lists(searches, inputs, rewards, negatives, seed, hidden)
     if not lists:
-        raise ValueError("dpo: no preference list could be built (no searches with a preferred item)")
+        raise ValueError(
+            "dpo: no preference list could be built (no logged search with a preferred item; "
+            "a track without a search log needs --feedback LOG)"
+        )
     if feedback is None:  # live prompts are traffic, not the track's held-out queries
         check_training_pairs(inputs, "dpo", [(x.prompt, "") for x in lists])
     return lists
