@@ -20,7 +20,7 @@ from onesearch_ray.sim import (
     simulate,
 )
 from onesearch_ray.sim.metrics import METRICS
-from onesearch_ray.sim.report import to_markdown, write_report
+from onesearch_ray.sim.report import write_report
 from onesearch_ray.sim.tune import tune_rerank
 from pipelines import cli
 
@@ -156,7 +156,7 @@ def test_cli_on_a_trained_run_reports_every_system_and_slice(trained_small_run, 
     argv += ["--searches", "32", "--beam", "4", "--bootstrap", "200"]
     assert cli.main(argv) == 0
     report = json.loads((out / "simulation.json").read_text())
-    assert list(report["systems"]) == ["cascade", "sft", "again"] and report["control"] == "cascade"
+    assert set(report["systems"]) == {"cascade", "sft", "again"} and report["control"] == "cascade"
     assert set(report["slices"]) == SLICES - {"cold_start_items"}  # this run holds no item out
     for result in report["slices"].values():
         for name in ("sft", "again"):
@@ -165,6 +165,6 @@ def test_cli_on_a_trained_run_reports_every_system_and_slice(trained_small_run, 
     overall = report["slices"]["all"]["systems"]
     assert overall["sft"]["metrics"] == overall["again"]["metrics"]
     assert np.isfinite(report["systems"]["sft"]["cpu_ms_per_query"])
-    assert "### long_tail_queries" in (out / "simulation.md").read_text()
+    markdown = (out / "simulation.md").read_text()
+    assert "### long_tail_queries" in markdown and "| again |" in markdown
     assert (out / "simulation.png").stat().st_size > 0
-    assert to_markdown(report) == (out / "simulation.md").read_text()

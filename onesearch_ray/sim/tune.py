@@ -42,15 +42,15 @@ def tune_rerank(
     orders = OUTCOME_COLUMNS.index("orders")
     results = []
     for values in itertools.product(*grid.values()):
-        rerank = RerankConfig(**dict(zip(grid, values, strict=True)))
-        cascade.set_rerank(rerank)
+        point = dict(zip(grid, values, strict=True))
+        cascade.set_rerank(RerankConfig(**point))
         total = sum(
             page_outcome(
                 world, traffic, i, r.query_id, cascade.personalise(ranked, r.user_id), config.page_size
             )[orders]
             for i, (r, ranked) in enumerate(zip(requests, fused, strict=True))
         )
-        results.append({**dict(zip(grid, values, strict=True)), "orders_per_1k": 1000 * total / len(traffic)})
+        results.append({**point, "orders_per_1k": float(1000 * total / len(traffic))})
     best = int(np.argmax([r["orders_per_1k"] for r in results]))
     chosen = RerankConfig(**{k: results[best][k] for k in grid})
     cascade.set_rerank(chosen)
