@@ -123,10 +123,15 @@ class World:
     def item_set(self) -> frozenset[int]:
         return frozenset(self.item_ids.tolist())
 
+    @cached_property
+    def _id_order(self) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(self.item_ids, kind="stable")
+        return order, self.item_ids[order]
+
     def rows_of(self, item_ids: Sequence[int]) -> np.ndarray:
         """Catalogue rows of ``item_ids`` (all must be in the catalogue)."""
-        order = np.argsort(self.item_ids, kind="stable")
-        return order[np.searchsorted(self.item_ids[order], np.asarray(item_ids, dtype=np.int64))]
+        order, sorted_ids = self._id_order
+        return order[np.searchsorted(sorted_ids, np.asarray(item_ids, dtype=np.int64))]
 
     def relevance(self, query_id: int, item_ids: Sequence[int]) -> np.ndarray:
         """Known relevance (1..3) of ``item_ids`` for the query."""
