@@ -59,6 +59,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     argv += ["--size", args.size] if args.size else []
     argv += ["--max-steps", str(args.max_steps)] if args.max_steps else []
     argv += ["--feedback", str(args.feedback)] if args.feedback else []
+    argv += ["--name", args.name] if args.name is not None else []
     argv += ["--gpu"] if args.gpu else []
     train.main(argv)
     return 0
@@ -214,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML config (train:, align: and rewards: sections)")
     train.add_argument(
         "--feedback", type=Path, help="dpo: the server's live feedback log (phase 2 from real clicks)"
+    )
+    train.add_argument(
+        "--name",
+        help="dpo / grpo: train into RUN/align/NAME and RUN/model/NAME (default: the stage), e.g. "
+        "dpo-2 for a second round of feedback beside the first",
     )
     train.add_argument("--workers", type=int, help="Ray Train workers (DDP)")
     train.add_argument("--size", help="model size preset: tiny, small, base, large")

@@ -13,15 +13,16 @@ and the stage's final model goes to ``RUN/model/<stage>`` (an HF directory vLLM 
 A stopped or failed job rerun with the same arguments resumes from the last complete checkpoint.
 
 After SFT, ``--stage dpo`` or ``--stage grpo`` aligns the run's latest model
-(``onesearch_ray.train.alignment``): data and checkpoints under ``RUN/align/<stage>/``, the result
-in ``RUN/model/<stage>``, made the latest model. ``--feedback LOG`` builds DPO's phase 2 from the
+(``onesearch_ray.train.alignment``): data and checkpoints under ``RUN/align/<name>/``, the result
+in ``RUN/model/<name>``, made the latest model (``--name``, default the stage: a second round of
+feedback goes to ``--name dpo-2`` beside the first). ``--feedback LOG`` builds DPO's phase 2 from the
 server's live feedback log instead of the track's search log. ``--stage all`` is the three SFT stages.
 
 Resources: ``--workers N`` (each ``--cpus-per-worker`` CPUs, or one GPU with ``--gpu``). With more
 than one node, RUN must be on storage every node can reach.
 
     python -m pipelines.train --run RUN --data DIR [--stage alignment|cooccurrence|personalization|all]
-    python -m pipelines.train --run RUN --data DIR --stage dpo [--feedback LOG]
+    python -m pipelines.train --run RUN --data DIR --stage dpo [--feedback LOG] [--name NAME]
     ray job submit -- python -m pipelines.train --run RUN --data DIR --workers 2
 """
 
@@ -96,7 +97,7 @@ def ray_stage_trainer(
                 resources_per_worker=None if config.use_gpu else {"CPU": threads},
             ),
             run_config=ray.train.RunConfig(
-                name=job.stage,
+                name=job.stage_dir.name,
                 storage_path=str(job.stage_dir.parent),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=checkpoints.KEEP),
             ),
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stage", default="all", choices=[*STAGES, "all", *ALIGN_STAGES])
     parser.add_argument("--config", help="YAML file with `train:` (and `align:`, `rewards:`) sections")
     parser.add_argument("--feedback", help="dpo: the server's live feedback log (phase 2 from it)")
+    parser.add_argument("--name", help="dpo/grpo: RUN/align/NAME and RUN/model/NAME (default: the stage)")
     parser.add_argument("--workers", type=int, help="Ray Train workers (DDP)")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
     parser.add_argument("--size", help="model size preset: tiny, small, base, large")
@@ -122,7 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.name is not None and args.stage not in ALIGN_STAGES:
+        parser.error("--name applies to --stage dpo or grpo only")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = load_train_config(
         args.config, workers=args.workers, use_gpu=args.gpu or None, size=args.size, max_steps=args.max_steps

@@ -294,6 +294,41 @@ def test_dpo_from_the_live_feedback_log(sft_run, small_track, inputs):
     assert latest_model_dir(sft_run) == final
 
 
+def test_named_dpo_rounds_of_feedback_sit_side_by_side(sft_run, small_track, inputs, tmp_path):
+    """Round 1 (the default name, dpo) and round 2 (--name dpo-2, from round 1's model) of the
+    live reward loop both stay in the run; a bad name is refused before anything is written."""
+    config_path = tmp_path / "align.yaml"
+    config_path.write_text(
+        "align:\n  dpo: {phases: [log], max_steps: 2, batch_size: 2, checkpoint_every: 2,"
+        " heldout_searches: 2}\n"
+    )
+    searches = log_searches(inputs)
+    trainer = in_process_trainer("cpu", run_align_loop)
+    logs = [tmp_path / "round1.sqlite", tmp_path / "round2.sqlite"]
+    _write_feedback_log(logs[0], inputs, searches[:6], clicks=True)
+    _write_feedback_log(logs[1], inputs, searches[6:10], clicks=True)
+
+    first = align_run(sft_run, small_track, "dpo", config_path, trainer, feedback=logs[0])
+    second = align_run(sft_run, small_track, "dpo", config_path, trainer, feedback=logs[1], name="dpo-2")
+    assert (first, second) == (sft_run / "model/dpo", sft_run / "model/dpo-2")
+    assert latest_model_dir(sft_run) == second and (first / "config.json").exists()
+    assert pq.read_table(sft_run / "align/dpo/lists.parquet").num_rows == 6
+    assert pq.read_table(sft_run / "align/dpo-2/lists.parquet").num_rows == 4
+    stages = read_json(sft_run / "manifest.json")["stages"]
+    assert stages["train.dpo"]["inputs"]["init"] == str((sft_run / "model/personalization").resolve())
+    assert stages["train.dpo-2"]["inputs"]["init"] == str(first.resolve())  # round 2 from round 1
+    assert stages["train.dpo-2"]["config"]["dpo"]["max_steps"] == 2
+    # each name resumes and skips on its own
+    assert align_run(sft_run, small_track, "dpo", config_path, _killed_after(0), name="dpo-2") == second
+
+    for bad in ("../up", "a/b", "..", "", "personalization", "init", "grpo"):
+        with pytest.raises(ValueError, match="plain directory name"):
+            align_run(sft_run, small_track, "dpo", config_path, trainer, feedback=logs[1], name=bad)
+    with pytest.raises(ValueError, match="'dpo-2' is a dpo stage"):
+        align_run(sft_run, small_track, "grpo", config_path, trainer, name="dpo-2")
+    assert sorted(p.name for p in (sft_run / "align").iterdir()) == ["dpo", "dpo-2"]
+
+
 def test_dpo_from_feedback_alone_on_a_track_without_a_log(sft_run, small_track, inputs, tmp_path):
     """A track with no search log (as Home Depot): no beams to re-rank, no log levels; the live
     feedback log alone makes the lists."""
@@ -329,3 +364,11 @@ def test_cli_train_stage_choices(sft_run, small_track, capsys):
         ["train", "--run", str(sft_run), "--data", str(small_track), "--stage", "grpo", "--feedback", "x"]
     )
     assert rc == 2 and "--feedback applies to --stage dpo only" in capsys.readouterr().err
+    named = parser.parse_args(["--run", "r", "--data", "d", "--stage", "dpo", "--name", "dpo-2"])
+    assert (named.stage, named.name) == ("dpo", "dpo-2")
+    rc = cli.main(
+        ["train", "--run", str(sft_run), "--data", str(small_track), "--stage", "dpo", "--name", "x/y"]
+    )
+    assert rc == 2 and "--name 'x/y': use a plain directory name" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main(["--run", "r", "--data", "d", "--stage", "alignment", "--name", "a2"])

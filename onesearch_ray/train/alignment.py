@@ -1,10 +1,12 @@
 """Preference alignment after SFT: list-wise DPO and TPMA-GRPO stages (``docs/onesearch.md`` section 3).
 
-The driver (:func:`align_stage`) builds the stage's data once into ``RUN/align/<stage>/``, hands a
+The driver (:func:`align_stage`) builds the stage's data once into ``RUN/align/<name>/``, hands a
 :class:`AlignJob` to a trainer (Ray Train workers in ``pipelines/train.py``, or this process in
-``onesearch_ray.train.local``), then turns the last checkpoint into ``RUN/model/<stage>`` and makes
-it the run's latest model. The per-worker loop (:func:`run_align_loop`) knows nothing of Ray, and
-each optimisation step is one function (:func:`dpo_step`, :func:`grpo_step`).
+``onesearch_ray.train.local``), then turns the last checkpoint into ``RUN/model/<name>`` and makes
+it the run's latest model. ``stage`` is the algorithm (dpo | grpo); ``name`` (default: the stage)
+only names the output, so rounds of the live reward loop sit side by side (``--name dpo-2``), each
+starting from the run's latest model. The per-worker loop (:func:`run_align_loop`) knows nothing of
+Ray, and each optimisation step is one function (:func:`dpo_step`, :func:`grpo_step`).
 
 DPO (OneSearch): one positive against up to K negatives, weighted by the reward gap, an SFT anchor,
 and the starting (SFT) model as the frozen reference. Lists (``train.preference_data``) come from
@@ -20,8 +22,8 @@ step, and pushing new weights into a vLLM engine each step costs more than decod
 with the model already in memory; on CPU there is no vLLM at all.
 
 A stage reruns nothing it has: data files are reused, training resumes from the last complete
-checkpoint, and a finished stage is skipped (delete ``RUN/align/<stage>`` and ``RUN/model/<stage>``
-to train it again).
+checkpoint, and a finished stage is skipped (delete ``RUN/align/<name>`` and ``RUN/model/<name>``
+to train it again, or train a new round under another ``--name``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import dataclasses
 import functools
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +85,7 @@ from onesearch_ray.train.preference_data import (
     sample,
     split_searches,
 )
-from onesearch_ray.train.stages import StageInputs
+from onesearch_ray.train.stages import STAGES, StageInputs
 from onesearch_ray.train.workflow import check_training_pairs, stage_inputs, trained_stage_model
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,7 @@ LISTS_FILE = "lists.parquet"
 PROMPTS_FILE = "prompts.parquet"
 HELDOUT_FILE = "heldout.parquet"
 JOB_FILE = "job.json"
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
 # (prompts, SID codes) -> (prompt token ids, SID token ids (N, L)), as the engines encode them
 Encoder = Callable[[Sequence[str], Sequence[Sequence[int]]], tuple[list[list[int]], torch.Tensor]]
 
@@ -100,7 +104,8 @@ Encoder = Callable[[Sequence[str], Sequence[Sequence[int]]], tuple[list[list[int
 class AlignJob:
     """Where one alignment stage trains; pickled to Ray Train workers."""
 
-    stage: str  # dpo | grpo
+    stage: str  # the algorithm: dpo | grpo
+    name: str  # the output: RUN/align/<name>/ (stage_dir), RUN/model/<name>, manifest train.<name>
     stage_dir: Path
     init_dir: Path  # the starting model: the policy's first weights and the frozen reference
     sid_dir: Path
@@ -319,7 +324,7 @@ def run_align_loop(
     if last is not None:
         start_step, optimizer_state = checkpoints.restore(last, policy)
         if rank == 0:
-            log.info("%s: resuming from %s (step %d)", job.stage, last.name, start_step)
+            log.info("%s: resuming from %s (step %d)", job.name, last.name, start_step)
     policy = wrap_model(policy) if wrap_model else policy.to(device)
     bare = getattr(policy, "module", policy)
     optimizer = torch.optim.AdamW(
@@ -376,7 +381,7 @@ def run_align_loop(
             if rank == 0:
                 log.info(
                     "%s step %d/%d %s",
-                    job.stage,
+                    job.name,
                     done,
                     config.max_steps,
                     {k: round(v, 4) for k, v in metrics.items()},
@@ -449,20 +454,24 @@ def align_stage(
     *,
     feedback: pa.Table | None = None,
     workers: int = 1,
+    name: str | None = None,
 ) -> Path:
-    """Build the stage's data (once), train it with ``train_stage``, and make ``RUN/model/<stage>``
-    the run's latest model. ``feedback``: the live feedback log's table (DPO phase 2 from it)."""
+    """Build the stage's data (once), train it with ``train_stage``, and make ``RUN/model/<name>``
+    the run's latest model. ``feedback``: the live feedback log's table (DPO phase 2 from it).
+    ``name`` (default: ``stage``): where the stage's data, checkpoints and model go."""
     if stage not in ALIGN_STAGES:
         raise ValueError(f"unknown alignment stage {stage!r} (known: {', '.join(ALIGN_STAGES)})")
     if feedback is not None and stage != "dpo":
         raise ValueError("--feedback trains DPO phase 2; it does not apply to grpo")
+    name = check_align_name(stage, stage if name is None else name)
     run = RunDir(run_dir)
-    done = trained_stage_model(run, stage)
+    stage_dir = (run / f"align/{name}").resolve()
+    _check_same_stage(stage_dir, stage, name)
+    done = trained_stage_model(run, name)
     if done is not None:
-        log.info("%s: already trained (%s); skipping", stage, done)
+        log.info("%s: already trained (%s); skipping", name, done)
         return done
-    stage_dir = (run / f"align/{stage}").resolve()
-    init_dir = _starting_model(run, stage_dir)
+    init_dir = _starting_model(run, stage_dir, stage)
     stage_config = config.dpo if stage == "dpo" else config.grpo
     inputs = stage_inputs(run.path, data)
     searches, heldout = split_searches(log_searches(inputs), stage_config.heldout_searches)
@@ -480,6 +489,7 @@ def align_stage(
         write_parquet(stage_dir / HELDOUT_FILE, held)
     job = AlignJob(
         stage,
+        name,
         stage_dir,
         init_dir,
         (run.path / "sid_tokenizer").resolve(),
@@ -502,6 +512,7 @@ def align_run(
     feedback: str | Path | None = None,
     max_steps: int | None = None,
     workers: int = 1,
+    name: str | None = None,
 ) -> Path:
     """:func:`align_stage` with its configs read from ``config_path`` (``align:`` and ``rewards:``)
     and the live feedback log read from ``feedback`` (a missing or bad log is a clear error)."""
@@ -521,12 +532,30 @@ def align_run(
         train_stage,
         feedback=table,
         workers=workers,
+        name=name,
     )
 
 
 def align_options(args: argparse.Namespace, config: TrainConfig) -> dict[str, Any]:
     """The keyword arguments of :func:`align_run` from a CLI's parsed ``args`` and its TrainConfig."""
-    return {"feedback": args.feedback, "max_steps": args.max_steps, "workers": config.num_workers}
+    return {
+        "feedback": args.feedback,
+        "max_steps": args.max_steps,
+        "workers": config.num_workers,
+        "name": args.name,
+    }
+
+
+def check_align_name(stage: str, name: str) -> str:
+    """``name`` if it can name ``stage``'s output (``RUN/align/<name>``, ``RUN/model/<name>``): a plain
+    directory name, not an SFT stage's, ``init`` or the other alignment stage's."""
+    taken = {*STAGES, "init", *ALIGN_STAGES} - {stage}
+    if not _NAME.fullmatch(name) or name in (".", "..") or name in taken:
+        raise ValueError(
+            f"--name {name!r}: use a plain directory name (letters, digits, '-', '_', '.') other than "
+            f"{', '.join(sorted(taken))}"
+        )
+    return name
 
 
 def _grpo_training_prompts(inputs: StageInputs, searches: Sequence[Search], config: GRPOConfig) -> pa.Table:
@@ -538,15 +567,23 @@ def _grpo_training_prompts(inputs: StageInputs, searches: Sequence[Search], conf
     return prompts
 
 
-def _starting_model(run: RunDir, stage_dir: Path) -> Path:
+def _starting_model(run: RunDir, stage_dir: Path, stage: str) -> Path:
     """The run's latest model, recorded in ``job.json`` on the first attempt: a resumed stage keeps
     the model it started from."""
     path = stage_dir / JOB_FILE
     if path.exists():
         return Path(read_json(path)["init"])
     init_dir = latest_model_dir(run.path).resolve()
-    write_json(path, {"init": str(init_dir)})
+    write_json(path, {"init": str(init_dir), "stage": stage})
     return init_dir
+
+
+def _check_same_stage(stage_dir: Path, stage: str, name: str) -> None:
+    """A name once used by one algorithm is not resumed (or skipped) as the other."""
+    path = stage_dir / JOB_FILE
+    recorded = read_json(path).get("stage", stage) if path.exists() else stage
+    if recorded != stage:
+        raise ValueError(f"--name {name!r} is a {recorded} stage in {stage_dir}; pick another name")
 
 
 def _sources(lists: Sequence[PreferenceList]) -> str:
@@ -569,22 +606,22 @@ def heldout_report(job: AlignJob, model_dir: Path, rewards: ItemRewards) -> dict
 
 
 def finish_alignment(run: RunDir, job: AlignJob, workers: int, data: str, rewards: ItemRewards) -> Path:
-    """The last checkpoint as ``RUN/model/<stage>``, measured on the held-out searches before and
+    """The last checkpoint as ``RUN/model/<name>``, measured on the held-out searches before and
     after, recorded in the manifest."""
     chosen = checkpoints.latest(job.stage_dir)
     if chosen is None:
-        raise RuntimeError(f"{job.stage}: training finished without a checkpoint in {job.stage_dir}")
+        raise RuntimeError(f"{job.name}: training finished without a checkpoint in {job.stage_dir}")
     model, tokenizer = load_model(job.init_dir)
     step = checkpoints.load_weights(chosen, model)
-    final_dir = run / f"model/{job.stage}"
+    final_dir = run / f"model/{job.name}"
     save_model(model, tokenizer, final_dir)
     heldout = {
         "before": heldout_report(job, job.init_dir, rewards),
         "after": heldout_report(job, final_dir, rewards),
     }
-    log.info("%s on held-out searches: %s", job.stage, heldout)
+    log.info("%s on held-out searches: %s", job.name, heldout)
     run.record_stage(
-        f"train.{job.stage}",
+        f"train.{job.name}",
         config={job.stage: dataclasses.asdict(job.config), "workers": workers},
         inputs={"data": data, "init": str(job.init_dir)},
         outputs={

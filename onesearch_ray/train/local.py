@@ -5,7 +5,7 @@ Same run-directory layout, checkpoints, resume and final models as the Ray Train
 (``pipelines/train.py``); only the worker shell differs.
 
     python -m onesearch_ray.train.local --run RUN --data DIR [--config YAML] [--device cuda]
-    python -m onesearch_ray.train.local --run RUN --data DIR --stage dpo [--feedback LOG]
+    python -m onesearch_ray.train.local --run RUN --data DIR --stage dpo [--feedback LOG] [--name NAME]
 """
 
 from __future__ import annotations
@@ -50,10 +50,13 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--stage", default="all", choices=[*STAGES, "all", *ALIGN_STAGES])
     parser.add_argument("--config", help="YAML file with `train:` (and `align:`, `rewards:`) sections")
     parser.add_argument("--feedback", help="dpo: the server's live feedback log (phase 2 from it)")
+    parser.add_argument("--name", help="dpo/grpo: RUN/align/NAME and RUN/model/NAME (default: the stage)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", help="model size preset: tiny, small, base, large")
     parser.add_argument("--max-steps", type=int, help="cap every stage at this many steps (smoke runs)")
     args = parser.parse_args(argv)
+    if args.name is not None and args.stage not in ALIGN_STAGES:
+        parser.error("--name applies to --stage dpo or grpo only")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     config = load_train_config(args.config, size=args.size, max_steps=args.max_steps)
