@@ -130,6 +130,13 @@ def test_listwise_dpo_masks_missing_negatives():
     assert torch.isfinite(grad).all() and grad[0, 2] == 0
 
 
+def test_listwise_dpo_near_ties_weigh_as_the_minimum_gap():
+    """A negative a hair below the positive weighs as one min_gap below it, not ~1e9 times more."""
+    near_tie = listwise_dpo_loss(**_toy(reward_neg=_t([1.0, 3.0 - 1e-6])), beta=0.5).loss
+    at_min_gap = listwise_dpo_loss(**_toy(reward_neg=_t([1.0, 2.9])), beta=0.5).loss
+    assert near_tie.item() == pytest.approx(at_min_gap.item()) and near_tie.item() < 10
+
+
 def test_listwise_dpo_rejects_bad_input():
     with pytest.raises(ValueError, match="below max"):
         listwise_dpo_loss(**_toy(reward_neg=_t([1.0, 3.0])), beta=0.5)

@@ -36,6 +36,7 @@ def listwise_dpo_loss(
     alpha: float = 1.5,
     sft_weight: float = 0.0,
     guard_weight: float = 0.0,
+    min_gap: float = 0.1,
 ) -> ListwiseDPOLoss:
     """One positive against K negatives per row, weighted by the reward gap.
 
@@ -47,7 +48,8 @@ def listwise_dpo_loss(
 
     with guard = guard_weight * relu(logref(y+) - logpi(y+)) (inside the weighted difference, as in
     the reference code), so a positive that falls below the reference is pushed harder. w_k is
-    largest for small gaps: near-ties are the pairs the policy still confuses.
+    largest for small gaps: near-ties are the pairs the policy still confuses; a gap counts as at
+    least ``min_gap``, which bounds w_k (the paper leaves it unbounded).
     """
     if policy_neg.dim() != 2:
         raise ValueError(
@@ -73,7 +75,9 @@ def listwise_dpo_loss(
     if (gap[neg_mask] <= 0).any():
         raise ValueError("listwise_dpo_loss: a negative's reward must be below max(R+, 1)")
     # Masked entries get gap 1 before the power: a NaN there would poison the gradient through where().
-    weight = torch.where(neg_mask, gap, torch.ones_like(gap)).pow(-alpha) + 1.0
+    # Gaps below min_gap count as min_gap: the paper's weight is unbounded for near-ties (a gap of
+    # 0.001 weighs ~3e4 at alpha 1.5) and one such pair would swamp its batch.
+    weight = torch.where(neg_mask, gap.clamp(min=min_gap), torch.ones_like(gap)).pow(-alpha) + 1.0
     chosen = policy_pos - reference_pos
     guard = guard_weight * torch.relu(reference_pos - policy_pos)
     logits = weight * beta * (guard[:, None] + (policy_neg - reference_neg) - chosen[:, None])
