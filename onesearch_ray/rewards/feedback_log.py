@@ -161,29 +161,7 @@ class FeedbackLog:
 
     def to_table(self) -> pa.Table:
         """One row per shown item per impression, with the strongest event on it (LIVE_FEEDBACK_SCHEMA)."""
-        rows = (
-            self._connect()
-            .execute(
-                """
-                SELECT i.impression_id, CAST(i.created AS INTEGER), i.user_id, i.query, i.prompt,
-                       s.position, s.item_id, s.sid, COALESCE(MAX(e.event), ?), i.model_dir
-                FROM impressions i JOIN shown s ON s.impression_id = i.impression_id
-                LEFT JOIN events e ON e.impression_id = s.impression_id AND e.item_id = s.item_id
-                GROUP BY s.impression_id, s.item_id
-                ORDER BY i.created, i.impression_id, s.position
-                """,
-                (int(Event.SHOWN),),
-            )
-            .fetchall()
-        )
-        columns = list(zip(*rows, strict=True)) if rows else [[] for _ in LIVE_FEEDBACK_SCHEMA]
-        return pa.Table.from_arrays(
-            [
-                pa.array(list(values), type=field.type)
-                for values, field in zip(columns, LIVE_FEEDBACK_SCHEMA, strict=True)
-            ],
-            schema=LIVE_FEEDBACK_SCHEMA,
-        )
+        return _export(self._connect())
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
@@ -212,14 +190,34 @@ def read_feedback(path: str | Path) -> pa.Table:
             f"feedback log {path}: no such file (the server writes it; see `onesearch serve`)"
         )
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
             tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not {"impressions", "shown", "events"} <= tables:
+                raise FeedbackError(
+                    f"feedback log {path}: not a OneSearch feedback log (tables {sorted(tables)})"
+                )
+            return _export(db)
     except sqlite3.DatabaseError as err:
         raise FeedbackError(f"feedback log {path}: not a readable SQLite database ({err})") from None
-    if not {"impressions", "shown", "events"} <= tables:
-        raise FeedbackError(f"feedback log {path}: not a OneSearch feedback log (tables {sorted(tables)})")
-    log = FeedbackLog(path)
-    try:
-        return log.to_table()
-    finally:
-        log.close()
+
+
+def _export(db: sqlite3.Connection) -> pa.Table:
+    rows = db.execute(
+        """
+        SELECT i.impression_id, CAST(i.created AS INTEGER), i.user_id, i.query, i.prompt,
+               s.position, s.item_id, s.sid, COALESCE(MAX(e.event), ?), i.model_dir
+        FROM impressions i JOIN shown s ON s.impression_id = i.impression_id
+        LEFT JOIN events e ON e.impression_id = s.impression_id AND e.item_id = s.item_id
+        GROUP BY s.impression_id, s.item_id
+        ORDER BY i.created, i.impression_id, s.position
+        """,
+        (int(Event.SHOWN),),
+    ).fetchall()
+    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in LIVE_FEEDBACK_SCHEMA]
+    return pa.Table.from_arrays(
+        [
+            pa.array(list(values), type=field.type)
+            for values, field in zip(columns, LIVE_FEEDBACK_SCHEMA, strict=True)
+        ],
+        schema=LIVE_FEEDBACK_SCHEMA,
+    )
