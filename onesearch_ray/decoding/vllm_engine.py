@@ -83,11 +83,12 @@ def default_vllm_kwargs(cuda: bool, compile: bool | None = None) -> dict[str, An
 
 
 class VLLMEngine:
-    """Exact trie-constrained beam search over SIDs on an in-process ``vllm.LLM``."""
+    """Exact trie-constrained beam search over SIDs on an in-process ``vllm.LLM``.
 
-    # vLLM keeps its forward context per process: two engines here (a model swap loads the next
-    # beside the serving one) must never step at once, nor one load while another steps.
-    _process_lock = threading.RLock()
+    One live engine per process: vLLM keeps its parallel state per process, and creating a second
+    ``LLM`` left the first failing its next step ("pipeline model parallel group is not
+    initialized"). To change models, drop the old engine first (``SearchService.swap_model``).
+    """
 
     def __init__(
         self, llm: Any, tokenizer: Any, position_token_ids: Sequence[np.ndarray], trie: SidTrie
@@ -114,7 +115,7 @@ class VLLMEngine:
             "tokens": scheduler.max_num_batched_tokens,
             "kv_blocks": cache.num_gpu_blocks or sys.maxsize,  # None until vLLM has sized its cache
         }
-        self._lock = VLLMEngine._process_lock  # one driver at a time (the LLM is not thread-safe)
+        self._lock = threading.Lock()  # one driver at a time (the LLM is not thread-safe)
         self._running: dict[int, SearchState] = {}
         self._progress: dict[int, tuple[int, int]] = {}  # search id -> (depth, steps without progress)
         self._trie = self._checked(trie)
@@ -159,10 +160,9 @@ class VLLMEngine:
 
             position_token_ids = SidVocabulary.load(model_dir).position_token_ids
         tokenizer = load_tokenizer(model_dir)
-        with cls._process_lock:
-            engine = cls(LLM(model=str(model_dir), **kwargs), tokenizer, position_token_ids, trie)
-            if warmup:
-                engine.warmup()
+        engine = cls(LLM(model=str(model_dir), **kwargs), tokenizer, position_token_ids, trie)
+        if warmup:
+            engine.warmup()
         return engine
 
     def warmup(self, prompt: str = "<|answer|>", beam: int = 8) -> None:

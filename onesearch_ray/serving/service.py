@@ -4,8 +4,8 @@ Pure Python (no Ray): ``serve_apps/search_app.py`` wraps it in a Ray Serve deplo
 catalogue is live: ``add_items`` encodes new items with the frozen KHQE codebooks, puts each on the
 trained SID that describes it best (``SemanticIdTokenizer.add_items``: a SID the model generates)
 and swaps in a new trie version; searches already running keep the version they started with.
-The model is live too: ``swap_model`` loads another model of the run beside the serving one and
-switches to it; a search holds the engine it started with, so none in flight fails.
+The model is live too: ``swap_model`` lets the searches running finish, holds new ones back while
+it replaces the engine with one for another model of the run, then lets them run on it: none fails.
 
 With a feedback log every search is recorded as an impression (what was shown, from which
 prompt and model) and ``record_feedback`` stores clicks and orders against it: the data
@@ -14,6 +14,7 @@ prompt and model) and ``record_feedback`` stores clicks and orders against it: t
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import json
@@ -128,11 +129,9 @@ class SearchService:
         """A batch of requests; those sharing a beam width decode together. A request that cannot be
         served (unknown user, bad history) gets its error in its slot; the others are answered."""
         with self._swap_gate.searching():  # a model swap waits for this batch and holds the next back
-            return self._search(requests, self.engine, self.model_name)
+            return self._search(requests)
 
-    def _search(
-        self, requests: list[SearchRequest], engine: DecodingEngine, model: str
-    ) -> list[SearchResponse | Exception]:
+    def _search(self, requests: list[SearchRequest]) -> list[SearchResponse | Exception]:
         started = time.perf_counter()
         prompts: list[str | Exception] = []
         for request in requests:
@@ -146,7 +145,7 @@ class SearchService:
         for beam in sorted({b for b, p in zip(beams, prompts, strict=True) if isinstance(p, str)}):
             rows = [i for i, b in enumerate(beams) if b == beam and isinstance(prompts[i], str)]
             try:
-                found = engine.search([prompts[i] for i in rows], beam)
+                found = self.engine.search([prompts[i] for i in rows], beam)
             except SearchLimitError as err:  # prompt too long or beam too wide for this engine
                 for row in rows:
                     results[row] = BadRequestError(str(err))
@@ -154,7 +153,7 @@ class SearchService:
             elapsed = 1000 * (time.perf_counter() - started)
             for row, hits in zip(rows, found, strict=True):
                 request, items = requests[row], self._items(hits, requests[row].k)
-                impression = self._record(request, prompts[row], items, model)
+                impression = self._record(request, prompts[row], items, self.model_name)
                 results[row] = SearchResponse(
                     items=items, timing_ms=elapsed, trie_version=version, beam=beam, impression_id=impression
                 )
@@ -240,8 +239,8 @@ class SearchService:
     def swap_model(self, name: str) -> ModelInfo:
         """Serve model ``name`` (from ``available_models``, or its last part). Searches running finish
         on the old model; new ones wait while the next loads (seconds), then run on it: none fails."""
-        by_name = {model: model for model in self.available_models()}
-        by_name.update({Path(model).name: model for model in self.available_models()})
+        models = self.available_models()
+        by_name = {**{Path(model).name: model for model in models}, **{model: model for model in models}}
         if name not in by_name:
             raise UnknownModelError(
                 f"unknown model {name!r} (this run has: {', '.join(sorted(set(by_name.values())))})"
@@ -274,7 +273,7 @@ class SearchService:
     def add_items(self, request: AddItemsRequest) -> AddItemsResponse:
         """Encode new items with the frozen codebooks and make them searchable at once, on trained SIDs."""
         ids = [item.item_id for item in request.items]
-        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        repeated = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
         if repeated:
             raise ConflictError(f"items: item_id(s) {repeated[:5]} appear more than once in the request")
         with self._update_lock:
