@@ -46,6 +46,13 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="choose the cascade's re-rank weights on the simulator first (traffic of its own)",
     )
+    parser.add_argument(
+        "--feedback-log",
+        type=Path,
+        help="record the models' pages and the simulated users' clicks and orders in this feedback "
+        "log (SQLite, as `onesearch serve` keeps), to train on with `onesearch train --stage dpo "
+        "--feedback`; measure the result on traffic of another --seed",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--out", type=Path, help="output directory (default: RUN/simulation)")
 
@@ -58,7 +65,13 @@ def run_simulation(args: argparse.Namespace) -> dict:
         long_tail_share=args.long_tail_share,
         bootstrap=args.bootstrap,
     )
-    options = SystemOptions(engine=args.engine, beam=args.beam, seed=args.seed, tune_rerank=args.tune_rerank)
+    options = SystemOptions(
+        engine=args.engine,
+        beam=args.beam,
+        seed=args.seed,
+        tune_rerank=args.tune_rerank,
+        feedback_log=args.feedback_log,
+    )
     if not args.run.is_dir():
         raise FileNotFoundError(f"run directory {args.run} not found")
     if args.threads:

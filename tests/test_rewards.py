@@ -190,7 +190,7 @@ def test_relevance_from_judgments_then_intents_then_default(world):
     in_category = np.asarray(world.items["category"].to_pylist()) == intent["category"]
     assert np.all(grades[in_category] >= 2) and np.all(grades[~in_category] == 1)
     assert (grades == 3).any()
-    # Judgments only (a track read back from disk): unjudged pairs get the default.
+    # Judgments only (a track without its intents, e.g. Home Depot): unjudged pairs get the default.
     judged_only = RelevanceOracle(
         pa.table({"query_id": [1], "item_id": [5], "relevance": [8 / 3]}, schema=JUDGMENT_SCHEMA),
         unjudged=1.0,

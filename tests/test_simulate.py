@@ -9,7 +9,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from onesearch_ray.data import Event
 from onesearch_ray.eval.holdout import cold_holdout_mask
+from onesearch_ray.rewards.feedback_log import read_feedback
 from onesearch_ray.sim import (
     CascadeSystem,
     OracleSystem,
@@ -59,6 +61,12 @@ def test_oracle_beats_random_on_orders_with_an_interval_excluding_zero(world, tm
     assert orders["low"] > 0 and orders["rel_low"] > 0
     metrics = overall["oracle"]["metrics"]["orders_per_1k"]
     assert metrics["low"] <= metrics["value"] <= metrics["high"]
+    # Expected orders are what the drawn orders sample, with less noise: the paired interval narrows.
+    expected = overall["oracle"]["metrics"]["expected_orders_per_1k"]
+    assert metrics["low"] <= expected["value"] <= metrics["high"]
+    expected_gain = overall["oracle"]["vs_control"]["expected_orders_per_1k"]
+    assert expected_gain["low"] > 0
+    assert expected_gain["high"] - expected_gain["low"] < orders["high"] - orders["low"]
     assert overall["oracle"]["metrics"]["mean_relevance"]["value"] > 2.0
     assert overall["random"]["metrics"]["mean_relevance"]["value"] < 1.5
     # The cold-item slice counts only held-out items: the oracle shows them, random almost never.
@@ -121,7 +129,7 @@ def test_tune_rerank_keeps_the_best_point(world):
     grid = {"depth": (20,), "brand": (0.0, 0.6), "colour": (0.0,), "category": (0.0, 0.1)}
     chosen, points = tune_rerank(world, cascade, SimulationConfig(searches=120), grid)
     assert len(points) == 4
-    best = max(points, key=lambda point: point["orders_per_1k"])
+    best = max(points, key=lambda point: point["expected_orders_per_1k"])
     assert (chosen.brand, chosen.category) == (best["brand"], best["category"])
     assert cascade.rerank == chosen
 
@@ -154,8 +162,15 @@ def test_cli_on_a_trained_run_reports_every_system_and_slice(trained_small_run, 
     argv = ["simulate", "--run", str(trained_small_run), "--data", str(small_track), "--out", str(out)]
     argv += ["--system", "cascade", "--system", "sft", "--system", f"again={model}"]
     argv += ["--searches", "32", "--beam", "4", "--bootstrap", "200"]
+    argv += ["--feedback-log", str(tmp_path / "feedback.sqlite")]
     assert cli.main(argv) == 0
     report = json.loads((out / "simulation.json").read_text())
+    # The models' pages are impressions of the feedback log, the simulated clicks its events.
+    logged = read_feedback(tmp_path / "feedback.sqlite")
+    assert len(set(logged["impression_id"].to_pylist())) == 2 * 32  # sft and again; not the cascade
+    events = np.asarray(logged["event"].to_pylist())
+    ctr = report["slices"]["all"]["systems"]["sft"]["metrics"]["ctr"]["value"]
+    assert (events >= int(Event.CLICKED)).sum() == round(ctr * logged.num_rows) > 0
     assert set(report["systems"]) == {"cascade", "sft", "again"} and report["control"] == "cascade"
     assert set(report["slices"]) == SLICES - {"cold_start_items"}  # this run holds no item out
     for result in report["slices"].values():

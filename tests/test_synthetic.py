@@ -11,6 +11,7 @@ import pytest
 
 from onesearch_ray.data import (
     ITEM_SCHEMA,
+    DataError,
     Event,
     SyntheticConfig,
     generate_synthetic,
@@ -172,6 +173,13 @@ def test_write_and_load_round_trip(track, tmp_path):
     assert loaded.tables().keys() == track.tables().keys()
     for name, table in track.tables().items():
         assert loaded.tables()[name].equals(table), name
+    # The intents come back from synthetic_world.json: rewards grade every item, not just the judged.
+    assert loaded.extras["query_intent"] == track.extras["query_intent"]
+    (directory / "synthetic_world.json").write_text('{"query_intent": 3}')
+    with pytest.raises(DataError, match="synthetic_world.json.*query_intent"):
+        load_track(directory)
+    (directory / "synthetic_world.json").unlink()
+    assert "query_intent" not in load_track(directory).extras
     (directory / "track.json").unlink()  # still recognised by its files, sequences included
     bare = load_track(directory)
     assert (bare.name, bare.format) == ("synthetic", "onesearch") and bare.sequences.equals(track.sequences)

@@ -5,7 +5,9 @@ Formats (auto-detected; ``format=`` forces one):
 - ``homedepot``: products.parquet, queries.parquet, judgments.parquet (search, graded relevance)
 - ``amazon18``: items.parquet, sequences.parquet (personalisation; reference_sid goes to ``extras``)
 - ``onesearch``: items, queries, judgments, interactions, users (+ optional sequences) .parquet,
-  and a ``track.json`` manifest when written by :func:`write_track`.
+  and a ``track.json`` manifest when written by :func:`write_track`; a synthetic track's
+  ``synthetic_world.json`` (its query intents) goes to ``extras["query_intent"]``, so rewards and
+  evaluation know the relevance of every item, not only of the judged ones.
 
 Every table is cast to its schema and checked (ids unique, references resolve); any problem is a
 :class:`DataError` naming the file, row and field.
@@ -37,6 +39,7 @@ from onesearch_ray.data.schemas import (
 from onesearch_ray.io import read_json, write_json, write_parquet
 
 MANIFEST = "track.json"
+WORLD_FILE = "synthetic_world.json"  # a synthetic track's generating config and query intents
 TABLES = ("items", "queries", "judgments", "interactions", "users", "sequences")
 # Files each format needs, in detection order; onesearch also accepts sequences.parquet.
 FORMAT_FILES: dict[str, tuple[str, ...]] = {
@@ -212,7 +215,19 @@ def _load_onesearch(root: Path) -> Track:
     raw = _read_files(root, {f.removesuffix(".parquet"): f for f in wanted})
     if "items" not in raw:
         raise DataError(root / MANIFEST, None, "tables", "a track needs an items table")
-    return Track(name=name, root=root, format="onesearch", **validate_tables(raw, root))
+    extras = {"query_intent": read_query_intents(root)} if (root / WORLD_FILE).is_file() else {}
+    return Track(name=name, root=root, format="onesearch", extras=extras, **validate_tables(raw, root))
+
+
+def read_query_intents(root: Path) -> dict[int, dict[str, str]]:
+    """The query intents (by query id) in a synthetic track's :data:`WORLD_FILE`."""
+    path = root / WORLD_FILE
+    try:
+        return {int(q): dict(intent) for q, intent in read_json(path)["query_intent"]}
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(
+            path, None, "query_intent", f"expected [[query_id, {{kind: value}}], ...]: {err}"
+        ) from err
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

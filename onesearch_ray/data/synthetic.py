@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from onesearch_ray.config import require_non_negative
-from onesearch_ray.data.loaders import Track, write_track
+from onesearch_ray.data.loaders import WORLD_FILE, Track, read_query_intents, write_track
 from onesearch_ray.data.schemas import (
     INTERACTION_SCHEMA,
     ITEM_SCHEMA,
@@ -170,7 +170,6 @@ CATEGORIES: tuple[_Category, ...] = (
         ("1 m", "2 m", "3 m"),
     ),
 )
-WORLD_FILE = "synthetic_world.json"  # beside the tables: what they do not hold (config, query intents)
 SHARED_BRANDS = ("Acme", "HomeCraft", "Everyday", "Northwind")
 COLOURS = (
     "black",
@@ -319,9 +318,8 @@ def read_world(directory: str | os.PathLike) -> tuple[SyntheticConfig, dict[int,
             f"{path} not found: not a synthetic track, or written before {WORLD_FILE} existed "
             "(write it again with `onesearch synth`)"
         )
-    payload = read_json(path)
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()}
-    return SyntheticConfig(**fields), {int(q): dict(intent) for q, intent in payload["query_intent"]}
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in read_json(path)["config"].items()}
+    return SyntheticConfig(**fields), read_query_intents(path.parent)
 
 
 def click_model(

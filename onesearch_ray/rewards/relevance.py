@@ -3,10 +3,11 @@
 Sources, first that knows the pair wins:
 
 1. graded judgments (Home Depot: means of 1..3 ratings; synthetic: 3 / 2 / 1 for a sample of items);
-2. the synthetic world's known intent (``track.extras["query_intent"]``, in memory only: a track read
-   back from disk has lost it): 3 when the item satisfies the whole intent (category, entity and every
-   attribute constraint), 2 when it is in the query's category only, 1 otherwise -- the generator's own
-   rule, so every item of the catalogue has a known grade, not just the ~35 judged per query;
+2. the synthetic world's known intent (``track.extras["query_intent"]``, kept on disk in
+   ``synthetic_world.json`` beside the tables): 3 when the item satisfies the whole intent
+   (category, entity and every attribute constraint), 2 when it is in the query's category only, 1
+   otherwise -- the generator's own rule, so every item of the catalogue has a known grade, not just
+   the ~35 judged per query;
 3. ``unjudged`` (default 1.0, "irrelevant"), as evaluation treats unjudged items (NDCG gain 0).
 """
 

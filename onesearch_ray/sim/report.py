@@ -13,8 +13,16 @@ LABELS = {
     "ctr": "CTR",
     "cvr": "CVR",
     "mean_relevance": "mean relevance shown",
+    "expected_orders_per_1k": "expected orders / 1k",
 }
-_DIGITS = {"orders_per_1k": 1, "buyers_per_1k": 1, "ctr": 4, "cvr": 3, "mean_relevance": 3}
+_DIGITS = {
+    "orders_per_1k": 1,
+    "buyers_per_1k": 1,
+    "ctr": 4,
+    "cvr": 3,
+    "mean_relevance": 3,
+    "expected_orders_per_1k": 1,
+}
 
 
 def _interval(entry: dict, digits: int) -> str:
@@ -86,7 +94,9 @@ def _whiskers(entries: list[dict]) -> tuple[list[float], list[list[float]]]:
 
 
 def plot_report(
-    report: dict, path: Path, metrics: tuple[str, ...] = ("orders_per_1k", "ctr", "mean_relevance")
+    report: dict,
+    path: Path,
+    metrics: tuple[str, ...] = ("orders_per_1k", "expected_orders_per_1k", "ctr", "mean_relevance"),
 ) -> Path:
     """Bars with interval whiskers: one row per metric, one column per slice, a bar per system."""
     import matplotlib

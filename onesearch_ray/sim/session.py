@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import psutil
 
-from onesearch_ray.sim.systems import SearchSystem, SimRequest
+from onesearch_ray.sim.systems import FeedbackRecorder, SearchSystem, SimRequest
 from onesearch_ray.sim.world import World
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,12 @@ OUTCOME_COLUMNS = (
     "clicks",
     "orders",
     "relevance_sum",
+    "expected_orders",
     "cold_impressions",
     "cold_clicks",
     "cold_orders",
     "cold_relevance_sum",
+    "cold_expected_orders",
 )
 
 
@@ -166,34 +168,71 @@ def run_system(system: SearchSystem, world: World, traffic: Traffic, config: Sim
             raise ValueError(
                 f"system {system.name!r} returned item ids not in the catalogue: {sorted(unknown)[:5]}"
             )
-        for i, request, page in zip(rows, requests, pages, strict=True):
-            outcomes[i] = page_outcome(world, traffic, i, request.query_id, page, config.page_size)
+        for row, (i, request, page) in enumerate(zip(rows, requests, pages, strict=True)):
+            events = page_events(world, traffic, i, request.query_id, page, config.page_size)
+            outcomes[i] = events.outcome(world)
+            if isinstance(system, FeedbackRecorder):
+                system.record_feedback(row, events.clicked_items(), events.ordered_items())
         if start // config.batch_size % 25 == 0:
             log.info("%s: %d / %d searches", system.name, rows[-1] + 1, len(traffic))
     return SystemRun(outcomes, cpu, wall)
+
+
+@dataclass
+class PageEvents:
+    """What one simulated user did with one page: the items shown (best first) and, per item, its
+    relevance, whether it was clicked and ordered, and its P(order) under the behaviour model."""
+
+    shown: list[int]
+    relevance: np.ndarray
+    clicked: np.ndarray
+    ordered: np.ndarray
+    p_order: np.ndarray
+
+    def clicked_items(self) -> list[int]:
+        return [item for item, hit in zip(self.shown, self.clicked, strict=True) if hit]
+
+    def ordered_items(self) -> list[int]:
+        return [item for item, hit in zip(self.shown, self.ordered, strict=True) if hit]
+
+    def outcome(self, world: World) -> np.ndarray:
+        """The page's OUTCOME_COLUMNS."""
+        if not self.shown:
+            return np.zeros(len(OUTCOME_COLUMNS))
+        cold = np.array([item in world.cold_items for item in self.shown])
+        return np.array(
+            [
+                len(self.shown),
+                self.clicked.sum(),
+                self.ordered.sum(),
+                self.relevance.sum(),
+                self.p_order.sum(),
+                cold.sum(),
+                (self.clicked & cold).sum(),
+                (self.ordered & cold).sum(),
+                self.relevance[cold].sum(),
+                self.p_order[cold].sum(),
+            ],
+            dtype=np.float64,
+        )
+
+
+def page_events(
+    world: World, traffic: Traffic, i: int, query_id: int, page: Sequence[int], page_size: int
+) -> PageEvents:
+    """The user of search ``i`` of ``traffic`` shown the first ``page_size`` distinct items of ``page``."""
+    shown = [int(item) for item in dict.fromkeys(page)][:page_size]
+    if not shown:
+        empty = np.zeros(0)
+        return PageEvents([], empty, empty.astype(bool), empty.astype(bool), empty)
+    relevance, clicked, ordered, p_order = world.outcome(
+        int(traffic.user[i]), query_id, shown, traffic.u_click[i], traffic.u_order[i]
+    )
+    return PageEvents(shown, relevance, clicked, ordered, p_order)
 
 
 def page_outcome(
     world: World, traffic: Traffic, i: int, query_id: int, page: Sequence[int], page_size: int
 ) -> np.ndarray:
     """OUTCOME_COLUMNS of search ``i`` of ``traffic`` showing the first ``page_size`` of ``page``."""
-    shown = [int(item) for item in dict.fromkeys(page)][:page_size]
-    if not shown:
-        return np.zeros(len(OUTCOME_COLUMNS))
-    relevance, clicked, ordered = world.outcome(
-        int(traffic.user[i]), query_id, shown, traffic.u_click[i], traffic.u_order[i]
-    )
-    cold = np.array([item in world.cold_items for item in shown])
-    return np.array(
-        [
-            len(shown),
-            clicked.sum(),
-            ordered.sum(),
-            relevance.sum(),
-            cold.sum(),
-            (clicked & cold).sum(),
-            (ordered & cold).sum(),
-            relevance[cold].sum(),
-        ],
-        dtype=np.float64,
-    )
+    return page_events(world, traffic, i, query_id, page, page_size).outcome(world)

@@ -37,6 +37,7 @@ class SystemOptions:
     seed: int = 0  # the random system's stream
     rerank: RerankConfig = field(default_factory=RerankConfig)
     tune_rerank: bool = False  # cascade: choose the re-rank on the simulator first (sim.tune)
+    feedback_log: Path | None = None  # models: record impressions, clicks and orders here
 
     def __post_init__(self) -> None:
         from onesearch_ray.serving.engines import ENGINES
@@ -124,7 +125,7 @@ def _cascade(
     cascade = CascadeSystem(world, vectors, encoder, rerank, name=name)
     if tuning is not None:
         chosen, grid = tune_rerank(world, cascade, tuning)
-        best = sorted(grid, key=lambda point: -point["orders_per_1k"])[:5]
+        best = sorted(grid, key=lambda point: -point["expected_orders_per_1k"])[:5]
         log.info("re-rank tuned on %d searches of its own: %s; best points %s", tuning.searches, chosen, best)
         cascade.description += f", tuned on {tuning.searches} searches of its own (seed {tuning.seed + 1})"
     return cascade
@@ -135,10 +136,18 @@ def _service_builder(
 ) -> Callable[[], SearchSystem]:
     def build() -> SearchSystem:
         from onesearch_ray.eval.coldstart import add_items_live
+        from onesearch_ray.rewards.feedback_log import FeedbackLog
         from onesearch_ray.serving.engines import make_engine
         from onesearch_ray.serving.service import SearchService
 
-        service = SearchService(run, make_engine(options.engine), data=world.track.root, model_dir=model_dir)
+        log_file = FeedbackLog(options.feedback_log) if options.feedback_log else None
+        service = SearchService(
+            run,
+            make_engine(options.engine),
+            data=world.track.root,
+            model_dir=model_dir,
+            feedback_log=log_file,
+        )
         if world.cold_items:  # held out of training: they join the served catalogue live
             add_items_live(service, world.track, sorted(world.cold_items))
         return ServiceSystem(name, service, options.beam, options.engine)

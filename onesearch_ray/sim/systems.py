@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -37,6 +37,16 @@ class SearchSystem(Protocol):
 
     def search(self, requests: Sequence[SimRequest], k: int) -> list[list[int]]:
         """Item ids, best first, at most ``k`` per request."""
+        ...
+
+
+@runtime_checkable
+class FeedbackRecorder(Protocol):
+    """A system that logs what the simulated users did with its last batch of pages, as a live
+    server's ``/feedback`` would (``onesearch simulate --feedback-log``)."""
+
+    def record_feedback(self, row: int, clicked: Sequence[int], ordered: Sequence[int]) -> None:
+        """Clicks and orders on the page of request ``row`` of the last ``search`` call."""
         ...
 
 
@@ -149,11 +159,14 @@ class CascadeSystem:
 
 
 class ServiceSystem:
-    """A trained model through ``SearchService.search`` (as ``/search`` answers), beam ``beam``."""
+    """A trained model through ``SearchService.search`` (as ``/search`` answers), beam ``beam``; with
+    the service's feedback log, every page is an impression and the users' clicks and orders are
+    recorded against it (``record_feedback``): the traffic becomes training data for ``--feedback``."""
 
     def __init__(self, name: str, service: SearchService, beam: int, engine: str) -> None:
         self.name, self.service, self.beam = name, service, beam
         self.description = f"{service.model_dir} ({engine} engine, beam {beam})"
+        self._impressions: list[str | None] = []
 
     def search(self, requests: Sequence[SimRequest], k: int) -> list[list[int]]:
         from onesearch_ray.serving.schemas import MAX_QUERY_CHARS, SearchRequest
@@ -169,4 +182,17 @@ class ServiceSystem:
             if isinstance(answer, Exception):
                 raise RuntimeError(f"{self.name}: search for {request.query!r} failed: {answer}") from answer
             pages.append([hit.item_id for hit in answer.items])
+        self._impressions = [answer.impression_id for answer in answers]
         return pages
+
+    def record_feedback(self, row: int, clicked: Sequence[int], ordered: Sequence[int]) -> None:
+        from onesearch_ray.serving.schemas import FeedbackRequest
+
+        impression = self._impressions[row]
+        if impression is None:  # the service keeps no feedback log
+            return
+        events = [(item, "click") for item in clicked] + [(item, "order") for item in ordered]
+        for item, action in events:
+            self.service.record_feedback(
+                FeedbackRequest(impression_id=impression, item_id=item, action=action)
+            )

@@ -146,14 +146,15 @@ class World:
 
     def outcome(
         self, user: int, query_id: int, item_ids: Sequence[int], u_click: np.ndarray, u_order: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(relevance, clicked, ordered) per shown item, best position first, under the generator's
-        behaviour model; ``u_click`` and ``u_order`` are the search's uniform draws per position."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(relevance, clicked, ordered, P(order)) per shown item, best position first, under the
+        generator's behaviour model; ``u_click`` and ``u_order`` are the search's uniform draws per
+        position. P(order) = P(click) x P(order | click), the expectation the draws sample."""
         relevance = self.relevance(query_id, item_ids)
         p_click, p_order = click_model(self.behaviour, relevance, *self.likes(user, item_ids))
         n = len(relevance)
         clicked = u_click[:n] < p_click
-        return relevance, clicked, clicked & (u_order[:n] < p_order)
+        return relevance, clicked, clicked & (u_order[:n] < p_order), p_click * p_order
 
 
 def _session_counts(track: Track, column: str, keys: Sequence) -> np.ndarray:
