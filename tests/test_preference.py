@@ -180,6 +180,15 @@ def test_tpma_advantages_and_gates_on_a_hand_made_group():
     with_items = tpma_advantages(rollouts, truths, mask, item_rewards=items, w_item=0.5)
     z = torch.tensor(_zscores([8.4, 7.0, 1.0]))
     torch.testing.assert_close(with_items.advantages[0], expected + 0.5 * z[:, None])
+    torch.testing.assert_close(with_items.item_advantages[0], 0.5 * z)
+    # Ungated: the item term leaves the gated advantages; a std floor above the group's std (4.0
+    # here) scales the z-scores down instead of up.
+    ungated = tpma_advantages(
+        rollouts, truths, mask, item_rewards=items, w_item=0.5, gate_item_reward=False, item_std_floor=10.0
+    )
+    torch.testing.assert_close(ungated.advantages[0], expected)
+    centred = items[0] - items[0].mean()
+    torch.testing.assert_close(ungated.item_advantages[0], 0.5 * centred / (10.0 + 1e-8))
 
 
 def test_tpma_prompt_without_ground_truth_and_bad_groups():
@@ -205,6 +214,13 @@ def test_tpma_loss_value_and_gradient():
         -0.125
     )
     assert tpma_grpo_loss(logprobs, old, advantages, gates, old - 1.0, kl_weight=1.0).item() > -0.125
+    # An ungated item advantage per rollout reaches every position, whatever the gate.
+    item = torch.tensor([[2.0, -1.0]])
+    logprobs.grad = None
+    loss = tpma_grpo_loss(logprobs, old, advantages, gates, ungated_advantages=item)
+    assert loss.item() == pytest.approx(-(0.5 + 2.0 * 2 - 1.0 * 2) / 4)
+    loss.backward()
+    torch.testing.assert_close(logprobs.grad, -(gates * advantages + item[..., None]) / 4)
 
 
 # --- SID log-probs and short optimisations --------------------------------------------------------

@@ -202,6 +202,20 @@ def test_relevance_from_judgments_then_intents_then_default(world):
 # --- combined rewards and config ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_parses(path):
+    from onesearch_ray.khqe.build import load_khqe_config
+    from onesearch_ray.train.config import load_align_config, load_train_config
+
+    load_khqe_config(path)
+    load_train_config(path)
+    load_reward_config(path)
+    if path.name == "dpo_feedback.yaml":
+        assert load_align_config(path).dpo.phases == ("log",)
+    else:
+        load_align_config(path)
+
+
 def test_reward_config_from_yaml(tmp_path):
     assert load_reward_config(REPO / "configs" / "default.yaml") == RewardConfig()
     path = tmp_path / "c.yaml"

@@ -268,7 +268,13 @@ def grpo_step(
     size, group, length = out.codes.shape
     truth, truth_mask = truth_tensors(batch["truth"].to_pylist(), length)
     advantages = tpma_advantages(
-        torch.as_tensor(out.codes), truth, truth_mask, torch.as_tensor(out.rewards), config.w_item
+        torch.as_tensor(out.codes),
+        truth,
+        truth_mask,
+        torch.as_tensor(out.rewards),
+        config.w_item,
+        gate_item_reward=config.gate_item_reward,
+        item_std_floor=config.item_std_floor,
     )
     prompts = [p for p in batch["prompt"].to_pylist() for _ in range(group)]
     prompt_ids, sid_ids = encode(prompts, out.codes.reshape(-1, length).tolist())
@@ -283,6 +289,7 @@ def grpo_step(
         advantages.gates.to(device),
         reference_logprobs.view(size, group, length),
         config.kl_weight,
+        None if config.gate_item_reward else advantages.item_advantages.to(device),
     )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

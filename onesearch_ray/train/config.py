@@ -92,6 +92,11 @@ class GRPOConfig(OptimConfig):
     learning_rate: float = 5e-5
     group: int = 8  # G rollouts per prompt: the policy's top-G constrained beams
     w_item: float = 1.0  # weight of the group-normalised composite item reward in the advantage
+    # The paper gates the item reward with the prefix gates (True) and normalises by the group's std
+    # alone (floor 0); measured on the synthetic world, ungated with a floor of 1 reward unit is
+    # better (docs/benchmarks.md, "The reward loop on simulated traffic"; preference.tpma_advantages).
+    gate_item_reward: bool = False
+    item_std_floor: float = 1.0
     kl_weight: float = 0.05  # k3 KL guard to the frozen starting model
     max_prompts: int = 0  # train searches with a click used as prompts (a seeded sample; 0: all)
 
@@ -99,7 +104,7 @@ class GRPOConfig(OptimConfig):
         super().__post_init__()
         if self.group < 2:
             raise ValueError(f"grpo.group {self.group}: group normalisation needs >= 2 rollouts")
-        require_non_negative(self, ("w_item", "kl_weight", "max_prompts"), "grpo.")
+        require_non_negative(self, ("w_item", "item_std_floor", "kl_weight", "max_prompts"), "grpo.")
 
 
 @dataclass

@@ -100,14 +100,17 @@ def position_weights(length: int) -> torch.Tensor:
 
 
 class TPMAAdvantages(NamedTuple):
-    advantages: torch.Tensor  # (B, G, L)
+    advantages: torch.Tensor  # (B, G, L), gated in the loss
     gates: torch.Tensor  # (B, G, L), in [0, 1]
     prefix_rewards: torch.Tensor  # (B, G, L), R_{i,l}
+    item_advantages: torch.Tensor  # (B, G): w_item * the group-normalised item reward
 
 
-def group_normalize(values: torch.Tensor, dim: int) -> torch.Tensor:
-    """(x - mean) / (std + 1e-8) over ``dim`` (the G rollouts); unbiased std, as ``Tensor.std``."""
-    return (values - values.mean(dim=dim, keepdim=True)) / (values.std(dim=dim, keepdim=True) + GROUP_EPS)
+def group_normalize(values: torch.Tensor, dim: int, std_floor: float = 0.0) -> torch.Tensor:
+    """(x - mean) / (max(std, std_floor) + 1e-8) over ``dim`` (the G rollouts); unbiased std, as
+    ``Tensor.std``. The paper's form is ``std_floor`` 0."""
+    std = values.std(dim=dim, keepdim=True).clamp(min=std_floor)
+    return (values - values.mean(dim=dim, keepdim=True)) / (std + GROUP_EPS)
 
 
 def tpma_advantages(
@@ -116,6 +119,9 @@ def tpma_advantages(
     gt_mask: torch.Tensor | None = None,
     item_rewards: torch.Tensor | None = None,
     w_item: float = 0.0,
+    *,
+    gate_item_reward: bool = True,
+    item_std_floor: float = 0.0,
 ) -> TPMAAdvantages:
     """Per-position advantages and prefix gates of G rollouts per prompt (OneSearch-V2).
 
@@ -124,6 +130,13 @@ def tpma_advantages(
     0 after the first). R_{i,l} = max over ground truths of sum_{j<=l} w_j [o_ij = gt_j];
     A_{i,l} = group-normalised (R_{i,l} - R_{i,l-1}) + w_item * group-normalised item reward;
     g_{i,1} = 1, g_{i,l} = (best count of matches in positions < l) / (l - 1).
+
+    Two departures, off by default (the paper's form): ``gate_item_reward`` False leaves the item
+    term out of ``advantages`` (``item_advantages`` alone carries it, applied to every position
+    ungated by :func:`tpma_grpo_loss`): the gates close after the first position for most beams,
+    which match no clicked SID there, so the gated item reward teaches only the first code.
+    ``item_std_floor`` keeps a group whose rewards differ by noise (calibrated CTRs a hundredth apart)
+    from being blown up to unit-variance advantages.
     """
     batch, group, length = rollouts.shape
     if group < 2:
@@ -141,16 +154,19 @@ def tpma_advantages(
     prefix = (matches * weights).cumsum(dim=-1).amax(dim=2)  # (B, G, L)
     marginal = torch.diff(prefix, dim=-1, prepend=torch.zeros_like(prefix[..., :1]))
     advantages = group_normalize(marginal, dim=1)
+    item_advantages = torch.zeros((batch, group), device=advantages.device)
     if item_rewards is not None and w_item:
         if tuple(item_rewards.shape) != (batch, group):
             raise ValueError(
                 f"item_rewards has shape {tuple(item_rewards.shape)}, expected ({batch}, {group})"
             )
-        advantages = advantages + w_item * group_normalize(item_rewards.float(), dim=1)[..., None]
+        item_advantages = w_item * group_normalize(item_rewards.float(), dim=1, std_floor=item_std_floor)
+        if gate_item_reward:
+            advantages = advantages + item_advantages[..., None]
     best_count = matches.cumsum(dim=-1).amax(dim=2)  # (B, G, L): best matches in positions <= l
     gates = torch.ones_like(prefix)
     gates[..., 1:] = best_count[..., :-1] / torch.arange(1, length, device=gates.device)
-    return TPMAAdvantages(advantages, gates, prefix)
+    return TPMAAdvantages(advantages, gates, prefix, item_advantages)
 
 
 def tpma_grpo_loss(
@@ -160,14 +176,20 @@ def tpma_grpo_loss(
     gates: torch.Tensor,
     reference_logprobs: torch.Tensor | None = None,
     kl_weight: float = 0.0,
+    ungated_advantages: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """-(1 / GL) sum g * exp(logpi - logpi_old) * A per prompt, averaged over the batch; no clipping.
 
-    All inputs (B, G, L) per SID token. With ``reference_logprobs`` and ``kl_weight``, the KL guard
-    adds kl_weight * the mean of the k3 estimator exp(ref - pi) - (ref - pi) - 1 (>= 0, unbiased).
+    All inputs (B, G, L) per SID token. ``ungated_advantages`` (B, G), when given, is added to
+    g * A at every position of its rollout (the ungated item reward of :func:`tpma_advantages`).
+    With ``reference_logprobs`` and ``kl_weight``, the KL guard adds kl_weight * the mean of the k3
+    estimator exp(ref - pi) - (ref - pi) - 1 (>= 0, unbiased).
     """
     ratio = torch.exp(logprobs - old_logprobs.detach())
-    loss = -(gates * ratio * advantages).mean()
+    weights = gates * advantages
+    if ungated_advantages is not None:
+        weights = weights + ungated_advantages[..., None]
+    loss = -(ratio * weights).mean()
     if kl_weight:
         if reference_logprobs is None:
             raise ValueError("tpma_grpo_loss: kl_weight needs reference_logprobs")
