@@ -5,7 +5,10 @@ model directory of the run, e.g. RL stages): ``cascade`` (BM25 + dense RRF + per
 ``rrf``, ``random``, ``oracle``, ``sft`` (the run's last SFT stage) or ``NAME=MODEL_DIR``. A run
 encoded with ``--holdout-cold`` has its held-out items added to each model's catalogue live before
 the simulation (the cold-start item slice). Writes ``simulation.json``, ``simulation.md`` and
-``simulation.png`` to ``--out`` (default ``RUN/simulation``). Runs in this process (no Ray cluster).
+``simulation.png`` to ``--out`` (default ``RUN/simulation``). With ``--feedback-log LOG`` the models'
+pages and the simulated users' clicks and orders go to a feedback log, as ``/feedback`` records
+them: ``onesearch train --stage dpo --feedback LOG`` learns from it (``bench/feedback_loop.sh``).
+Runs in this process (no Ray cluster).
 
     python -m pipelines.simulate --run runs/quickstart --data runs/quickstart/data --searches 2000
 """
