@@ -6,8 +6,8 @@ Formats (auto-detected; ``format=`` forces one):
 - ``amazon18``: items.parquet, sequences.parquet (personalisation; reference_sid goes to ``extras``)
 - ``onesearch``: items, queries, judgments, interactions, users (+ optional sequences) .parquet,
   and a ``track.json`` manifest when written by :func:`write_track`; a synthetic track's
-  ``synthetic_world.json`` (its query intents) goes to ``extras["query_intent"]``, so rewards and
-  evaluation know the relevance of every item, not only of the judged ones.
+  ``synthetic_world.json`` (its query intents) goes to ``extras["query_intent"]``, so the rewards
+  know the relevance of every item, not only of the judged ones.
 
 Every table is cast to its schema and checked (ids unique, references resolve); any problem is a
 :class:`DataError` naming the file, row and field.

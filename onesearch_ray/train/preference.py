@@ -131,7 +131,8 @@ def tpma_advantages(
     A_{i,l} = group-normalised (R_{i,l} - R_{i,l-1}) + w_item * group-normalised item reward;
     g_{i,1} = 1, g_{i,l} = (best count of matches in positions < l) / (l - 1).
 
-    Two departures, off by default (the paper's form): ``gate_item_reward`` False leaves the item
+    Two departures from the paper, off in this function's defaults (the paper's form) and on in
+    ``GRPOConfig``'s (measured better): ``gate_item_reward`` False leaves the item
     term out of ``advantages`` (``item_advantages`` alone carries it, applied to every position
     ungated by :func:`tpma_grpo_loss`): the gates close after the first position for most beams,
     which match no clicked SID there, so the gated item reward teaches only the first code.
