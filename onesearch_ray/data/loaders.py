@@ -223,7 +223,16 @@ def read_query_intents(root: Path) -> dict[int, dict[str, str]]:
     """The query intents (by query id) in a synthetic track's :data:`WORLD_FILE`."""
     path = root / WORLD_FILE
     try:
-        return {int(q): dict(intent) for q, intent in read_json(path)["query_intent"]}
+        payload = read_json(path)
+    except ValueError as err:
+        raise DataError(path, None, None, str(err)) from err
+    return query_intents(payload, path)
+
+
+def query_intents(payload: Any, path: Path) -> dict[int, dict[str, str]]:
+    """The intents of a :data:`WORLD_FILE` already read from ``path`` (named in the error)."""
+    try:
+        return {int(q): dict(intent) for q, intent in payload["query_intent"]}
     except (ValueError, KeyError, TypeError) as err:
         raise DataError(
             path, None, "query_intent", f"expected [[query_id, {{kind: value}}], ...]: {err}"

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from onesearch_ray.config import require_non_negative
-from onesearch_ray.data.loaders import WORLD_FILE, Track, read_query_intents, write_track
+from onesearch_ray.data.loaders import WORLD_FILE, Track, query_intents, write_track
 from onesearch_ray.data.schemas import (
     INTERACTION_SCHEMA,
     ITEM_SCHEMA,
@@ -318,8 +318,9 @@ def read_world(directory: str | os.PathLike) -> tuple[SyntheticConfig, dict[int,
             f"{path} not found: not a synthetic track, or written before {WORLD_FILE} existed "
             "(write it again with `onesearch synth`)"
         )
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in read_json(path)["config"].items()}
-    return SyntheticConfig(**fields), read_query_intents(path.parent)
+    payload = read_json(path)
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()}
+    return SyntheticConfig(**fields), query_intents(payload, path)
 
 
 def click_model(

@@ -155,6 +155,7 @@ def process_cpu_seconds() -> float:
 def run_system(system: SearchSystem, world: World, traffic: Traffic, config: SimulationConfig) -> SystemRun:
     """Replay ``traffic`` against ``system``: pages, then the users' clicks and orders."""
     outcomes = np.zeros((len(traffic), len(OUTCOME_COLUMNS)))
+    recorder = system if isinstance(system, FeedbackRecorder) else None
     cpu = wall = 0.0
     for start in range(0, len(traffic), config.batch_size):
         rows = range(start, min(start + config.batch_size, len(traffic)))
@@ -171,8 +172,8 @@ def run_system(system: SearchSystem, world: World, traffic: Traffic, config: Sim
         for row, (i, request, page) in enumerate(zip(rows, requests, pages, strict=True)):
             events = page_events(world, traffic, i, request.query_id, page, config.page_size)
             outcomes[i] = events.outcome(world)
-            if isinstance(system, FeedbackRecorder):
-                system.record_feedback(row, events.clicked_items(), events.ordered_items())
+            if recorder is not None:
+                recorder.record_feedback(row, events.clicked_items(), events.ordered_items())
         if start // config.batch_size % 25 == 0:
             log.info("%s: %d / %d searches", system.name, rows[-1] + 1, len(traffic))
     return SystemRun(outcomes, cpu, wall)
