@@ -6,6 +6,7 @@ stage's held-out searches before and after (the numbers the stage records in the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sqlite3
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from onesearch_ray.data import load_track, write_track
 from onesearch_ray.data.schemas import Event
 from onesearch_ray.io import read_json
 from onesearch_ray.rewards import RewardConfig
@@ -35,10 +38,12 @@ from onesearch_ray.train.alignment import align_run, align_stage, run_align_loop
 from onesearch_ray.train.config import AlignConfig, DPOConfig, GRPOConfig, load_align_config
 from onesearch_ray.train.local import in_process_trainer
 from onesearch_ray.train.preference_data import (
+    cold_start_searches,
     feedback_preference_lists,
     item_rewards,
     log_searches,
     make_list,
+    track_searches,
 )
 from onesearch_ray.train.workflow import stage_inputs
 
@@ -154,6 +159,21 @@ def test_feedback_lists_per_impression(inputs):
         feedback_preference_lists(table.filter(pa.array([False] * 5 + [True])), inputs, rewards, negatives=8)
 
 
+def test_cold_start_prompts_ask_the_same_searches_as_a_new_user(inputs):
+    searches = log_searches(inputs)[:40]
+    cold = cold_start_searches(searches, inputs, 0.25, seed=0)
+    assert len(cold) == 10
+    by_session = {s.session_id: s for s in searches}
+    for search in cold:
+        warm = by_session[search.session_id]
+        context = inputs.behavior.cold_start_context(search.query_id)
+        text = inputs.behavior.query_text[search.query_id]
+        expected = inputs.builder.search_prompt(text, inputs.query_codes.get(search.query_id), context)
+        assert search.prompt == expected != warm.prompt
+        assert search.targets() == warm.targets() and search.recent_items == []
+    assert cold_start_searches(searches, inputs, 0.0, seed=0) == []
+
+
 def test_align_config_is_validated(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("align:\n  dpo: {betta: 0.1}\n")
@@ -163,6 +183,9 @@ def test_align_config_is_validated(tmp_path):
         DPOConfig(phases=("beams", "clicks"))
     with pytest.raises(ValueError, match="group"):
         GRPOConfig(group=1)
+    with pytest.raises(ValueError, match="cold_start_share"):
+        GRPOConfig(cold_start_share=1.5)
+    assert DPOConfig(phases=("targets",)).phases == ("targets",)
     assert load_align_config(None, max_steps=7).grpo.max_steps == 7
     assert load_align_config(Path(__file__).parents[1] / "configs/default.yaml") == AlignConfig()
 
@@ -343,13 +366,94 @@ def test_dpo_from_feedback_alone_on_a_track_without_a_log(sft_run, small_track, 
     config_path = tmp_path / "align.yaml"
     config_path.write_text("align:\n  dpo: {max_steps: 2, batch_size: 2, checkpoint_every: 2}\n")
     trainer = in_process_trainer("cpu", run_align_loop)
-    with pytest.raises(ValueError, match="needs --feedback LOG"):
+    with pytest.raises(ValueError, match="phase 'targets' .* or --feedback LOG"):
         align_run(sft_run, track, "dpo", config_path, trainer)
     align_run(sft_run, track, "dpo", config_path, trainer, feedback=log_path)
     lists = pq.read_table(sft_run / "align/dpo/lists.parquet")
     assert set(lists["source"].to_pylist()) == {"feedback"} and lists.num_rows == len(searches)
+    # measured on held-out judged queries: their relevant items against the starting model's beams
     heldout = read_json(sft_run / "manifest.json")["stages"]["train.dpo"]["outputs"]["heldout"]
-    assert heldout == {"before": {}, "after": {}}  # no logged searches to hold out
+    assert heldout["before"]["lists"] == heldout["after"]["lists"] > 0
+
+
+def _derived_track(small_track: Path, directory: Path, **tables) -> Path:
+    """The small track without its search log, with ``tables`` replaced (as Home Depot or Amazon;
+    the synthetic track also has purchase sequences, which a track without a log learns from first)."""
+    track = dataclasses.replace(load_track(small_track), interactions=None, **tables)
+    return write_track(track, directory)
+
+
+def _purchase_sequences(small_track: Path) -> pa.Table:
+    """Amazon-style rows from the small track's log: each user's clicked or ordered items in time
+    order, every prefix (at most 5 items) before the next one, split ``valid``."""
+    log = load_track(small_track).interactions
+    acted = log.filter(pc.greater_equal(log["event"], int(Event.CLICKED))).sort_by("timestamp")
+    by_user: dict[str, list[int]] = {}
+    for user, item in zip(acted["user_id"].to_pylist(), acted["item_id"].to_pylist(), strict=True):
+        by_user.setdefault(user, []).append(item)
+    rows = [
+        {"user_id": user, "history_item_ids": items[max(0, i - 5) : i], "item_id": items[i], "split": "valid"}
+        for user, items in sorted(by_user.items())
+        for i in range(1, len(items))
+    ]
+    return pa.Table.from_pylist(rows)
+
+
+TARGETS_YAML = """
+align:
+  dpo: {phases: [targets], max_steps: 40, max_prompts: 60, beam: 8, negatives: 4, batch_size: 8,
+        learning_rate: 1.0e-3, warmup_steps: 5, log_every: 10, checkpoint_every: 20, heldout_searches: 30}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["judged", "purchases"])
+def test_dpo_targets_on_tracks_without_a_search_log(sft_run, small_track, tmp_path, kind):
+    """Home Depot-like (judgments, no users) and Amazon-like (purchase sequences, no queries)
+    tracks: each search's targets against the SFT model's own beams move the model toward the
+    targets on held-out searches (measured, not assumed)."""
+    if kind == "judged":
+        track = _derived_track(small_track, tmp_path / "judged", users=None, sequences=None)
+    else:
+        sequences = _purchase_sequences(small_track)
+        track = _derived_track(
+            small_track, tmp_path / "purchases", queries=None, judgments=None, users=None, sequences=sequences
+        )
+    inputs = stage_inputs(sft_run, track)
+    searches = track_searches(inputs)
+    assert searches and all(s.targets() for s in searches)
+    if kind == "judged":
+        judged = inputs.track.judgments
+        relevant = {
+            (q, i)
+            for q, i, r in zip(
+                *(judged[c].to_pylist() for c in ("query_id", "item_id", "relevance")), strict=True
+            )
+            if r >= 2.67
+        }
+        assert all(s.events == {} and {(s.query_id, i) for i in s.relevant} <= relevant for s in searches)
+    else:
+        assert len(searches) == inputs.track.sequences.num_rows
+        assert all(s.query_id is None and list(s.events.values()) == [int(Event.ORDERED)] for s in searches)
+
+    config_path = tmp_path / "align.yaml"
+    config_path.write_text(TARGETS_YAML)
+    final = align_run(sft_run, track, "dpo", config_path, in_process_trainer("cpu", run_align_loop))
+    lists = pq.read_table(sft_run / "align/dpo/lists.parquet")
+    assert set(lists["source"].to_pylist()) == {"targets"} and lists.num_rows >= 60
+    positives = {tuple(p) for p in lists["positive"].to_pylist()}
+    every_target = {
+        tuple(int(c) for c in row) for s in searches for row in inputs.sids.item_codes(s.targets())
+    }
+    assert positives <= every_target
+    for positive, negatives in zip(
+        lists["positive"].to_pylist(), lists["negatives"].to_pylist(), strict=True
+    ):
+        assert positive not in negatives
+    record = read_json(sft_run / "manifest.json")["stages"]["train.dpo"]["outputs"]["heldout"]
+    before, after = record["before"], record["after"]
+    assert before["lists"] >= 20 and latest_model_dir(sft_run) == final
+    assert after["margin"] > before["margin"] + 0.2, (before, after)
 
 
 def test_cli_train_stage_choices(sft_run, small_track, capsys):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from onesearch_ray.decoding.trie import SidTrie
+from onesearch_ray.khqe.sid_tokenizer import SemanticIdTokenizer
 from onesearch_ray.prompts.tokenizer import encode_prompts, prompt_block
 
 
@@ -33,6 +34,14 @@ class DecodingEngine(Protocol):
     """Generates the best valid SIDs for prompts. Implementations: transformers (here), vLLM (serving)."""
 
     def search(self, prompts: Sequence[str], beam: int) -> list[list[SidHit]]: ...
+
+    @classmethod
+    def for_catalogue(cls, model, tokenizer, sids: SemanticIdTokenizer) -> TransformersEngine:
+        """The engine constrained to every SID of ``sids``' catalogue."""
+        from onesearch_ray.prompts import SidVocabulary
+
+        vocabulary = SidVocabulary.from_tokenizers(tokenizer, sids)
+        return cls(model, tokenizer, vocabulary.position_token_ids, SidTrie.of_catalogue(sids))
 
     def set_trie(self, trie: SidTrie) -> None:
         """Swap the SID constraint atomically; searches already running keep the trie they started with."""
@@ -71,6 +80,14 @@ class TransformersEngine:
         self.prompt_block = prompt_block(model.config)
         self.position_token_ids = [torch.as_tensor(ids, dtype=torch.long) for ids in position_token_ids]
         self.trie = trie
+
+    @classmethod
+    def for_catalogue(cls, model, tokenizer, sids: SemanticIdTokenizer) -> TransformersEngine:
+        """The engine constrained to every SID of ``sids``' catalogue."""
+        from onesearch_ray.prompts import SidVocabulary
+
+        vocabulary = SidVocabulary.from_tokenizers(tokenizer, sids)
+        return cls(model, tokenizer, vocabulary.position_token_ids, SidTrie.of_catalogue(sids))
 
     def set_trie(self, trie: SidTrie) -> None:
         self.trie = trie

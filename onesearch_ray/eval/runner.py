@@ -19,7 +19,6 @@ import pyarrow as pa
 
 from onesearch_ray.data import Track, load_track
 from onesearch_ray.decoding.beam import TransformersEngine
-from onesearch_ray.decoding.trie import SidTrie
 from onesearch_ray.eval.generative import next_item_prompts, rank_prompts, search_prompts
 from onesearch_ray.eval.metrics import (
     mean_distinct_items_at_k,
@@ -38,7 +37,7 @@ from onesearch_ray.khqe import EncoderConfig, SemanticIdTokenizer, catalogue_tex
 from onesearch_ray.khqe.cache import load_embeddings, store_embeddings
 from onesearch_ray.khqe.encoder import E5_ENCODER, TextEncoder, TextKind, make_encoder
 from onesearch_ray.model import load_model
-from onesearch_ray.prompts import PromptBuilder, PromptConfig, SidVocabulary
+from onesearch_ray.prompts import PromptBuilder, PromptConfig
 from onesearch_ray.runs import latest_model_dir
 from onesearch_ray.train.workflow import behavior_index, load_query_codes
 
@@ -64,9 +63,7 @@ class EvalConfig:
 def build_engine(run: Path, model_dir: Path | None = None) -> tuple[TransformersEngine, SemanticIdTokenizer]:
     sids = SemanticIdTokenizer.load(run / "sid_tokenizer")
     model, tokenizer = load_model(model_dir or latest_model_dir(run))
-    vocabulary = SidVocabulary.from_tokenizers(tokenizer, sids)
-    trie = SidTrie.of_catalogue(sids)
-    return TransformersEngine(model, tokenizer, vocabulary.position_token_ids, trie), sids
+    return TransformersEngine.for_catalogue(model, tokenizer, sids), sids
 
 
 def encoded_vectors(

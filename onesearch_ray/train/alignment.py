@@ -45,7 +45,6 @@ import pyarrow.parquet as pq
 import torch
 
 from onesearch_ray.decoding.beam import TransformersEngine
-from onesearch_ray.decoding.trie import SidTrie
 from onesearch_ray.io import read_json, write_json, write_parquet
 from onesearch_ray.khqe import SemanticIdTokenizer
 from onesearch_ray.model import load_model, save_model
@@ -55,6 +54,7 @@ from onesearch_ray.rewards import (
     RewardConfig,
     composite_item_reward,
     load_reward_config,
+    relevance_tier,
 )
 from onesearch_ray.runs import RunDir, latest_model_dir, write_latest_model
 from onesearch_ray.train import checkpoints
@@ -77,13 +77,14 @@ from onesearch_ray.train.preference_data import (
     PreferenceList,
     Search,
     build_dpo_lists,
+    cold_start_searches,
     grpo_prompts,
+    heldout_dpo_lists,
     item_rewards,
     lists_table,
-    log_preference_lists,
-    log_searches,
     sample,
     split_searches,
+    track_searches,
 )
 from onesearch_ray.train.stages import STAGES, StageInputs
 from onesearch_ray.train.workflow import check_training_pairs, stage_inputs, trained_stage_model
@@ -223,12 +224,12 @@ def rollout(
     clicked = [set(c) for c in batch["clicked"].to_pylist()]
     ordered = [set(o) for o in batch["ordered"].to_pylist()]
     flat = items.ravel().tolist()
-    queries = np.repeat(batch["query_id"].to_numpy(), group).tolist()
+    queries = [q for q in batch["query_id"].to_pylist() for _ in range(group)]  # None: no query
     reward = composite_item_reward(
         np.array([[i in ordered[b] for i in row] for b, row in enumerate(items)]),
         np.array([[i in clicked[b] for i in row] for b, row in enumerate(items)]),
         rewards.calibrated(flat).ctr.reshape(items.shape),
-        rewards.oracle.tiers(queries, flat).reshape(items.shape),
+        relevance_tier(rewards.grades(queries, flat)).reshape(items.shape),
         valid,
         rewards.config,
     )
@@ -352,9 +353,7 @@ def run_align_loop(
             return dpo_step(policy, reference, data.take(rows), optimizer, config, encode, device, pad_id)
     else:
         data = pq.read_table(job.stage_dir / PROMPTS_FILE)
-        engine = TransformersEngine(
-            bare, tokenizer, vocabulary.position_token_ids, SidTrie.of_catalogue(sids)
-        )
+        engine = TransformersEngine.for_catalogue(bare, tokenizer, sids)
 
         def step_fn(rows: np.ndarray) -> dict[str, float]:
             return grpo_step(
@@ -419,10 +418,7 @@ class ModelScorer:
         return cls(model.eval(), tokenizer, SemanticIdTokenizer.load(sid_dir))
 
     def engine(self) -> TransformersEngine:
-        vocabulary = SidVocabulary.from_tokenizers(self.tokenizer, self.sids)
-        return TransformersEngine(
-            self.model, self.tokenizer, vocabulary.position_token_ids, SidTrie.of_catalogue(self.sids)
-        )
+        return TransformersEngine.for_catalogue(self.model, self.tokenizer, self.sids)
 
     @torch.no_grad()
     def preference_margin(self, lists: pa.Table) -> float:
@@ -481,7 +477,7 @@ def align_stage(
     init_dir = _starting_model(run, stage_dir, stage)
     stage_config = config.dpo if stage == "dpo" else config.grpo
     inputs = stage_inputs(run.path, data)
-    searches, heldout = split_searches(log_searches(inputs), stage_config.heldout_searches)
+    searches, heldout = split_searches(track_searches(inputs), stage_config.heldout_searches)
     hidden = {s.session_id for s in heldout}
     scores = item_rewards(inputs, rewards, hidden)
     if not (stage_dir / HELDOUT_FILE).exists():  # written last: the data is complete
@@ -489,7 +485,7 @@ def align_stage(
             lists = build_dpo_lists(run.path, inputs, init_dir, config, scores, searches, feedback, hidden)
             write_parquet(stage_dir / LISTS_FILE, lists_table(lists))
             log.info("dpo: %d preference lists (%s)", len(lists), _sources(lists))
-            held = lists_table(log_preference_lists(heldout, inputs, scores, config.dpo.negatives))
+            held = lists_table(heldout_dpo_lists(inputs, init_dir, config.dpo, scores, heldout))
         else:
             write_parquet(stage_dir / PROMPTS_FILE, _grpo_training_prompts(inputs, searches, config.grpo))
             held = grpo_prompts(heldout, inputs)
@@ -566,7 +562,9 @@ def check_align_name(stage: str, name: str) -> str:
 
 
 def _grpo_training_prompts(inputs: StageInputs, searches: Sequence[Search], config: GRPOConfig) -> pa.Table:
-    prompts = grpo_prompts(sample(searches, config.max_prompts, config.seed), inputs)
+    chosen = sample(searches, config.max_prompts, config.seed)
+    chosen += cold_start_searches(chosen, inputs, config.cold_start_share, config.seed)
+    prompts = grpo_prompts(chosen, inputs)
     if prompts.num_rows == 0:
         raise ValueError("grpo: the track's log has no train search with a clicked item to learn from")
     check_training_pairs(inputs, "grpo", [(p, "") for p in prompts["prompt"].to_pylist()])

@@ -14,7 +14,9 @@ from onesearch_ray.train.distill import DistillConfig
 from onesearch_ray.train.selection import SelectionConfig
 from onesearch_ray.train.sft import SFTConfig
 
-DPO_PHASES = ("beams", "log")  # DPO's list sources: the model's own beams, the search log
+# DPO's list sources: the model's own beams re-ranked, the search log, the searches' targets (clicked
+# or ordered, bought next, judged relevant) against the beams; the default, the paper's two phases
+DPO_PHASES = ("beams", "log", "targets")
 
 
 def _default_stages() -> dict[str, SFTConfig]:
@@ -72,7 +74,7 @@ class DPOConfig(OptimConfig):
     sft_weight: float = 0.1  # lambda of the SFT anchor -log pi(y+)
     guard_weight: float = 0.0
     negatives: int = 8  # K, per list
-    phases: tuple[str, ...] = DPO_PHASES
+    phases: tuple[str, ...] = ("beams", "log")
     beam: int = 16  # phase 1: constrained beams decoded per prompt
     max_prompts: int = 200  # phase 1: prompts decoded (a seeded sample of the train searches; 0: all)
 
@@ -99,11 +101,17 @@ class GRPOConfig(OptimConfig):
     item_std_floor: float = 1.0
     kl_weight: float = 0.05  # k3 KL guard to the frozen starting model
     max_prompts: int = 0  # train searches with a click used as prompts (a seeded sample; 0: all)
+    # Share of the prompts also asked as a new user would ask them (the query's cold-start context
+    # instead of the user's history): the log's searches are warm users', and a policy tuned on them
+    # alone served new users worse (docs/benchmarks.md).
+    cold_start_share: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.group < 2:
             raise ValueError(f"grpo.group {self.group}: group normalisation needs >= 2 rollouts")
+        if not 0.0 <= self.cold_start_share <= 1.0:
+            raise ValueError(f"grpo.cold_start_share {self.cold_start_share}: expected a share in [0, 1]")
         require_non_negative(self, ("w_item", "item_std_floor", "kl_weight", "max_prompts"), "grpo.")
 
 

@@ -2,14 +2,19 @@
 
 - rewards of items for a query (:class:`ItemRewards`): calibrated CTR/CVR from the log's counts,
   graded relevance (``RelevanceOracle``);
-- the log's searches (:func:`log_searches`), prompted as SFT prompts them, the latest held out;
+- the searches the stages learn from (:func:`track_searches`): the search log's, prompted as SFT
+  prompts them; on a track without one, a search per ``valid`` sequence row (the next purchase as
+  its order: Amazon) or per judged train query (its relevant items: Home Depot), prompted as
+  evaluation prompts them; the latest held out;
 - DPO preference lists, one positive against up to K negatives whose reward is below max(R+, 1):
   ``beams`` (phase 1, :func:`beam_preference_lists`): the starting model's trie-constrained beams
   re-ranked by the combined reward (``preference_reward`` of the reward model's expected feedback
   level weight, the calibrated rate and the relevance grade, 10x); ``log`` (phase 2,
   :func:`log_preference_lists`): feedback levels 1-3 against 4-6; the live feedback log
   (:func:`feedback_preference_lists`): per impression, clicked or ordered against shown-not-clicked;
-- GRPO prompts (:func:`grpo_prompts`): searches with their clicked and ordered SIDs as ground truth.
+  ``targets`` (:func:`target_preference_lists`): each search's targets (clicked or ordered, bought
+  next, judged relevant) against the starting model's beams that score below them;
+- GRPO prompts (:func:`grpo_prompts`): searches with their targets' SIDs as ground truth.
 """
 
 from __future__ import annotations
@@ -26,9 +31,8 @@ import pyarrow.compute as pc
 
 from onesearch_ray.data import Event
 from onesearch_ray.decoding.beam import TransformersEngine
-from onesearch_ray.decoding.trie import SidTrie
+from onesearch_ray.eval.generative import next_item_prompts, search_prompts
 from onesearch_ray.model import load_model
-from onesearch_ray.prompts import SidVocabulary
 from onesearch_ray.rewards import (
     POSITIVE_LEVELS,
     CalibratedRates,
@@ -53,7 +57,7 @@ from onesearch_ray.rewards.model import (
     train_reward_model,
 )
 from onesearch_ray.train.config import AlignConfig, DPOConfig
-from onesearch_ray.train.stages import StageInputs
+from onesearch_ray.train.stages import StageInputs, positive_items_by_query
 from onesearch_ray.train.workflow import check_training_pairs
 
 log = logging.getLogger(__name__)
@@ -105,14 +109,55 @@ def without_sessions(interactions: pa.Table | None, sessions: Collection[int]) -
 # ---- searches of the log --------------------------------------------------------------------------
 @dataclass
 class Search:
-    """One logged search: its prompt as SFT builds it, the user's recent items and what was done."""
+    """One search: its prompt, the user's recent items, what was done and what is known to answer it."""
 
-    session_id: int
-    timestamp: int  # the search's first event
-    query_id: int
+    session_id: int  # a sequence row or a query id on tracks without a search log
+    timestamp: int  # the search's first event (the row or query order without a log)
+    query_id: int | None  # None: no query (a next-purchase prompt)
     prompt: str
     recent_items: list[int]
     events: dict[int, int]  # item_id -> strongest Event
+    relevant: list[int] = dataclasses.field(default_factory=list)  # judged relevant, no event
+
+    def targets(self) -> list[int]:
+        """Items known to answer the search: clicked or ordered, then judged relevant."""
+        acted = sorted(i for i, e in self.events.items() if e >= int(Event.CLICKED))
+        return acted + [i for i in self.relevant if i not in self.events]
+
+
+def track_searches(inputs: StageInputs) -> list[Search]:
+    """The train searches of the track: its search log's; without one, a search per ``valid``
+    sequence row if it has sequences, else per train query with a relevant judgment."""
+    if inputs.track.interactions is not None and inputs.behavior is not None:
+        return log_searches(inputs)
+    if inputs.track.sequences is not None:
+        return sequence_searches(inputs)
+    return judged_searches(inputs)
+
+
+def sequence_searches(inputs: StageInputs) -> list[Search]:
+    """Per training sequence row, the history prompted as evaluation prompts it and the next
+    purchase as its order (the purchase is the positive level)."""
+    rows = inputs.track.sequences
+    rows = rows.filter(pc.equal(rows["split"], inputs.sequence_split))
+    users, histories, targets = (rows[c].to_pylist() for c in ("user_id", "history_item_ids", "item_id"))
+    prompts = next_item_prompts(inputs.builder, users, histories)
+    return [
+        Search(row, row, None, prompt, list(history), {target: int(Event.ORDERED)})
+        for row, (prompt, history, target) in enumerate(zip(prompts, histories, targets, strict=True))
+    ]
+
+
+def judged_searches(inputs: StageInputs) -> list[Search]:
+    """Per train query with a relevant judgment, the cold-start prompt evaluation uses and the
+    relevant items (no events: judgments are not feedback)."""
+    relevant = positive_items_by_query(inputs)
+    queries = [(qid, text) for qid, text in inputs.train_queries() if qid in relevant]
+    prompts = search_prompts(inputs.builder, queries, inputs.query_codes, inputs.behavior)
+    return [
+        Search(qid, order, qid, prompt, [], {}, relevant[qid])
+        for order, ((qid, _), prompt) in enumerate(zip(queries, prompts, strict=True))
+    ]
 
 
 def log_searches(inputs: StageInputs, split: str = "train") -> list[Search]:
@@ -287,13 +332,8 @@ def feedback_preference_lists(
     items = table["item_id"].to_pylist()
     live = ItemRewards(rewards.config, rewards.oracle, _live_counts(items, events))
     query_id_of = _query_ids_by_text(inputs)
-    level = np.where(
-        events == int(Event.ORDERED),
-        int(FeedbackLevel.ORDERED),
-        np.where(events == int(Event.CLICKED), int(FeedbackLevel.CLICKED), int(FeedbackLevel.SHOWN)),
-    )
     reward = preference_reward(
-        level_weights(level, rewards.config.level_weights),
+        level_weights(event_levels(events), rewards.config.level_weights),
         live.calibrated(items).reward,
         live.grades([query_id_of.get(q.strip().lower()) for q in table["query"].to_pylist()], items),
         rewards.config,
@@ -319,6 +359,16 @@ def feedback_preference_lists(
             f"({table.num_rows} shown items, {int((events >= int(Event.CLICKED)).sum())} clicked or ordered)"
         )
     return lists
+
+
+def event_levels(events: np.ndarray) -> np.ndarray:
+    """The feedback level of items by their strongest event in the search: ordered 1, clicked 3,
+    shown 4."""
+    return np.where(
+        events == int(Event.ORDERED),
+        int(FeedbackLevel.ORDERED),
+        np.where(events == int(Event.CLICKED), int(FeedbackLevel.CLICKED), int(FeedbackLevel.SHOWN)),
+    )
 
 
 def _live_counts(items: list[int], events: np.ndarray) -> pa.Table:
@@ -389,6 +439,51 @@ def beam_preference_lists(
     return lists
 
 
+def target_preference_lists(
+    searches: Sequence[Search],
+    inputs: StageInputs,
+    rewards: ItemRewards,
+    engine: TransformersEngine,
+    config: DPOConfig,
+) -> list[PreferenceList]:
+    """Phase ``targets``: each target of a search (clicked or ordered, the next purchase, judged
+    relevant) against the starting model's constrained beams whose combined reward is below its own,
+    the model's favourites first. The feedback term is the item's logged level in the search (0 for
+    an item without an event), so on Home Depot relevance alone decides and on Amazon the purchase.
+    The model's own beams are the negatives the tracks without a search log do not log, and the
+    hardest ones: what the model would show instead."""
+    lists = []
+    for search in searches:
+        targets = [item for item in search.targets() if inputs.sids.has_item(item)]
+        if not targets:
+            continue
+        target_codes = [tuple(int(c) for c in row) for row in inputs.sids.item_codes(targets)]
+        beams = [
+            h.codes for h in engine.search([search.prompt], config.beam)[0] if h.codes not in target_codes
+        ]
+        codes = [*target_codes, *beams]
+        items = [*targets, *(inputs.sids.items_for_sid(c)[0] for c in beams)]
+        events = [search.events.get(item) for item in items]
+        acted = np.array([e is not None for e in events])
+        levels = event_levels(np.array([e if e is not None else int(Event.SHOWN) for e in events]))
+        feedback = np.where(acted, level_weights(levels, rewards.config.level_weights), 0.0)
+        reward = preference_reward(
+            feedback,
+            rewards.calibrated(items).reward,
+            rewards.grades([search.query_id] * len(items), items),
+            rewards.config,
+        )
+        beam_rows = list(range(len(targets), len(codes)))
+        for t in range(len(targets)):
+            order = [t, *beam_rows]
+            made = make_list(
+                search.prompt, [codes[j] for j in order], reward[order], 0, config.negatives, "targets"
+            )
+            if made is not None:
+                lists.append(made)
+    return lists
+
+
 def reward_model_for_run(
     run: Path, inputs: StageInputs, config: RewardModelConfig, hidden: Collection[int] = ()
 ) -> RewardModel:
@@ -406,6 +501,12 @@ def reward_model_for_run(
     return model
 
 
+def starting_engine(init_dir: Path, inputs: StageInputs) -> TransformersEngine:
+    """The starting model's trie-constrained decoder (phases ``beams`` and ``targets``)."""
+    model, tokenizer = load_model(init_dir)
+    return TransformersEngine.for_catalogue(model, tokenizer, inputs.sids)
+
+
 def build_dpo_lists(
     run: Path,
     inputs: StageInputs,
@@ -416,14 +517,12 @@ def build_dpo_lists(
     feedback: pa.Table | None = None,
     hidden: Collection[int] = (),
 ) -> list[PreferenceList]:
-    """All of the stage's lists: phase 1 beams, phase 2 from the live log when given, else the track's."""
+    """All of the stage's lists: phase 1 beams, phase 2 from the live log when given, else the
+    track's, and the searches' targets against the beams."""
     lists: list[PreferenceList] = []
-    if "beams" in config.dpo.phases and searches:  # tracks without a search log: live feedback only
-        model, tokenizer = load_model(init_dir)
-        vocabulary = SidVocabulary.from_tokenizers(tokenizer, inputs.sids)
-        engine = TransformersEngine(
-            model, tokenizer, vocabulary.position_token_ids, SidTrie.of_catalogue(inputs.sids)
-        )
+    has_log = inputs.track.interactions is not None
+    engine = starting_engine(init_dir, inputs) if {"beams", "targets"} & set(config.dpo.phases) else None
+    if "beams" in config.dpo.phases and has_log and searches:  # the reward model learns from the log
         reward_model = reward_model_for_run(run, inputs, config.reward_model, hidden)
         chosen = sample(searches, config.dpo.max_prompts, config.dpo.seed)
         lists += beam_preference_lists(chosen, inputs, rewards, engine, reward_model, config.dpo)
@@ -433,21 +532,51 @@ def build_dpo_lists(
         else:
             negatives, seed = config.dpo.negatives, config.dpo.seed
             lists += log_preference_lists(searches, inputs, rewards, negatives, seed, hidden)
+    if "targets" in config.dpo.phases:
+        chosen = sample(searches, config.dpo.max_prompts, config.dpo.seed)
+        lists += target_preference_lists(chosen, inputs, rewards, engine, config.dpo)
     if not lists:
         raise ValueError(
-            "dpo: no preference list could be built (no logged search with a preferred item; "
-            "a track without a search log needs --feedback LOG)"
+            f"dpo: no preference list could be built with phases {list(config.dpo.phases)} (no "
+            "logged search with a preferred item); a track without a search log needs phase "
+            "'targets' (its purchases or judgments) or --feedback LOG"
         )
     if feedback is None:  # live prompts are traffic, not the track's held-out queries
         check_training_pairs(inputs, "dpo", [(x.prompt, "") for x in lists])
     return lists
 
 
+def heldout_dpo_lists(
+    inputs: StageInputs, init_dir: Path, config: DPOConfig, rewards: ItemRewards, heldout: Sequence[Search]
+) -> list[PreferenceList]:
+    """The held-out searches' lists the stage is measured on: their logged ones, or on a track
+    without a search log their targets against the starting model's beams."""
+    if inputs.track.interactions is not None:
+        return log_preference_lists(heldout, inputs, rewards, config.negatives)
+    if not heldout:
+        return []
+    return target_preference_lists(heldout, inputs, rewards, starting_engine(init_dir, inputs), config)
+
+
+def cold_start_searches(
+    searches: Sequence[Search], inputs: StageInputs, share: float, seed: int
+) -> list[Search]:
+    """A seeded ``share`` of the query searches, prompted as a new user's: the query's cold-start
+    context instead of the user's history (the same targets)."""
+    asked = [s for s in searches if s.query_id is not None]
+    if not asked or share <= 0 or inputs.behavior is None:
+        return []
+    chosen = sample(asked, max(1, round(share * len(asked))), seed)
+    queries = [(s.query_id, inputs.behavior.query_text[s.query_id]) for s in chosen]
+    prompts = search_prompts(inputs.builder, queries, inputs.query_codes, inputs.behavior)
+    return [dataclasses.replace(s, prompt=p, recent_items=[]) for s, p in zip(chosen, prompts, strict=True)]
+
+
 # ---- GRPO prompts ---------------------------------------------------------------------------------
 PROMPT_SCHEMA = pa.schema(
     [
         pa.field("prompt", pa.string(), nullable=False),
-        pa.field("query_id", pa.int64(), nullable=False),
+        pa.field("query_id", pa.int64()),  # null: a next-purchase prompt
         pa.field("truth", pa.list_(pa.list_(pa.int64())), nullable=False),  # clicked/ordered SIDs
         pa.field("clicked", pa.list_(pa.int64()), nullable=False),  # item ids clicked (not ordered)
         pa.field("ordered", pa.list_(pa.int64()), nullable=False),
@@ -456,13 +585,14 @@ PROMPT_SCHEMA = pa.schema(
 
 
 def grpo_prompts(searches: Sequence[Search], inputs: StageInputs) -> pa.Table:
-    """Searches with at least one clicked or ordered item that has a SID: the ground truth."""
+    """Searches with at least one target that has a SID: the targets' SIDs are the ground truth."""
     rows = []
     for search in searches:
         clicked = [i for i, e in search.events.items() if e == int(Event.CLICKED) and inputs.sids.has_item(i)]
         ordered = [i for i, e in search.events.items() if e == int(Event.ORDERED) and inputs.sids.has_item(i)]
-        if clicked or ordered:
-            truth = [list(map(int, c)) for c in inputs.sids.item_codes(sorted(clicked + ordered))]
+        targets = [i for i in search.targets() if inputs.sids.has_item(i)]
+        if targets:
+            truth = [list(map(int, c)) for c in inputs.sids.item_codes(targets)]
             rows.append(
                 {
                     "prompt": search.prompt,
