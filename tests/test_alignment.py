@@ -38,11 +38,11 @@ from onesearch_ray.train.alignment import align_run, align_stage, run_align_loop
 from onesearch_ray.train.config import AlignConfig, DPOConfig, GRPOConfig, load_align_config
 from onesearch_ray.train.local import in_process_trainer
 from onesearch_ray.train.preference_data import (
-    cold_start_searches,
     feedback_preference_lists,
     item_rewards,
     log_searches,
     make_list,
+    new_user_searches,
     track_searches,
 )
 from onesearch_ray.train.workflow import stage_inputs
@@ -159,19 +159,19 @@ def test_feedback_lists_per_impression(inputs):
         feedback_preference_lists(table.filter(pa.array([False] * 5 + [True])), inputs, rewards, negatives=8)
 
 
-def test_cold_start_prompts_ask_the_same_searches_as_a_new_user(inputs):
+def test_new_user_prompts_ask_the_same_searches_as_serving_asks_for_a_new_user(inputs):
     searches = log_searches(inputs)[:40]
-    cold = cold_start_searches(searches, inputs, 0.25, seed=0)
-    assert len(cold) == 10
+    asked = new_user_searches(searches, inputs, 0.25, seed=0)
+    assert len(asked) == 10
     by_session = {s.session_id: s for s in searches}
-    for search in cold:
+    for search in asked:
         warm = by_session[search.session_id]
-        context = inputs.behavior.cold_start_context(search.query_id)
         text = inputs.behavior.query_text[search.query_id]
-        expected = inputs.builder.search_prompt(text, inputs.query_codes.get(search.query_id), context)
+        # serving.service.prompt_for with no user id and no history
+        expected = inputs.builder.search_prompt(text, inputs.query_codes.get(search.query_id), None)
         assert search.prompt == expected != warm.prompt
         assert search.targets() == warm.targets() and search.recent_items == []
-    assert cold_start_searches(searches, inputs, 0.0, seed=0) == []
+    assert new_user_searches(searches, inputs, 0.0, seed=0) == []
 
 
 def test_align_config_is_validated(tmp_path):
@@ -183,8 +183,8 @@ def test_align_config_is_validated(tmp_path):
         DPOConfig(phases=("beams", "clicks"))
     with pytest.raises(ValueError, match="group"):
         GRPOConfig(group=1)
-    with pytest.raises(ValueError, match="cold_start_share"):
-        GRPOConfig(cold_start_share=1.5)
+    with pytest.raises(ValueError, match="new_user_share"):
+        GRPOConfig(new_user_share=1.5)
     assert DPOConfig(phases=("targets",)).phases == ("targets",)
     assert load_align_config(None, max_steps=7).grpo.max_steps == 7
     assert load_align_config(Path(__file__).parents[1] / "configs/default.yaml") == AlignConfig()

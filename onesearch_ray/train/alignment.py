@@ -77,11 +77,11 @@ from onesearch_ray.train.preference_data import (
     PreferenceList,
     Search,
     build_dpo_lists,
-    cold_start_searches,
     grpo_prompts,
     heldout_dpo_lists,
     item_rewards,
     lists_table,
+    new_user_searches,
     sample,
     split_searches,
     track_searches,
@@ -563,7 +563,7 @@ def check_align_name(stage: str, name: str) -> str:
 
 def _grpo_training_prompts(inputs: StageInputs, searches: Sequence[Search], config: GRPOConfig) -> pa.Table:
     chosen = sample(searches, config.max_prompts, config.seed)
-    chosen += cold_start_searches(chosen, inputs, config.cold_start_share, config.seed)
+    chosen += new_user_searches(chosen, inputs, config.new_user_share, config.seed)
     prompts = grpo_prompts(chosen, inputs)
     if prompts.num_rows == 0:
         raise ValueError("grpo: the track's log has no train search with a clicked item to learn from")

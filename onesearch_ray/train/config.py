@@ -101,17 +101,17 @@ class GRPOConfig(OptimConfig):
     item_std_floor: float = 1.0
     kl_weight: float = 0.05  # k3 KL guard to the frozen starting model
     max_prompts: int = 0  # train searches with a click used as prompts (a seeded sample; 0: all)
-    # Share of the prompts also asked as a new user would ask them (the query's cold-start context
-    # instead of the user's history): the log's searches are warm users', and a policy tuned on them
-    # alone served new users worse (docs/benchmarks.md).
-    cold_start_share: float = 0.0
+    # Share of the prompts also asked as a new user is served (no user id, no history): the log's
+    # searches are warm users', and a policy tuned on them alone served new users worse
+    # (docs/benchmarks.md).
+    new_user_share: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.group < 2:
             raise ValueError(f"grpo.group {self.group}: group normalisation needs >= 2 rollouts")
-        if not 0.0 <= self.cold_start_share <= 1.0:
-            raise ValueError(f"grpo.cold_start_share {self.cold_start_share}: expected a share in [0, 1]")
+        if not 0.0 <= self.new_user_share <= 1.0:
+            raise ValueError(f"grpo.new_user_share {self.new_user_share}: expected a share in [0, 1]")
         require_non_negative(self, ("w_item", "item_std_floor", "kl_weight", "max_prompts"), "grpo.")
 
 

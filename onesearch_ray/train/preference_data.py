@@ -558,18 +558,25 @@ def heldout_dpo_lists(
     return target_preference_lists(heldout, inputs, rewards, starting_engine(init_dir, inputs), config)
 
 
-def cold_start_searches(
+def new_user_searches(
     searches: Sequence[Search], inputs: StageInputs, share: float, seed: int
 ) -> list[Search]:
-    """A seeded ``share`` of the query searches, prompted as a new user's: the query's cold-start
-    context instead of the user's history (the same targets)."""
+    """A seeded ``share`` of the query searches, prompted as ``/search`` prompts a new user's (no
+    user id, no history), with the same targets."""
     asked = [s for s in searches if s.query_id is not None]
     if not asked or share <= 0 or inputs.behavior is None:
         return []
     chosen = sample(asked, max(1, round(share * len(asked))), seed)
-    queries = [(s.query_id, inputs.behavior.query_text[s.query_id]) for s in chosen]
-    prompts = search_prompts(inputs.builder, queries, inputs.query_codes, inputs.behavior)
-    return [dataclasses.replace(s, prompt=p, recent_items=[]) for s, p in zip(chosen, prompts, strict=True)]
+    return [
+        dataclasses.replace(
+            s,
+            prompt=inputs.builder.search_prompt(
+                inputs.behavior.query_text[s.query_id], inputs.query_codes.get(s.query_id), None
+            ),
+            recent_items=[],
+        )
+        for s in chosen
+    ]
 
 
 # ---- GRPO prompts ---------------------------------------------------------------------------------
