@@ -129,12 +129,17 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     config = ["--config", args.config] if args.config else []
     if not args.data:
         write_synthetic(data, SyntheticConfig(seed=args.seed))
-        print(f"[1/5] default data: synthetic catalogue and search log in {data}")
-    print("[2/5] encode: KHQE semantic IDs (Ray Data)")
+        print(f"[1/6] default data: synthetic catalogue and search log in {data}")
+    print("[2/6] encode: KHQE semantic IDs (Ray Data)")
     prepare.main(["--data", str(data), "--out", str(run), *config])
-    print("[3/5] train: alignment -> co-occurrence -> personalisation SFT (Ray Train)")
+    print("[3/6] train: alignment -> co-occurrence -> personalisation SFT (Ray Train)")
     train.main(["--run", str(run), "--data", str(data), *config])
-    print("[4/5] evaluate: the model beside BM25, dense and RRF")
+    if args.no_rl:
+        print("[4/6] reward alignment: skipped (--no-rl)")
+    else:
+        print("[4/6] reward alignment: TPMA-GRPO from the search log (Ray Train)")
+        train.main(["--run", str(run), "--data", str(data), "--stage", "grpo", *config])
+    print("[5/6] evaluate: the model beside BM25, dense and RRF")
     track = {"onesearch": "synthetic", "homedepot": "homedepot", "amazon18": "amazon18"}[detect_format(data)]
     evaluate.run_eval(run, track, data, evaluate.EvalConfig(beam=args.beam, k=350))
     print(f"\nrun directory: {run.resolve()}")
@@ -143,7 +148,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     from demo.app import launch
     from serve_apps.launch import start, stop, write_token_for
 
-    print("[5/5] serve: the trained model behind HTTP (Ray Serve + vLLM), and the demo page")
+    print("[6/6] serve: the trained model behind HTTP (Ray Serve + vLLM), and the demo page")
     token = write_token_for(run, args.host)
     api = start(
         run,
@@ -280,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--seed", type=int, default=0)
     quick.add_argument("--beam", type=int, default=50, help="beam width for the evaluation")
     quick.add_argument("--no-serve", action="store_true", help="stop after the evaluation")
+    quick.add_argument(
+        "--no-rl", action="store_true", help="skip the GRPO stage after SFT (evaluate, serve the SFT model)"
+    )
     quick.add_argument("--host", default="127.0.0.1", help="bind address of the API and the demo")
     quick.add_argument("--port", type=int, default=8000, help="search API port")
     quick.add_argument("--demo-port", type=int, default=7860, help="demo page port")
