@@ -35,14 +35,6 @@ class DecodingEngine(Protocol):
 
     def search(self, prompts: Sequence[str], beam: int) -> list[list[SidHit]]: ...
 
-    @classmethod
-    def for_catalogue(cls, model, tokenizer, sids: SemanticIdTokenizer) -> TransformersEngine:
-        """The engine constrained to every SID of ``sids``' catalogue."""
-        from onesearch_ray.prompts import SidVocabulary
-
-        vocabulary = SidVocabulary.from_tokenizers(tokenizer, sids)
-        return cls(model, tokenizer, vocabulary.position_token_ids, SidTrie.of_catalogue(sids))
-
     def set_trie(self, trie: SidTrie) -> None:
         """Swap the SID constraint atomically; searches already running keep the trie they started with."""
 
