@@ -584,7 +584,7 @@ PROMPT_SCHEMA = pa.schema(
     [
         pa.field("prompt", pa.string(), nullable=False),
         pa.field("query_id", pa.int64()),  # null: a next-purchase prompt
-        pa.field("truth", pa.list_(pa.list_(pa.int64())), nullable=False),  # clicked/ordered SIDs
+        pa.field("truth", pa.list_(pa.list_(pa.int64())), nullable=False),  # the targets' SIDs
         pa.field("clicked", pa.list_(pa.int64()), nullable=False),  # item ids clicked (not ordered)
         pa.field("ordered", pa.list_(pa.int64()), nullable=False),
     ]
