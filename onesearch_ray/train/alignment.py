@@ -566,7 +566,10 @@ def _grpo_training_prompts(inputs: StageInputs, searches: Sequence[Search], conf
     chosen += new_user_searches(chosen, inputs, config.new_user_share, config.seed)
     prompts = grpo_prompts(chosen, inputs)
     if prompts.num_rows == 0:
-        raise ValueError("grpo: the track's log has no train search with a clicked item to learn from")
+        raise ValueError(
+            "grpo: the track has no train search with a target to learn from (a clicked or ordered "
+            "item, a next purchase or a relevant judgment)"
+        )
     check_training_pairs(inputs, "grpo", [(p, "") for p in prompts["prompt"].to_pylist()])
     log.info("grpo: %d prompts", prompts.num_rows)
     return prompts

@@ -125,10 +125,15 @@ class Search:
         return acted + [i for i in self.relevant if i not in self.events]
 
 
+def has_search_log(inputs: StageInputs) -> bool:
+    """Whether the track logs searches with their users (what phases ``beams`` and ``log`` need)."""
+    return inputs.track.interactions is not None and inputs.behavior is not None
+
+
 def track_searches(inputs: StageInputs) -> list[Search]:
     """The train searches of the track: its search log's; without one, a search per ``valid``
     sequence row if it has sequences, else per train query with a relevant judgment."""
-    if inputs.track.interactions is not None and inputs.behavior is not None:
+    if has_search_log(inputs):
         return log_searches(inputs)
     if inputs.track.sequences is not None:
         return sequence_searches(inputs)
@@ -520,9 +525,9 @@ def build_dpo_lists(
     """All of the stage's lists: phase 1 beams, phase 2 from the live log when given, else the
     track's, and the searches' targets against the beams."""
     lists: list[PreferenceList] = []
-    has_log = inputs.track.interactions is not None
     engine = starting_engine(init_dir, inputs) if {"beams", "targets"} & set(config.dpo.phases) else None
-    if "beams" in config.dpo.phases and has_log and searches:  # the reward model learns from the log
+    # the reward model of phase 1 learns from the log
+    if "beams" in config.dpo.phases and has_search_log(inputs) and searches:
         reward_model = reward_model_for_run(run, inputs, config.reward_model, hidden)
         chosen = sample(searches, config.dpo.max_prompts, config.dpo.seed)
         lists += beam_preference_lists(chosen, inputs, rewards, engine, reward_model, config.dpo)
@@ -551,7 +556,7 @@ def heldout_dpo_lists(
 ) -> list[PreferenceList]:
     """The held-out searches' lists the stage is measured on: their logged ones, or on a track
     without a search log their targets against the starting model's beams."""
-    if inputs.track.interactions is not None:
+    if has_search_log(inputs):
         return log_preference_lists(heldout, inputs, rewards, config.negatives)
     if not heldout:
         return []
