@@ -6,13 +6,12 @@ import ipaddress
 import logging
 import os
 import secrets
-import time
 from pathlib import Path
 
 from ray import serve
 
 from onesearch_ray.io import atomic_path
-from pipelines.common import init_ray
+from pipelines.common import init_ray, wait_for_interrupt
 from serve_apps.search_app import TOKEN_ENV, build_app
 
 log = logging.getLogger("onesearch.serve")
@@ -55,7 +54,8 @@ def start(
     write_token: str | None = None,
     feedback_log: str | Path | None = None,
 ) -> str:
-    """Deploy the app; returns its base URL. ``blocking`` keeps serving until interrupted.
+    """Deploy the app; returns its base URL. ``blocking`` keeps serving until interrupted, then tears
+    the app down and re-raises the KeyboardInterrupt (the CLI's exit status 130).
 
     ``write_token``: see :func:`write_token_for`. ``feedback_log``: default RUN/feedback.sqlite.
     """
@@ -70,9 +70,8 @@ def start(
     print(f"search API: {url}/search  (docs: {url}/docs, health: {url}/healthz)", flush=True)
     if blocking:
         try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
+            wait_for_interrupt()
+        finally:
             stop()
     return url
 
