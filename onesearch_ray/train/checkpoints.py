@@ -1,9 +1,11 @@
 """Training checkpoints: HF weights (safetensors) + optimizer state + ``state.json`` written LAST.
 
-A checkpoint directory counts only once its ``state.json`` exists, so a checkpoint cut short by a
-kill is ignored and the job resumes from the previous complete one. With selection on valid
-(``train.selection``), the best-scoring weights so far are also kept in ``<stage>/best/`` (written
-whole or not at all), apart from the newest checkpoints that resume uses and retention prunes.
+A checkpoint directory counts only once its ``state.json`` exists and every file it lists has the
+size recorded there (Ray Train copies a checkpoint's files in parallel, so ``state.json`` may land
+first), so a checkpoint cut short by a kill or a Ctrl-C is ignored and the job resumes from the
+previous complete one. With selection on valid (``train.selection``), the best-scoring weights so
+far are also kept in ``<stage>/best/`` (written whole or not at all), apart from the newest
+checkpoints that resume uses and retention prunes.
 """
 
 from __future__ import annotations
@@ -32,7 +34,20 @@ def write(
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
     torch.save(optimizer.state_dict(), directory / "optimizer.pt")
-    write_json(directory / STATE, {"step": step, "metrics": metrics})
+    files = {path.name: path.stat().st_size for path in directory.iterdir() if path.is_file()}
+    write_json(directory / STATE, {"step": step, "metrics": metrics, "files": files})
+
+
+def is_complete(directory: Path) -> bool:
+    """``state.json`` is there and whole, and so is every file it lists (older ones list none)."""
+    try:
+        files = read_state(directory).get("files", {})
+    except (FileNotFoundError, ValueError):  # not written yet, or cut short
+        return False
+    return all(
+        (directory / name).is_file() and (directory / name).stat().st_size == size
+        for name, size in files.items()
+    )
 
 
 def complete(stage_dir: Path) -> list[tuple[int, Path]]:
@@ -43,7 +58,7 @@ def complete(stage_dir: Path) -> list[tuple[int, Path]]:
     return sorted(
         (int(m.group(1)), p)
         for p in stage_dir.rglob("step_*")
-        if (m := _STEP_DIR.match(p.name)) and (p / STATE).exists()
+        if (m := _STEP_DIR.match(p.name)) and is_complete(p)
     )
 
 
