@@ -242,5 +242,6 @@ def build_demo(api_url: str, write_token: str | None = None) -> gr.Blocks:
 
 
 def launch(api_url: str, host: str = "127.0.0.1", port: int = 7860, write_token: str | None = None) -> None:
-    """Serve the demo page (blocks until interrupted)."""
+    """Serve the demo page until Ctrl-C, whose KeyboardInterrupt it raises (the CLI's exit status 130)."""
     build_demo(api_url, write_token).launch(server_name=host, server_port=port)
+    raise KeyboardInterrupt  # Gradio's launch returns once it has caught the Ctrl-C and closed the page
