@@ -46,6 +46,17 @@ TRAIN_CONFIG = (
 )
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_as_in_a_terminal() -> Iterator[None]:
+    """SIGINT handled, as in a terminal's foreground command. A shell without job control (a script,
+    a CI step) starts a command with ``&`` with SIGINT ignored, and all it starts inherits that: the
+    Ctrl-C under test would do nothing, by design, in pytest and in the commands it runs (with the old
+    test, the driver ran on after it)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @contextlib.contextmanager
 def ctrl_c_to_another_thread() -> Iterator[None]:
     """A SIGINT that a thread other than the main one receives, as Ray's gRPC thread
