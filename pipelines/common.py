@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable
-from typing import TypeVar
 
 import ray
 
-T = TypeVar("T")
 # How often a waiting main thread runs Python code, so it sees a Ctrl-C another thread received.
 SIGNAL_POLL_S = 0.2
 
@@ -37,41 +33,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     )
 
 
-def off_main_thread(call: Callable[[], T]) -> T:
-    """``call()`` on a helper thread while the main thread waits, so Ctrl-C stops it at once.
-
-    Ray Train's ``fit()`` on the main thread installs its own SIGINT handler, which only asks the
-    run's controller to abort: on a busy machine the first two Ctrl-C did nothing visible and the
-    third exited. Off the main thread it installs none, so SIGINT raises KeyboardInterrupt here as
-    anywhere else; the driver then exits, and its run with it (Ray ends a job's actors when its driver
-    goes, and ``ray.shutdown`` at exit stops a local cluster the driver started). The helper thread is
-    a daemon, so exiting never waits for it. The main thread waits in short joins (see
-    :func:`wait_for_interrupt`).
-    """
-    outcome: dict[str, object] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = call()
-        except BaseException as err:  # handed to the caller's thread, re-raised there
-            outcome["error"] = err
-
-    thread = threading.Thread(target=target, name="onesearch-ray-call", daemon=True)
-    thread.start()
-    while thread.is_alive():  # SIGINT's KeyboardInterrupt is raised here
-        thread.join(SIGNAL_POLL_S)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
-
-
 def wait_for_interrupt() -> None:
     """Block the main thread until Ctrl-C (KeyboardInterrupt), in short sleeps.
 
-    The kernel hands a process's SIGINT to any of its threads that does not block it, often one of
+    The kernel hands a process's SIGINT to any of its threads that does not block it, at times one of
     Ray's gRPC threads. CPython's C handler there only flags the signal; the main thread raises
     KeyboardInterrupt when it next runs Python code, which a wait with no timeout (a bare
-    ``join()``, ``sleep(3600)``) never does: that is how one Ctrl-C was lost.
+    ``join()``, ``sleep(3600)``) never does: that is how one Ctrl-C was lost. (``ray.get`` on the
+    main thread checks for flagged signals itself.)
     """
     while True:
         time.sleep(SIGNAL_POLL_S)

@@ -45,7 +45,7 @@ from onesearch_ray.train.alignment import ALIGN_STAGES, AlignJob, align_options,
 from onesearch_ray.train.config import TrainConfig, load_train_config
 from onesearch_ray.train.stages import STAGES
 from onesearch_ray.train.workflow import StageJob, run_stage_loop, train_stages
-from pipelines.common import init_ray, off_main_thread
+from pipelines.common import init_ray
 
 
 def train_worker(loop_config: dict) -> None:
@@ -79,6 +79,22 @@ def train_worker(loop_config: dict) -> None:
     )
 
 
+class TorchTrainer(ray.train.torch.TorchTrainer):
+    """Ray Train's ``TorchTrainer`` whose ``fit()`` leaves Ctrl-C to the driver.
+
+    On the main thread, Ray Train's ``fit()`` installs a SIGINT handler that only asks the run's
+    controller to abort: on a busy machine the first two Ctrl-C did nothing visible and the third
+    exited. Without it, Ctrl-C raises KeyboardInterrupt inside ``fit()``'s ``ray.get`` (which sees a
+    signal any thread received); the driver exits, and ``ray.shutdown`` at exit stops the run and a
+    local cluster the driver started. (``fit()`` ran on a helper thread to the same end; a bare
+    ``join()`` there lost a Ctrl-C that a Ray thread received, and a helper still inside ``ray.get``
+    when Ray shut down made the driver exit with status 1.)
+    """
+
+    def _register_sigint_handler(self, controller: ray.actor.ActorHandle) -> None:
+        """Install nothing (Ray Train's own hook, called by ``fit()`` on the main thread)."""
+
+
 def ray_stage_trainer(
     config: TrainConfig, loop: Callable[..., None] = run_stage_loop
 ) -> Callable[[StageJob | AlignJob], None]:
@@ -88,7 +104,7 @@ def ray_stage_trainer(
     def train_stage(job: StageJob | AlignJob) -> None:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         threads = config.cpus_per_worker or max(1, cpus // config.num_workers)
-        trainer = ray.train.torch.TorchTrainer(
+        trainer = TorchTrainer(
             train_worker,
             train_loop_config={"job": job, "loop": loop, "threads": 0 if config.use_gpu else threads},
             scaling_config=ray.train.ScalingConfig(
@@ -102,7 +118,7 @@ def ray_stage_trainer(
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=checkpoints.KEEP),
             ),
         )
-        off_main_thread(trainer.fit)
+        trainer.fit()
 
     return train_stage
 
