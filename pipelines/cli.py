@@ -2,6 +2,7 @@
 
 onesearch synth --out DIR            write the synthetic catalogue + search log
 onesearch encode --data DIR --out RUN   KHQE: embeddings -> semantic IDs (Ray Data)
+onesearch generator --run RUN --data DIR   train and score the CPU-first generator (Ray Train)
 onesearch quickstart [--data DIR]    the whole pipeline on the default (synthetic) data
 onesearch simulate --run RUN --data DIR   simulated A/B test (cascade vs the trained models)
 onesearch tune --run RUN --data DIR  Ray Tune sweep over KHQE codebook layouts (tuning/)
@@ -62,6 +63,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     argv += ["--name", args.name] if args.name is not None else []
     argv += ["--gpu"] if args.gpu else []
     train.main(argv)
+    return 0
+
+
+def _cmd_generator(args: argparse.Namespace) -> int:
+    from pipelines import generator
+
+    generator.run(args)
     return 0
 
 
@@ -232,6 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--gpu", action="store_true", help="one GPU per worker")
     train.set_defaults(handler=_cmd_train)
 
+    from pipelines import generator
+
+    generator_job = commands.add_parser(
+        "generator", help="train the CPU-first generator on Ray Train, then score it on valid and test"
+    )
+    generator.add_arguments(generator_job)
+    generator_job.set_defaults(handler=_cmd_generator)
+
     from pipelines.evaluate import add_eval_arguments
 
     evaluation = commands.add_parser("eval", help="evaluate a trained run beside the baselines")
@@ -308,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"onesearch {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C, or `kill` where _stop_on_sigterm is set
-        resume = args.command in ("train", "quickstart")
+        resume = args.command in ("train", "generator", "quickstart")
         hint = "; rerun the same command to resume from the last checkpoint" if resume else ""
         print(f"\nonesearch {args.command}: interrupted{hint}", file=sys.stderr)
         return 130

@@ -1,0 +1,80 @@
+"""What a generator is built from: an encoded run (cached text vectors, KHQE SIDs) and its track.
+
+``onesearch encode`` leaves ``RUN/embeddings/items.npy`` (one vector per ``track.items`` row),
+``RUN/embeddings/queries.npy`` (one per ``track.queries`` row, all splits) and the SID tokenizer.
+The generator holds the items the tokenizer knows (a cold-start hold-out leaves some out; they
+join later through ``add_items``), in track order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from onesearch_ray.data import Track
+from onesearch_ray.generator.codes import CodeTree
+from onesearch_ray.generator.config import GeneratorConfig
+from onesearch_ray.generator.lexical import LexicalIndex
+from onesearch_ray.generator.model import CodeItemGenerator
+from onesearch_ray.generator.prompts import normalise
+from onesearch_ray.khqe import SemanticIdTokenizer
+
+
+@dataclass
+class Catalogue:
+    item_ids: np.ndarray  # (items,) the generator's rows
+    titles: list[str]
+    item_vectors: np.ndarray  # (items, dim) unit rows
+    item_codes: np.ndarray  # (items, sid length) full KHQE SIDs
+    level_sizes: tuple[int, ...]
+    query_vectors: np.ndarray | None  # (track queries, dim) unit rows, track.queries order
+
+    def row_of_item(self) -> dict[int, int]:
+        return {int(item): row for row, item in enumerate(self.item_ids)}
+
+
+def load_catalogue(run: str | Path, track: Track) -> Catalogue:
+    run = Path(run)
+    tokenizer = SemanticIdTokenizer.load(run / "sid_tokenizer")
+    all_ids = np.asarray(track.items["item_id"].to_pylist())
+    item_vectors = _vectors(run / "embeddings/items.npy", len(all_ids), "track.items rows")
+    known = np.array([tokenizer.has_item(int(i)) for i in all_ids], dtype=bool)
+    if not known.any():
+        raise ValueError(
+            f"{run / 'sid_tokenizer'} knows none of the track's items: was the run encoded from it?"
+        )
+    titles = [t for t, keep in zip(track.items["title"].to_pylist(), known, strict=True) if keep]
+    query_vectors = None
+    if track.queries is not None:
+        query_vectors = _vectors(run / "embeddings/queries.npy", track.queries.num_rows, "track.queries rows")
+    ids = all_ids[known]
+    return Catalogue(
+        ids,
+        titles,
+        item_vectors[known],
+        np.asarray(tokenizer.item_codes(ids.tolist())),
+        tuple(tokenizer.layout.level_sizes),
+        query_vectors,
+    )
+
+
+def build_generator(catalogue: Catalogue, config: GeneratorConfig) -> CodeItemGenerator:
+    """An untrained generator over the catalogue: it already searches (see ``generator.model``)."""
+    levels = config.code_levels
+    if levels > len(catalogue.level_sizes):
+        raise ValueError(f"code_levels {levels}: the run's SIDs have {len(catalogue.level_sizes)} levels")
+    tree = CodeTree.build(
+        catalogue.item_codes[:, :levels], catalogue.level_sizes[:levels], catalogue.item_vectors
+    )
+    return CodeItemGenerator(config, catalogue.item_vectors, tree, LexicalIndex.build(catalogue.titles))
+
+
+def _vectors(path: Path, rows: int, what: str) -> np.ndarray:
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: run `onesearch encode` on this track first")
+    vectors = np.load(path, allow_pickle=False)
+    if vectors.ndim != 2 or len(vectors) != rows:
+        raise ValueError(f"{path} holds {vectors.shape} vectors for {rows} {what}: re-encode the run")
+    return normalise(vectors)

@@ -1,0 +1,69 @@
+"""The generator on a track's held-out searches, scored with docs/evaluation.md's metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from onesearch_ray.data import Track
+from onesearch_ray.eval.metrics import relevant_items, search_metrics
+from onesearch_ray.eval.tracks import search_eval_inputs
+from onesearch_ray.generator.catalogue import Catalogue
+from onesearch_ray.generator.config import SearchConfig
+from onesearch_ray.generator.model import CodeItemGenerator
+from onesearch_ray.generator.prompts import build_prompts
+from onesearch_ray.generator.search import search
+
+BATCH = 64
+
+
+def rank(
+    model: CodeItemGenerator,
+    texts: Sequence[str],
+    query_vectors: np.ndarray,
+    k: int,
+    config: SearchConfig | None = None,
+    histories: Sequence[Sequence[int]] | None = None,
+) -> list[list[int]]:
+    """The top-``k`` catalogue rows of each search, in batches."""
+    out: list[list[int]] = []
+    for start in range(0, len(texts), BATCH):
+        end = start + BATCH
+        prompts = build_prompts(
+            model.lexical,
+            model.config.hash_buckets,
+            texts[start:end],
+            query_vectors[start:end],
+            model.item_vectors.numpy(),
+            None if histories is None else histories[start:end],
+            model.config.history,
+        )
+        out.extend([row for row, _ in ranking] for ranking in search(model, prompts, k, config))
+    return out
+
+
+def search_split(
+    model: CodeItemGenerator,
+    catalogue: Catalogue,
+    track: Track,
+    split: str,
+    k: int = 350,
+    config: SearchConfig | None = None,
+    limit: int = 0,
+) -> dict:
+    """Metrics of ``split``'s queries that have a relevant item (the first ``limit`` when set),
+    plus ``ms_per_query`` (prompt building and search, query vectors cached)."""
+    query_ids, texts, judgments = search_eval_inputs(track, split)
+    keep = [i for i, qid in enumerate(query_ids) if relevant_items(judgments.get(qid, {}))]
+    keep = keep[:limit] if limit else keep
+    if not keep:
+        raise ValueError(f"split {split!r} has no query with a relevant item")
+    row_of_query = {qid: row for row, qid in enumerate(track.queries["query_id"].to_pylist())}
+    vectors = catalogue.query_vectors[[row_of_query[query_ids[i]] for i in keep]]
+    started = time.perf_counter()
+    rows = rank(model, [texts[i] for i in keep], vectors, k, config)
+    elapsed = time.perf_counter() - started
+    rankings = {query_ids[i]: catalogue.item_ids[r].tolist() for i, r in zip(keep, rows, strict=True)}
+    return search_metrics(rankings, judgments) | {"ms_per_query": 1000 * elapsed / len(keep)}

@@ -1,0 +1,126 @@
+"""Where the generator's training searches come from, per kind of signal a track has.
+
+- ``judged_searches``: each train query with its judged items, gain = relevance - 1 (the NDCG gain).
+- ``log_searches``: each train-query search of the log with a click or an order (an order weighs
+  2, a click 1), the user's earlier clicks as the history.
+- ``next_item_searches``: next-item rows with no query (the history is the prompt), plus sliding
+  windows inside each history (prefix -> next item, at most ``WINDOWS`` per row).
+
+Only the ``train`` split's queries (and the ``valid`` next-item rows, as evaluation.md allows)
+ever become examples: the leak guard is here, in one place.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pyarrow.compute as pc
+
+from onesearch_ray.data import Track
+from onesearch_ray.generator.train import Example
+from onesearch_ray.train.stages import LeakError, held_out_query_keys, query_key
+
+TRAIN_SPLIT = "train"
+NEXT_ITEM_TRAIN_SPLIT = "valid"
+WINDOWS = 3
+ORDER_GAIN, CLICK_GAIN = 2.0, 1.0
+
+
+def train_query_rows(track: Track) -> dict[int, int]:
+    """{query_id: row in ``track.queries``} of the train split only."""
+    if track.queries is None:
+        return {}
+    ids, splits = track.queries["query_id"].to_pylist(), track.queries["split"].to_pylist()
+    return {
+        qid: row for row, (qid, split) in enumerate(zip(ids, splits, strict=True)) if split == TRAIN_SPLIT
+    }
+
+
+def judged_searches(track: Track, row_of_item: dict[int, int], query_vectors: np.ndarray) -> list[Example]:
+    """One example per train query with a judged item above "irrelevant"."""
+    rows = train_query_rows(track)
+    if track.judgments is None or not rows:
+        return []
+    targets: dict[int, dict[int, float]] = defaultdict(dict)
+    judged = track.judgments
+    for qid, item, rel in zip(
+        judged["query_id"].to_pylist(),
+        judged["item_id"].to_pylist(),
+        judged["relevance"].to_pylist(),
+        strict=True,
+    ):
+        if qid in rows and item in row_of_item and rel > 1.0:
+            targets[qid][row_of_item[item]] = rel - 1.0
+    texts = track.queries["query"].to_pylist()
+    return [
+        Example(texts[rows[qid]], query_vectors[rows[qid]], np.array(list(t)), np.array(list(t.values())))
+        for qid, t in targets.items()
+    ]
+
+
+def log_searches(
+    track: Track, row_of_item: dict[int, int], query_vectors: np.ndarray, history: int
+) -> list[Example]:
+    """One example per logged train-query search (user, query, time) with a click or an order."""
+    rows = train_query_rows(track)
+    log = track.interactions
+    if log is None or not rows:
+        return []
+    log = log.sort_by("timestamp")
+    clicks_so_far: dict[str, list[int]] = defaultdict(list)
+    searches: dict[tuple, dict[int, float]] = {}
+    contexts: dict[tuple, list[int]] = {}
+    columns = [log[c].to_pylist() for c in ("user_id", "query_id", "item_id", "event", "timestamp")]
+    for user, qid, item, event, when in zip(*columns, strict=True):
+        if item not in row_of_item or event not in ("clicked", "ordered"):
+            continue
+        if qid in rows:
+            key = (user, qid, when)
+            contexts.setdefault(key, clicks_so_far[user][-history:] if history else [])
+            gain = ORDER_GAIN if event == "ordered" else CLICK_GAIN
+            target = searches.setdefault(key, {})
+            target[row_of_item[item]] = max(target.get(row_of_item[item], 0.0), gain)
+        if event == "clicked":
+            clicks_so_far[user].append(row_of_item[item])
+    texts = track.queries["query"].to_pylist()
+    return [
+        Example(
+            texts[rows[key[1]]],
+            query_vectors[rows[key[1]]],
+            np.array(list(t)),
+            np.array(list(t.values())),
+            contexts[key],
+        )
+        for key, t in searches.items()
+    ]
+
+
+def next_item_searches(track: Track, row_of_item: dict[int, int], dim: int) -> list[Example]:
+    """The ``valid`` next-item rows (history -> next item) and up to ``WINDOWS`` windows inside each."""
+    if track.sequences is None:
+        return []
+    rows = track.sequences.filter(pc.equal(track.sequences["split"], NEXT_ITEM_TRAIN_SPLIT))
+    empty = np.zeros(dim, dtype=np.float32)
+    out = []
+    for history, target in zip(
+        rows["history_item_ids"].to_pylist(), rows["item_id"].to_pylist(), strict=True
+    ):
+        known = [row_of_item[i] for i in history if i in row_of_item]
+        if target not in row_of_item:
+            continue
+        out.append(Example("", empty, np.array([row_of_item[target]]), np.ones(1), known))
+        for end in range(len(known) - 1, max(0, len(known) - 1 - WINDOWS), -1):
+            out.append(Example("", empty, np.array([known[end]]), np.ones(1), known[:end]))
+    return out
+
+
+def check_no_leak(examples: list[Example], track: Track) -> None:
+    """Raise ``LeakError`` when a training search carries the text of a valid or test query."""
+    held_out = held_out_query_keys(track, TRAIN_SPLIT)
+    for example in examples:
+        if example.query and query_key(example.query) in held_out:
+            raise LeakError(
+                f"a training search carries the valid/test query {example.query!r} "
+                "(evaluation.md: no valid or test query text enters training)"
+            )

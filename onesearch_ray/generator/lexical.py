@@ -1,0 +1,135 @@
+"""The generator's lexical view: the catalogue's term statistics, owned by the model.
+
+``LexicalIndex`` holds what BM25 needs (a term vocabulary, each item's saturated term frequencies
+as one sparse items x terms matrix, the terms' IDF) so that the generator scores the lexical match
+of a query and every item in one sparse product: ``score(q, i) = sum_t weight_t * sat(i, t)`` over
+the query's terms, with ``weight`` the model's own learned term weights (initialised at the IDF, so
+the untrained term IS Lucene BM25). Tokenisation is BM25's (bm25s: lower case, English stopwords,
+Snowball stemmer). New items (cold start) extend the matrix with the frozen length statistics; a
+term no item had before joins the vocabulary with the IDF it has at that moment.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import bm25s
+import numpy as np
+import scipy.sparse as sp
+import Stemmer
+
+_STEMMER = Stemmer.Stemmer("english")
+
+
+def tokenize(texts: Sequence[str]) -> list[list[str]]:
+    """Lower-cased word tokens of 2+ characters, stopwords removed, stemmed (BM25's tokens)."""
+    return bm25s.tokenize(
+        list(texts), stopwords="en", stemmer=_STEMMER, return_ids=False, show_progress=False
+    )
+
+
+def hashed_terms(tokens: Sequence[str], buckets: int) -> np.ndarray:
+    """Each token's stable hash bucket (crc32): words the catalogue never had still get a row."""
+    return np.array([zlib.crc32(t.encode()) % buckets for t in tokens], dtype=np.int64)
+
+
+@dataclass
+class LexicalIndex:
+    vocabulary: dict[str, int]
+    document_frequency: np.ndarray  # (V,) items holding each term
+    saturation: sp.csr_matrix  # (items, V): tf / (tf + k1 * (1 - b + b * len / avg_len))
+    n_items: int
+    average_length: float
+    k1: float = 1.5
+    b: float = 0.75
+
+    @classmethod
+    def build(cls, titles: Sequence[str], k1: float = 1.5, b: float = 0.75) -> LexicalIndex:
+        tokens = tokenize(titles)
+        vocabulary: dict[str, int] = {}
+        for doc in tokens:
+            for term in doc:
+                vocabulary.setdefault(term, len(vocabulary))
+        lengths = np.array([len(doc) for doc in tokens], dtype=np.float64)
+        average_length = float(lengths.mean()) if len(lengths) and lengths.mean() > 0 else 1.0
+        index = cls(
+            vocabulary,
+            np.zeros(len(vocabulary)),
+            sp.csr_matrix((0, len(vocabulary)), dtype=np.float32),
+            0,
+            average_length,
+            k1,
+            b,
+        )
+        index.add_documents(tokens)
+        return index
+
+    def add_documents(self, tokens: Sequence[Sequence[str]]) -> None:
+        """Append one row per document (new terms join the vocabulary); length stats stay frozen."""
+        rows, cols, values = [], [], []
+        for row, doc in enumerate(tokens):
+            terms, counts = np.unique(
+                [self.vocabulary.setdefault(t, len(self.vocabulary)) for t in doc], return_counts=True
+            )
+            norm = self.k1 * (1 - self.b + self.b * len(doc) / self.average_length)
+            rows.extend([row] * len(terms))
+            cols.extend(terms.tolist())
+            values.extend((counts / (counts + norm)).tolist())
+        width = len(self.vocabulary)
+        added = sp.csr_matrix((values, (rows, cols)), shape=(len(tokens), width), dtype=np.float32)
+        old = self.saturation
+        old = sp.csr_matrix(
+            (old.data, old.indices, old.indptr), shape=(old.shape[0], width), dtype=np.float32
+        )
+        self.saturation = sp.vstack([old, added], format="csr")
+        self.document_frequency = np.bincount(self.saturation.indices, minlength=width).astype(np.float64)
+        self.n_items += len(tokens)
+
+    def add_titles(self, titles: Sequence[str]) -> None:
+        self.add_documents(tokenize(titles))
+
+    @property
+    def n_terms(self) -> int:
+        return len(self.vocabulary)
+
+    def idf(self) -> np.ndarray:
+        """Lucene's IDF, log(1 + (N - df + 0.5) / (df + 0.5)), per term."""
+        df = self.document_frequency
+        return np.log1p((self.n_items - df + 0.5) / (df + 0.5)).astype(np.float32)
+
+    def query_terms(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Each query's known term ids, each term once (unknown words have no lexical match)."""
+        return [
+            np.unique([self.vocabulary[t] for t in doc if t in self.vocabulary]).astype(np.int64)
+            for doc in tokenize(texts)
+        ]
+
+    def scores(self, term_ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """(items,) lexical score of one query over the whole catalogue (weights: per term)."""
+        if len(term_ids) == 0:
+            return np.zeros(self.n_items, dtype=np.float32)
+        return np.asarray(self.saturation[:, term_ids] @ weights[term_ids], dtype=np.float32).ravel()
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        terms = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
+        m = self.saturation
+        return {
+            "lex_terms": np.array(terms, dtype=np.str_),
+            "lex_data": m.data,
+            "lex_indices": m.indices,
+            "lex_indptr": m.indptr,
+            "lex_stats": np.array([self.n_items, self.average_length, self.k1, self.b], dtype=np.float64),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> LexicalIndex:
+        n_items, average_length, k1, b = arrays["lex_stats"].tolist()
+        terms = arrays["lex_terms"].tolist()
+        matrix = sp.csr_matrix(
+            (arrays["lex_data"], arrays["lex_indices"], arrays["lex_indptr"]),
+            shape=(int(n_items), len(terms)),
+        )
+        df = np.bincount(matrix.indices, minlength=len(terms)).astype(np.float64)
+        return cls({t: i for i, t in enumerate(terms)}, df, matrix, int(n_items), average_length, k1, b)

@@ -1,0 +1,201 @@
+"""The CPU-first generator: prompt embeddings -> a small Qwen3 decoder -> KHQE codes -> the item step.
+
+Every head starts from pretrained geometry and learns a zero-initialised correction, so the
+untrained model already searches (code scores are ``<query, residual centroid>``, item scores
+``<query, item vector>`` plus Lucene BM25) and training can only move away from that on purpose:
+
+- prompt: the frozen query vector, a bag of hashed query words, and (with ``history``) the user's
+  recent item vectors and their mean (long-term view), each projected to the decoder width;
+- code level l: ``code_scale * <q + A_l h, centroid_l> + bias_l`` at the decoder's l-th output;
+- item step: ``dense_scale * <q + B h, v_i + offset_i> + bias_i + lexical_scale * sum_t w_t sat(i, t)``
+  where ``v_i`` is the item's own text vector and ``w`` the model's term weights (IDF at start).
+
+A new item needs nothing trained: its row is its text vector (offset and bias 0) and its title's
+terms, its codes come from the frozen codebooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import Qwen3Config, Qwen3Model
+
+from onesearch_ray.generator.codes import CodeTree
+from onesearch_ray.generator.config import GeneratorConfig
+from onesearch_ray.generator.lexical import LexicalIndex
+
+
+@dataclass
+class PromptBatch:
+    """The views of a batch of searches, ready for the model (see ``generator.prompts``)."""
+
+    query_vectors: torch.Tensor  # (B, D) the frozen text vector (or the history's mean without a query)
+    hashed_words: torch.Tensor  # (W,) hashed query words of the whole batch, for an EmbeddingBag
+    word_offsets: torch.Tensor  # (B,) where each search's words start in ``hashed_words``
+    lexical_terms: list[np.ndarray]  # per search: term ids in the lexical index
+    history_vectors: torch.Tensor | None = None  # (B, H, D) most recent last, zeros where absent
+    history_mask: torch.Tensor | None = None  # (B, H) True where a history item is present
+
+    def __len__(self) -> int:
+        return len(self.query_vectors)
+
+    def select(self, rows: list[int]) -> PromptBatch:
+        words = [self.hashed_words[a:b] for a, b in self._word_spans()]
+        kept = [words[r] for r in rows]
+        offsets = torch.tensor(np.cumsum([0] + [len(w) for w in kept[:-1]]), dtype=torch.long)
+        return PromptBatch(
+            self.query_vectors[rows],
+            torch.cat(kept) if kept else self.hashed_words[:0],
+            offsets,
+            [self.lexical_terms[r] for r in rows],
+            None if self.history_vectors is None else self.history_vectors[rows],
+            None if self.history_mask is None else self.history_mask[rows],
+        )
+
+    def _word_spans(self) -> list[tuple[int, int]]:
+        ends = self.word_offsets.tolist()[1:] + [len(self.hashed_words)]
+        return list(zip(self.word_offsets.tolist(), ends, strict=True))
+
+
+class CodeItemGenerator(nn.Module):
+    def __init__(
+        self, config: GeneratorConfig, item_vectors: np.ndarray, codes: CodeTree, lexical: LexicalIndex
+    ):
+        super().__init__()
+        config.validate()
+        if codes.levels != config.code_levels:
+            raise ValueError(f"code tree has {codes.levels} levels, the config {config.code_levels}")
+        self.config, self.codes, self.lexical = config, codes, lexical
+        dim = item_vectors.shape[1]
+        width = config.decoder.hidden_size
+        self.query_in = nn.Linear(dim, width)
+        self.words_in = nn.EmbeddingBag(config.hash_buckets, width, mode="mean")
+        nn.init.normal_(self.words_in.weight, std=0.02)
+        if config.history:
+            self.history_in = nn.Linear(dim, width)
+            self.profile_in = nn.Linear(dim, width)
+            self.absent = nn.Parameter(torch.zeros(width))  # the slot of a missing history item
+        self.code_in = nn.ModuleList(nn.Embedding(size, width) for size in codes.level_sizes[:-1])
+        d = config.decoder
+        self.decoder = Qwen3Model(
+            Qwen3Config(
+                vocab_size=1,
+                hidden_size=width,
+                intermediate_size=d.intermediate_size,
+                num_hidden_layers=d.num_layers,
+                num_attention_heads=d.num_heads,
+                num_key_value_heads=d.num_kv_heads,
+                head_dim=d.head_dim,
+                max_position_embeddings=64,
+            )
+        )
+        self.code_correction = nn.ModuleList(_zero_linear(width, dim) for _ in codes.level_sizes)
+        self.code_bias = nn.ParameterList(nn.Parameter(torch.zeros(size)) for size in codes.level_sizes)
+        self.item_correction = _zero_linear(width, dim)
+        self.register_buffer("item_vectors", torch.as_tensor(item_vectors, dtype=torch.float32))
+        for level, centroid in enumerate(codes.centroids):
+            self.register_buffer(f"centroids_{level}", torch.as_tensor(centroid))
+        self.item_offset = nn.Parameter(torch.zeros_like(self.item_vectors))
+        self.item_bias = nn.Parameter(torch.zeros(len(item_vectors)))
+        self.term_weight = nn.Parameter(torch.as_tensor(lexical.idf()))
+        self.log_dense_scale = nn.Parameter(torch.tensor(float(np.log(config.dense_scale))))
+        self.log_lexical_scale = nn.Parameter(torch.tensor(float(np.log(config.lexical_scale))))
+        self.log_code_scale = nn.Parameter(torch.tensor(float(np.log(config.code_scale))))
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_vectors)
+
+    # --- the prompt and the decoder ------------------------------------------------------------
+
+    def prompt_embeddings(self, prompts: PromptBatch) -> torch.Tensor:
+        """(B, P, width): query vector, hashed words, then the behaviour views when configured."""
+        views = [
+            self.query_in(prompts.query_vectors),
+            self.words_in(prompts.hashed_words, prompts.word_offsets),
+        ]
+        if self.config.history:
+            history, present = prompts.history_vectors, prompts.history_mask
+            items = torch.where(present[..., None], self.history_in(history), self.absent)
+            count = present.sum(1, keepdim=True).clamp(min=1)
+            profile = self.profile_in((history * present[..., None]).sum(1) / count)
+            return torch.cat([torch.stack(views, 1), items, profile[:, None]], 1)
+        return torch.stack(views, 1)
+
+    def hidden(self, prompt: torch.Tensor, code_prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder outputs over [prompt; embeddings of the given code prefix] (B, P + levels, width)."""
+        parts = [prompt]
+        if code_prefix is not None:
+            parts += [
+                self.code_in[level](code_prefix[:, level])[:, None] for level in range(code_prefix.shape[1])
+            ]
+        return self.decoder(inputs_embeds=torch.cat(parts, 1)).last_hidden_state
+
+    # --- heads ---------------------------------------------------------------------------------
+
+    def code_logits(self, level: int, hidden: torch.Tensor, query_vectors: torch.Tensor) -> torch.Tensor:
+        """(B, level_size) logits of code level ``level`` from that step's decoder output."""
+        centroids = getattr(self, f"centroids_{level}")
+        query = query_vectors + self.code_correction[level](hidden)
+        return self.log_code_scale.exp() * query @ centroids.T + self.code_bias[level]
+
+    def item_query(self, hidden: torch.Tensor, query_vectors: torch.Tensor) -> torch.Tensor:
+        return query_vectors + self.item_correction(hidden)
+
+    def dense_logits(self, item_query: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, items) dense part of the item step (all items, or ``rows`` of the catalogue)."""
+        vectors, bias = self.item_vectors + self.item_offset, self.item_bias
+        if rows is not None:
+            vectors, bias = vectors[rows], bias[rows]
+        return self.log_dense_scale.exp() * item_query @ vectors.T + bias
+
+    def lexical_logits(self, lexical_terms: list[np.ndarray]) -> torch.Tensor:
+        """(B, items) the lexical match of each search with every item, differentiable in the weights."""
+        indicator = torch.zeros(len(lexical_terms), self.lexical.n_terms)
+        for row, terms in enumerate(lexical_terms):
+            indicator[row, torch.as_tensor(terms)] = 1.0
+        scores = torch.sparse.mm(self._saturation(), (indicator * self.term_weight).T).T
+        return self.log_lexical_scale.exp() * scores
+
+    def lexical_scores(self, terms: np.ndarray) -> np.ndarray:
+        """(items,) one search's lexical logits over the catalogue, without autograd (serving)."""
+        weights = self.term_weight.detach().numpy()
+        return float(self.log_lexical_scale.exp()) * self.lexical.scores(terms, weights)
+
+    def _saturation(self) -> torch.Tensor:
+        cached = getattr(self, "_saturation_tensor", None)
+        if cached is None or cached.shape[0] != self.lexical.n_items:
+            coo = self.lexical.saturation.tocoo()
+            indices = torch.as_tensor(np.vstack([coo.row, coo.col]), dtype=torch.long)
+            values = torch.as_tensor(coo.data, dtype=torch.float32)
+            cached = torch.sparse_coo_tensor(indices, values, coo.shape, check_invariants=False).coalesce()
+            self._saturation_tensor = cached
+        return cached
+
+    # --- cold start ----------------------------------------------------------------------------
+
+    def add_items(self, vectors: np.ndarray, titles: list[str], codes: np.ndarray) -> None:
+        """Make new items searchable at once: their own vectors and terms, codes from frozen codebooks."""
+        vectors = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
+        if vectors.shape[1] != self.item_vectors.shape[1] or not len(vectors) == len(titles) == len(codes):
+            raise ValueError(
+                "add_items: one vector of the model's dimension, one title and one code row per item"
+            )
+        old_terms = self.lexical.n_terms
+        self.lexical.add_titles(titles)
+        self.codes.add_items(codes)
+        with torch.no_grad():
+            self.item_vectors = torch.cat([self.item_vectors, vectors])
+            self.item_offset = nn.Parameter(torch.cat([self.item_offset, torch.zeros_like(vectors)]))
+            self.item_bias = nn.Parameter(torch.cat([self.item_bias, torch.zeros(len(vectors))]))
+            new_idf = torch.as_tensor(self.lexical.idf()[old_terms:])
+            self.term_weight = nn.Parameter(torch.cat([self.term_weight, new_idf]))
+
+
+def _zero_linear(n_in: int, n_out: int) -> nn.Linear:
+    layer = nn.Linear(n_in, n_out, bias=False)
+    nn.init.zeros_(layer.weight)
+    return layer

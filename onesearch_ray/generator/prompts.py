@@ -1,0 +1,64 @@
+"""One search's views as the generator's prompt: continuous vectors and term ids, no BPE text.
+
+A search is a query text (may be empty), its frozen text vector, and optionally the user's recent
+items (catalogue rows, oldest first). Without a query (next-item tracks) the query vector is the
+mean vector of the last ``HISTORY_QUERY_WINDOW`` history items, the dense-history view; a new user
+simply has no history rows, and the behaviour slots then hold the model's "absent" embedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from onesearch_ray.generator.lexical import LexicalIndex, hashed_terms, tokenize
+from onesearch_ray.generator.model import PromptBatch
+
+HISTORY_QUERY_WINDOW = 3
+MAX_QUERY_CHARS = 1000  # a longer "query" is cut here before tokenising (huge inputs stay cheap)
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+
+
+def build_prompts(
+    lexical: LexicalIndex,
+    hash_buckets: int,
+    query_texts: Sequence[str],
+    query_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    histories: Sequence[Sequence[int]] | None = None,
+    history: int = 0,
+) -> PromptBatch:
+    """The prompts of a batch of searches (``histories``: catalogue rows of each user's recent items)."""
+    texts = [str(t)[:MAX_QUERY_CHARS] for t in query_texts]
+    queries = normalise(query_vectors).copy()
+    rows = [list(h)[-history:] if history else [] for h in (histories or [[]] * len(texts))]
+    if len(rows) != len(texts) or len(queries) != len(texts):
+        raise ValueError(f"{len(texts)} queries, {len(queries)} query vectors, {len(rows)} histories")
+    for i, text in enumerate(texts):
+        recent = list(histories[i])[-HISTORY_QUERY_WINDOW:] if histories is not None else []
+        if not text.strip() and recent:
+            queries[i] = normalise(item_vectors[recent].mean(0))
+    words = [hashed_terms(tokens, hash_buckets) for tokens in tokenize(texts)]
+    offsets = np.cumsum([0] + [len(w) for w in words[:-1]])
+    batch = PromptBatch(
+        torch.as_tensor(queries),
+        torch.as_tensor(np.concatenate(words) if words else np.zeros(0, np.int64)),
+        torch.as_tensor(offsets, dtype=torch.long),
+        lexical.query_terms(texts),
+    )
+    if history:
+        vectors = np.zeros((len(texts), history, item_vectors.shape[1]), dtype=np.float32)
+        mask = np.zeros((len(texts), history), dtype=bool)
+        for i, recent in enumerate(rows):
+            if recent:
+                vectors[i, -len(recent) :] = item_vectors[recent]
+                mask[i, -len(recent) :] = True
+        batch.history_vectors, batch.history_mask = torch.as_tensor(vectors), torch.as_tensor(mask)
+    return batch

@@ -1,0 +1,81 @@
+"""Decoding: code beams under the trie, planned by lexical evidence, then the item step, one ranking.
+
+For each search: the decoder reads the prompt once; at each code level the trie-allowed codes of
+every kept prefix are scored (log-probabilities summed along the prefix), each candidate prefix is
+*planned* with the best lexical score of an item under it (``SearchConfig.plan_weight``, PAG), and
+the best ``beams[level]`` prefixes are kept. The item step then scores every item under the kept
+prefixes in one matrix product (dense + lexical + bias), adds ``code_weight`` times the item's
+prefix log-probability (BeamFusion), and returns the top ``k`` catalogue rows with their scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from onesearch_ray.generator.config import SearchConfig
+from onesearch_ray.generator.model import CodeItemGenerator, PromptBatch
+
+Ranking = list[tuple[int, float]]  # (catalogue row, score), best first
+
+
+@torch.no_grad()
+def search(
+    model: CodeItemGenerator, prompts: PromptBatch, k: int, config: SearchConfig | None = None
+) -> list[Ranking]:
+    """Top-``k`` catalogue rows per search (fewer when the kept prefixes hold fewer items)."""
+    config = config or model.config.search
+    config.validate(model.codes.levels)
+    model.eval()
+    prompt = model.prompt_embeddings(prompts)
+    last = model.hidden(prompt)[:, -1]
+    item_queries = model.item_query(last, prompts.query_vectors)
+    first_logits = model.code_logits(0, last, prompts.query_vectors)
+    trie = _trie(model)
+    out = []
+    for b in range(len(prompts)):
+        lexical = model.lexical_scores(prompts.lexical_terms[b])
+        prefixes, log_probs = _plan(
+            model, trie, config, prompt[b : b + 1], prompts.query_vectors[b], first_logits[b], lexical
+        )
+        groups = model.codes.groups(model.codes.levels - 1)
+        kept = groups.index_of(trie.prefix_keys(prefixes))
+        rows, position = groups.rows_of(kept)
+        rows_t = torch.as_tensor(rows)
+        scores = model.dense_logits(item_queries[b : b + 1], rows_t)[0].numpy()
+        scores = scores + lexical[rows] + config.code_weight * log_probs[position]
+        top = np.argsort(-scores, kind="stable")[:k]
+        out.append(list(zip(rows[top].tolist(), scores[top].astype(float).tolist(), strict=True)))
+    return out
+
+
+def _plan(model, trie, config: SearchConfig, prompt, query_vector, first_logits, lexical):
+    """The kept prefixes (n, levels) and their code log-probabilities after the last level."""
+    prefixes = np.zeros((1, 0), dtype=np.int64)
+    log_probs = np.zeros(1, dtype=np.float32)
+    for level in range(model.codes.levels):
+        if level == 0:
+            logits = first_logits[None]
+        else:
+            hidden = model.hidden(prompt.expand(len(prefixes), -1, -1), torch.as_tensor(prefixes))[:, -1]
+            logits = model.code_logits(level, hidden, query_vector.expand(len(prefixes), -1))
+        allowed = torch.as_tensor(trie.allowed_mask(prefixes))
+        step = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), -1).numpy()
+        total = log_probs[:, None] + step
+        parent, code = np.nonzero(np.isfinite(total))
+        candidates = np.hstack([prefixes[parent], code[:, None]])
+        groups = model.codes.groups(level)
+        best_lexical = groups.group_max(lexical)[groups.index_of(trie.prefix_keys(candidates))]
+        planned = total[parent, code] + config.plan_weight * best_lexical
+        keep = np.argsort(-planned, kind="stable")[: config.beams[level]]
+        prefixes, log_probs = candidates[keep], total[parent[keep], code[keep]]
+    return prefixes, log_probs
+
+
+def _trie(model: CodeItemGenerator):
+    """The model's code trie, rebuilt when items were added."""
+    cached = getattr(model, "_trie_cache", None)
+    if cached is None or cached[0] != len(model.codes.item_codes):
+        cached = (len(model.codes.item_codes), model.codes.trie())
+        model._trie_cache = cached
+    return cached[1]

@@ -1,0 +1,257 @@
+"""Training the generator: one readable loop, list-wise over the whole catalogue, selected on valid.
+
+An ``Example`` is one search (query text and vector, the user's recent items) with graded targets
+(catalogue rows and gains). One step:
+
+1. prompts -> decoder, teacher-forced on one target's code prefix (drawn by gain);
+2. code loss: level 1 against the gain-weighted mix of the targets' first codes, deeper levels
+   against the drawn target's codes;
+3. item loss: the targets' gain distribution against a softmax over EVERY item (dense + lexical +
+   bias): the model learns the order of the targets, not only its top item;
+4. AdamW with weight decay: every correction starts at zero, so the decay is the pull toward the
+   pretrained geometry (the anchor).
+
+The weights that score best on the selection searches (``valid``) are the ones kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from onesearch_ray.generator.model import CodeItemGenerator
+from onesearch_ray.generator.prompts import build_prompts
+from onesearch_ray.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Example:
+    query: str
+    query_vector: np.ndarray
+    targets: np.ndarray  # catalogue rows
+    gains: np.ndarray  # > 0, one per target
+    history: list[int] = field(default_factory=list)  # catalogue rows, oldest first
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 8.0
+    batch_size: int = 128
+    # Three parameter groups, three learning rates. The term weights and the score scales are few
+    # and every search moves them: they learn fast and generalise to unseen queries. The decoder,
+    # the prompt projections and the code/item corrections learn slower. Per-item offsets and
+    # biases only move for items some training search targets: on a search track they memorise the
+    # judged items (Home Depot valid NDCG@10 0.37 -> 0.20 in 4 epochs), so they start frozen there.
+    learning_rate: float = 1e-3
+    weight_learning_rate: float = 0.02
+    item_learning_rate: float = 0.0
+    weight_decay: float = 0.05  # on the zero-initialised corrections: the pull toward the start
+    code_loss_weight: float = 0.5
+    evaluate_every: int = 0  # steps between selection scores and checkpoints (0: once per epoch)
+    max_minutes: float = 45.0  # the budget on the wall clock; training stops when it is spent
+    seed: int = 0
+
+    def validate(self) -> None:
+        rates = (self.learning_rate, self.weight_learning_rate, self.item_learning_rate)
+        if self.epochs <= 0 or self.batch_size < 1 or min(rates) < 0 or max(rates) == 0:
+            raise ValueError(
+                f"train config: epochs and batch_size must be positive, some learning rate too: {self}"
+            )
+
+
+def example_prompts(model: CodeItemGenerator, examples: Sequence[Example]):
+    return build_prompts(
+        model.lexical,
+        model.config.hash_buckets,
+        [e.query for e in examples],
+        np.stack([e.query_vector for e in examples]),
+        model.item_vectors.numpy(),
+        [e.history for e in examples],
+        model.config.history,
+    )
+
+
+def loss_of(
+    model: CodeItemGenerator, examples: Sequence[Example], rng: np.random.Generator
+) -> dict[str, torch.Tensor]:
+    """The item and code losses of one batch."""
+    prompts = example_prompts(model, examples)
+    drawn = np.array([rng.choice(e.targets, p=e.gains / e.gains.sum()) for e in examples])
+    levels = model.codes.levels
+    prefix = torch.as_tensor(model.codes.item_codes[drawn, : levels - 1]) if levels > 1 else None
+    prompt = model.prompt_embeddings(prompts)
+    hidden = model.hidden(prompt, prefix)
+    last = prompt.shape[1] - 1
+
+    first = F.log_softmax(model.code_logits(0, hidden[:, last], prompts.query_vectors), -1)
+    first_target = torch.zeros_like(first)
+    for row, e in enumerate(examples):
+        codes = torch.as_tensor(model.codes.item_codes[e.targets, 0])
+        first_target[row].index_add_(0, codes, torch.as_tensor(e.gains / e.gains.sum(), dtype=torch.float32))
+    code_loss = -(first_target * first).sum(-1).mean()
+    for level in range(1, levels):
+        logits = model.code_logits(level, hidden[:, last + level], prompts.query_vectors)
+        code_loss = code_loss + F.cross_entropy(logits, torch.as_tensor(model.codes.item_codes[drawn, level]))
+
+    item_query = model.item_query(hidden[:, last], prompts.query_vectors)
+    logits = model.dense_logits(item_query) + model.lexical_logits(prompts.lexical_terms)
+    item_log_probs = F.log_softmax(logits, -1)
+    item_loss = torch.zeros(())
+    for row, e in enumerate(examples):
+        weights = torch.as_tensor(e.gains / e.gains.sum(), dtype=torch.float32)
+        item_loss = item_loss - (weights * item_log_probs[row, torch.as_tensor(e.targets)]).sum()
+    return {"item": item_loss / len(examples), "code": code_loss}
+
+
+WEIGHT_PARAMETERS = ("term_weight", "log_dense_scale", "log_lexical_scale", "log_code_scale")
+ITEM_PARAMETERS = ("item_offset", "item_bias")
+
+
+def parameter_groups(model: CodeItemGenerator, config: TrainConfig) -> list[dict]:
+    """AdamW groups: the scoring weights, the per-item rows, everything else (groups at rate 0 left out)."""
+    named = dict(model.named_parameters())
+    weights = [named[n] for n in WEIGHT_PARAMETERS]
+    items = [named[n] for n in ITEM_PARAMETERS]
+    rest = [p for n, p in named.items() if n not in WEIGHT_PARAMETERS + ITEM_PARAMETERS]
+    groups = [
+        {"params": weights, "lr": config.weight_learning_rate, "weight_decay": 0.0},
+        {"params": items, "lr": config.item_learning_rate, "weight_decay": config.weight_decay},
+        {"params": rest, "lr": config.learning_rate, "weight_decay": config.weight_decay},
+    ]
+    for group in groups:
+        if group["lr"] == 0:
+            for parameter in group["params"]:
+                parameter.requires_grad_(False)
+    return [g for g in groups if g["lr"] > 0]
+
+
+def train(
+    model: CodeItemGenerator,
+    examples: Sequence[Example],
+    config: TrainConfig,
+    select: Callable[[CodeItemGenerator], float] | None = None,
+    checkpoint: Path | None = None,
+) -> dict:
+    """Train in place; returns the history.
+
+    With ``select`` (higher is better) the best weights win, the untrained start included. With
+    ``checkpoint`` the whole state is saved there at every selection point and a rerun resumes from
+    it (batches and target draws are seeded by epoch and step, so a resumed run matches an unbroken
+    one). Under torch.distributed each worker passes its own shard of ``examples``; gradients are
+    averaged across workers and only rank 0 selects.
+    """
+    config.validate()
+    if not examples:
+        raise ValueError("no training examples: the track has no signal the generator can learn from")
+    torch.manual_seed(config.seed)
+    groups = parameter_groups(model, config)
+    optimizer = torch.optim.AdamW(groups)
+    steps_per_epoch = max(1, len(examples) // config.batch_size)
+    total_steps = max(1, int(config.epochs * steps_per_epoch))
+    every = config.evaluate_every or steps_per_epoch
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[g["lr"] for g in groups], total_steps=total_steps, pct_start=0.1
+    )
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    select = select if rank == 0 else None
+    state = _resume(checkpoint, model, optimizer, schedule)
+    if state is None:
+        state = {"step": 0, "history": {"steps": [], "selection": []}, "best": None}
+        if select:
+            state["best"] = {"score": select(model), "step": 0, "weights": copy.deepcopy(model.state_dict())}
+            state["history"]["selection"].append({"step": 0, "score": state["best"]["score"]})
+            log.info("untrained selection score %.4f", state["best"]["score"])
+    history, started = state["history"], time.perf_counter() - 60 * state["history"].get("minutes", 0.0)
+    for step in range(state["step"] + 1, total_steps + 1):
+        epoch, position = divmod(step - 1, steps_per_epoch)
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(examples))
+        batch = [
+            examples[i] for i in order[position * config.batch_size : (position + 1) * config.batch_size]
+        ]
+        model.train()
+        losses = loss_of(model, batch, np.random.default_rng([config.seed, epoch, step]))
+        loss = losses["item"] + config.code_loss_weight * losses["code"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        _average_gradients(model)
+        optimizer.step()
+        schedule.step()
+        history["steps"].append({name: float(value.detach()) for name, value in losses.items()})
+        history["minutes"] = (time.perf_counter() - started) / 60
+        out_of_time = history["minutes"] >= config.max_minutes
+        if step % every and step != total_steps and not out_of_time:
+            continue
+        if select:
+            score = select(model)
+            history["selection"].append({"step": step, "score": score, "minutes": history["minutes"]})
+            log.info(
+                "step %d/%d (%.1f min): item loss %.3f, code loss %.3f, selection %.4f",
+                step,
+                total_steps,
+                history["minutes"],
+                history["steps"][-1]["item"],
+                history["steps"][-1]["code"],
+                score,
+            )
+            if score > state["best"]["score"]:
+                state["best"] = {"score": score, "step": step, "weights": copy.deepcopy(model.state_dict())}
+        if checkpoint is not None and rank == 0:
+            _save(checkpoint, model, optimizer, schedule, state | {"step": step})
+        if out_of_time:
+            log.warning(
+                "training budget of %.0f min spent at step %d of %d", config.max_minutes, step, total_steps
+            )
+            break
+    if state["best"]:
+        model.load_state_dict(state["best"]["weights"])
+        history["best"] = {"score": state["best"]["score"], "step": state["best"]["step"]}
+    return history
+
+
+def _average_gradients(model: CodeItemGenerator) -> None:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            dist.all_reduce(parameter.grad)
+            parameter.grad /= dist.get_world_size()
+
+
+def _save(path: Path, model, optimizer, schedule, state: dict) -> None:
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "state": state,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _resume(path: Path | None, model, optimizer, schedule) -> dict | None:
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        payload = torch.load(path, weights_only=False)
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        schedule.load_state_dict(payload["schedule"])
+    except Exception as err:  # a checkpoint from another config, or a damaged file
+        raise ValueError(
+            f"{path}: cannot resume from this checkpoint ({err}); delete it to start over"
+        ) from err
+    log.info("resumed from %s at step %d", path, payload["state"]["step"])
+    return payload["state"]

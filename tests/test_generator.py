@@ -1,0 +1,217 @@
+"""The CPU-first generator (onesearch_ray.generator): its lexical term, cold start, the leak guard,
+save/load, and a tiny end-to-end train on the small synthetic track, the last through Ray Train."""
+
+from __future__ import annotations
+
+import bm25s
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from onesearch_ray.data import load_track
+from onesearch_ray.eval.metrics import search_metrics
+from onesearch_ray.eval.tracks import search_eval_inputs
+from onesearch_ray.generator.catalogue import build_generator, load_catalogue
+from onesearch_ray.generator.codes import CodeTree
+from onesearch_ray.generator.config import GeneratorConfig, SearchConfig
+from onesearch_ray.generator.evaluate import rank, search_split
+from onesearch_ray.generator.examples import check_no_leak, judged_searches
+from onesearch_ray.generator.job import GeneratorJobConfig, training_searches
+from onesearch_ray.generator.lexical import _STEMMER, LexicalIndex
+from onesearch_ray.generator.model import CodeItemGenerator
+from onesearch_ray.generator.prompts import build_prompts
+from onesearch_ray.generator.store import load_generator, save_generator
+from onesearch_ray.generator.train import Example, TrainConfig, loss_of, train
+from onesearch_ray.khqe import SemanticIdTokenizer
+from onesearch_ray.khqe.encoder import SentenceTransformerEncoder
+from onesearch_ray.train.stages import LeakError
+
+TITLES = [
+    "Cordless Drill 18V with battery",
+    "Drill bit set, 20 pieces",
+    "Red interior paint, 1 gallon",
+    "Drill driver drill kit",
+    "Garden hose 50 ft",
+]
+
+
+def tiny_model(titles: list[str] = TITLES, dim: int = 8) -> CodeItemGenerator:
+    vectors = np.random.default_rng(0).normal(size=(len(titles), dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    codes = CodeTree.build(np.arange(len(titles))[:, None] % 2, (2,), vectors)
+    return CodeItemGenerator(GeneratorConfig(hash_buckets=64), vectors, codes, LexicalIndex.build(titles))
+
+
+# --- the lexical term --------------------------------------------------------------------------
+
+
+def test_untrained_lexical_term_is_lucene_bm25():
+    index = LexicalIndex.build(TITLES)
+    reference = bm25s.BM25(k1=1.5, b=0.75, method="lucene")
+    reference.index(
+        bm25s.tokenize(TITLES, stopwords="en", stemmer=_STEMMER, show_progress=False), show_progress=False
+    )
+    for query in ("cordless drill", "drill", "red paint gallon", "hose"):
+        tokens = bm25s.tokenize(
+            [query], stopwords="en", stemmer=_STEMMER, return_ids=False, show_progress=False
+        )[0]
+        expected = reference.get_scores(tokens)
+        ours = index.scores(index.query_terms([query])[0], index.idf())
+        np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_lexical_term_on_hand_made_cases():
+    index = LexicalIndex.build(TITLES)
+    idf = index.idf()
+
+    def scores(query: str) -> np.ndarray:
+        return index.scores(index.query_terms([query])[0], idf)
+
+    assert np.argmax(scores("cordless drill")) == 0  # the only title with both terms
+    assert scores("drills")[1] > 0  # stemmed: "drills" matches "drill"
+    assert scores("paint")[[0, 1, 3, 4]].max() == 0 and scores("paint")[2] > 0
+    assert not scores("zebra unicorn").any()  # words no title has score nothing
+    assert not scores("the and with").any()  # stopwords only
+    # a repeated term saturates: "drill drill" in item 3 scores above item 1's single "drill", not 2x
+    drill = scores("drill")
+    assert drill[1] < drill[3] < 2 * drill[1]
+
+
+def test_term_weights_are_parameters_the_item_loss_trains():
+    model = tiny_model()
+    example = Example("cordless drill", model.item_vectors[0].numpy(), np.array([0]), np.ones(1))
+    losses = loss_of(model, [example], np.random.default_rng(0))
+    losses["item"].backward()
+    grad = model.term_weight.grad
+    query_terms = model.lexical.query_terms(["cordless drill"])[0]
+    assert grad[query_terms].abs().min() > 0
+    others = np.setdiff1d(np.arange(model.lexical.n_terms), query_terms)
+    assert grad[others].abs().max() == 0
+    # raising a term's weight moves the items holding it up
+    prompts = build_prompts(
+        model.lexical, 64, ["paint drill"], model.item_vectors[:1].numpy(), model.item_vectors
+    )
+    before = model.lexical_logits(prompts.lexical_terms)[0]
+    paint = model.lexical.vocabulary["paint"]
+    with torch.no_grad():
+        model.term_weight[paint] += 5.0
+    after = model.lexical_logits(prompts.lexical_terms)[0]
+    assert float((after[2] - before[2]).detach()) == pytest.approx(
+        5.0 * model.lexical.saturation[2, paint], rel=1e-5
+    )
+    assert torch.equal(after[[0, 1, 3, 4]], before[[0, 1, 3, 4]])
+
+
+def test_search_returns_every_item_under_the_kept_prefixes_once():
+    model = tiny_model()
+    prompts = build_prompts(model.lexical, 64, ["drill"], model.item_vectors[:1].numpy(), model.item_vectors)
+    rows = rank(model, ["drill"], model.item_vectors[:1].numpy(), k=10, config=SearchConfig(beams=(2,)))[0]
+    assert sorted(rows) == list(range(len(TITLES)))
+    narrow = rank(model, ["drill"], model.item_vectors[:1].numpy(), k=10, config=SearchConfig(beams=(1,)))[0]
+    assert set(narrow) < set(rows) and len(prompts) == 1
+
+
+def test_bad_configs_name_the_problem():
+    with pytest.raises(ValueError, match="beams"):
+        GeneratorConfig(code_levels=2).validate()
+    with pytest.raises(ValueError, match="head_dim"):
+        GeneratorConfig.from_dict({"decoder": {"head_dim": 48}})
+    with pytest.raises(ValueError, match="unknown generator config keys"):
+        GeneratorConfig.from_dict({"beam": 3})
+    with pytest.raises(ValueError, match="learning rate"):
+        TrainConfig(learning_rate=0, weight_learning_rate=0).validate()
+
+
+# --- on the small synthetic track (real MiniLM vectors, real KHQE) -------------------------------
+
+
+@pytest.fixture(scope="module")
+def catalogue(encoded_small_run, small_track):
+    return load_catalogue(encoded_small_run, load_track(small_track))
+
+
+def test_leak_guard(small_track, catalogue):
+    track = load_track(small_track)
+    examples = judged_searches(track, catalogue.row_of_item(), catalogue.query_vectors)
+    assert examples
+    check_no_leak(examples, track)  # the train split's searches pass
+    texts, splits = track.queries["query"].to_pylist(), track.queries["split"].to_pylist()
+    held_out = next(
+        t for t, s in zip(texts, splits, strict=True) if s == "test" and t not in texts[: splits.index(s)]
+    )
+    leaked = [*examples, Example(held_out.upper(), examples[0].query_vector, np.array([0]), np.ones(1))]
+    with pytest.raises(LeakError, match="valid/test query"):
+        check_no_leak(leaked, track)
+
+
+def test_new_item_is_found_for_its_own_title(encoded_small_run, catalogue):
+    model = build_generator(catalogue, GeneratorConfig(search=SearchConfig(beams=(8,))))
+    titles = ["Zanzibar Titanium Espresso Grinder, Matte Teal", "Nordhem Walnut Bookshelf Ladder, 5 Tier"]
+    encoder = SentenceTransformerEncoder()
+    vectors = encoder.encode(titles, "passage")
+    sids = SemanticIdTokenizer.load(encoded_small_run / "sid_tokenizer")
+    new_ids = [10_000_001, 10_000_002]
+    codes = sids.add_items(new_ids, vectors)[:, : model.codes.levels]
+    model.add_items(vectors, titles, codes)
+    rows = rank(model, titles, encoder.encode(titles, "query"), k=10)
+    assert rows[0][0] == catalogue.item_ids.size and rows[1][0] == catalogue.item_ids.size + 1
+
+
+def test_save_and_load_give_the_same_searches(tmp_path, catalogue):
+    model = build_generator(catalogue, GeneratorConfig())
+    with torch.no_grad():
+        model.term_weight.mul_(1.5)
+    path = save_generator(model, catalogue.item_ids, tmp_path / "generator")
+    loaded, item_ids = load_generator(path)
+    np.testing.assert_array_equal(item_ids, catalogue.item_ids)
+    texts = ["grey cotton jacket", "black sofa"]
+    vectors = catalogue.item_vectors[:2]
+    assert rank(loaded, texts, vectors, 20) == rank(model, texts, vectors, 20)
+
+    weights = path / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="weights.safetensors"):
+        load_generator(path)
+    (path / "codes.npz").unlink()
+    with pytest.raises(ValueError, match="missing codes.npz"):
+        load_generator(path)
+
+
+def test_tiny_training_ranks_relevant_items_above_a_random_order(small_track, catalogue):
+    track = load_track(small_track)
+    config = GeneratorJobConfig(train=TrainConfig(epochs=6, batch_size=16, evaluate_every=10, max_minutes=5))
+    model = build_generator(catalogue, config.model)
+    untrained = search_split(model, catalogue, track, "valid")["NDCG@10"]
+    history = train(model, training_searches(track, catalogue, config.model), config.train)
+    losses = [step["item"] for step in history["steps"]]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])  # it learns
+    trained = search_split(model, catalogue, track, "test")
+    query_ids, _, judgments = search_eval_inputs(track, "test")
+    shuffled = np.random.default_rng(0).permutation(catalogue.item_ids)
+    random_order = search_metrics({q: shuffled[:350].tolist() for q in query_ids}, judgments)
+    assert trained["NDCG@10"] > random_order["NDCG@10"] + 0.2
+    assert trained["HR@350"] >= random_order["HR@350"]
+    assert untrained > 0  # the untrained start already searches
+
+
+def test_ray_train_job_trains_selects_saves_and_scores(ray_cluster, encoded_small_run, small_track, tmp_path):
+    import shutil
+
+    from pipelines import generator as job
+
+    run = tmp_path / "run"
+    shutil.copytree(encoded_small_run, run, ignore=shutil.ignore_patterns("sft", "model", "generator*"))
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump({"generator": {"train": {"epochs": 2, "batch_size": 16}, "select_queries": 12}})
+    )
+    results = job.main(
+        ["--run", str(run), "--data", str(small_track), "--config", str(config), "--address", ray_cluster[0]]
+    )
+    assert (run / "generator/weights.safetensors").is_file() and not (run / "generator_train.pt").exists()
+    history = yaml.safe_load((run / "generator/history.json").read_text())
+    scores = [s["score"] for s in history["selection"]]
+    assert history["best"]["score"] == max(scores)  # the selected weights are the best on valid
+    assert set(results) == {"untrained/valid", "untrained/test", "trained/valid", "trained/test"}
+    assert results["trained/valid"]["NDCG@10"] >= results["untrained/valid"]["NDCG@10"] - 1e-9
