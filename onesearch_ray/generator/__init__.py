@@ -1,0 +1,7 @@
+"""The CPU-first generator (issue 16): prompt embeddings -> small Qwen3 decoder -> KHQE codes -> item step.
+
+Read in pipeline order: ``prompts`` (a search as prompt embeddings), ``model`` (the decoder and its
+heads), ``lexical`` (the learned lexical term), ``codes`` (the KHQE levels), ``search`` (planned code
+beams, then the item step), ``train`` (the loop), ``examples`` (training searches, leak guard),
+``store`` (on disk), ``job`` (the whole job, Ray-free).
+"""
