@@ -178,12 +178,12 @@ def test_save_and_load_give_the_same_searches(tmp_path, catalogue):
         load_generator(path)
 
 
-def test_tiny_training_ranks_relevant_items_above_a_random_order(small_track, catalogue):
+def test_tiny_training_ranks_relevant_items_above_a_random_order(encoded_small_run, small_track, catalogue):
     track = load_track(small_track)
     config = GeneratorJobConfig(train=TrainConfig(epochs=6, batch_size=16, evaluate_every=10, max_minutes=5))
     model = build_generator(catalogue, config.model)
     untrained = search_split(model, catalogue, track, "valid")["NDCG@10"]
-    history = train(model, training_searches(track, catalogue, config.model), config.train)
+    history = train(model, training_searches(encoded_small_run, track, catalogue, config), config.train)
     losses = [step["item"] for step in history["steps"]]
     assert np.mean(losses[-5:]) < np.mean(losses[:5])  # it learns
     trained = search_split(model, catalogue, track, "test")
@@ -195,7 +195,9 @@ def test_tiny_training_ranks_relevant_items_above_a_random_order(small_track, ca
     assert untrained > 0  # the untrained start already searches
 
 
-def test_ray_train_job_trains_selects_saves_and_scores(ray_cluster, encoded_small_run, small_track, tmp_path):
+def test_ray_train_job_on_two_workers_trains_selects_saves_and_scores(
+    ray_cluster, encoded_small_run, small_track, tmp_path
+):
     import shutil
 
     from pipelines import generator as job
@@ -208,6 +210,7 @@ def test_ray_train_job_trains_selects_saves_and_scores(ray_cluster, encoded_smal
     )
     results = job.main(
         ["--run", str(run), "--data", str(small_track), "--config", str(config), "--address", ray_cluster[0]]
+        + ["--workers", "2"]
     )
     assert (run / "generator/weights.safetensors").is_file() and not (run / "generator_train.pt").exists()
     history = yaml.safe_load((run / "generator/history.json").read_text())

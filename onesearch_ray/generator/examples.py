@@ -3,6 +3,9 @@
 - ``judged_searches``: each train query with its judged items, gain = relevance - 1 (the NDCG gain).
 - ``log_searches``: each train-query search of the log with a click or an order (an order weighs
   2, a click 1), the user's earlier clicks as the history.
+- ``distilled_searches``: pseudo-queries drawn from titles, labelled by the project's cascade
+  (BM25 + dense RRF, ``train.distill``), the rank-r item with gain 1 / (r + 1): the model learns
+  the teacher's order on queries shaped like the catalogue, not only the few thousand judged ones.
 - ``next_item_searches``: next-item rows with no query (the history is the prompt), plus sliding
   windows inside each history (prefix -> next item, at most ``WINDOWS`` per row).
 
@@ -13,12 +16,18 @@ ever become examples: the leak guard is here, in one place.
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 
 from onesearch_ray.data import Track
+from onesearch_ray.generator.catalogue import Catalogue
 from onesearch_ray.generator.train import Example
+from onesearch_ray.khqe import SemanticIdTokenizer
+from onesearch_ray.khqe.cache import load_embeddings, store_embeddings
+from onesearch_ray.khqe.online import RunTextEncoder
+from onesearch_ray.train.distill import DistillConfig, distilled_queries
 from onesearch_ray.train.stages import LeakError, held_out_query_keys, query_key
 
 TRAIN_SPLIT = "train"
@@ -94,6 +103,31 @@ def log_searches(
         )
         for key, t in searches.items()
     ]
+
+
+def distilled_searches(run: Path, track: Track, catalogue: Catalogue, config: DistillConfig) -> list[Example]:
+    """Cascade-labelled pseudo-queries (none unless ``config.pseudo_queries_per_item``); their query
+    vectors are encoded once and cached in ``RUN/embeddings/pseudo_queries.npy``."""
+    if not config.enabled:
+        return []
+    train_texts = [track.queries["query"][row].as_py() for row in train_query_rows(track).values()]
+    exclude = held_out_query_keys(track, TRAIN_SPLIT) | {query_key(q) for q in train_texts}
+    sids = SemanticIdTokenizer.load(Path(run) / "sid_tokenizer")
+    labelled = distilled_queries(Path(run), track.items, sids, exclude, config)
+    texts = labelled["query"].to_pylist()
+    encoder = RunTextEncoder.from_run(run).encoder
+    vectors = load_embeddings(Path(run), "pseudo_queries", texts, encoder.config)
+    if vectors is None:
+        vectors = encoder.encode(texts, "query")
+        store_embeddings(Path(run), "pseudo_queries", texts, encoder.config, vectors)
+    rows = catalogue.row_of_item()
+    out = []
+    for text, vector, labels in zip(texts, vectors, labelled["labels"].to_pylist(), strict=True):
+        ranked = [(rows[item], 1.0 / (rank + 1)) for rank, item in enumerate(labels) if item in rows]
+        if ranked:
+            targets, gains = zip(*ranked, strict=True)
+            out.append(Example(text, vector, np.array(targets), np.array(gains)))
+    return out
 
 
 def next_item_searches(track: Track, row_of_item: dict[int, int], dim: int) -> list[Example]:

@@ -20,11 +20,12 @@ from onesearch_ray.data import Track, load_track
 from onesearch_ray.generator.catalogue import Catalogue, build_generator, load_catalogue
 from onesearch_ray.generator.config import GeneratorConfig
 from onesearch_ray.generator.evaluate import search_split
-from onesearch_ray.generator.examples import check_no_leak, judged_searches, log_searches
+from onesearch_ray.generator.examples import check_no_leak, distilled_searches, judged_searches, log_searches
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.store import load_generator, save_generator
 from onesearch_ray.generator.train import Example, TrainConfig, train
 from onesearch_ray.io import write_json
+from onesearch_ray.train.distill import DistillConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,9 @@ SELECTION_METRIC = "NDCG@10"
 class GeneratorJobConfig:
     model: GeneratorConfig = field(default_factory=GeneratorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(
+        default_factory=DistillConfig
+    )  # cascade-labelled pseudo-queries (off: 0 per item)
     select_queries: int = 400  # the first N valid queries with a relevant item score each checkpoint
     evaluate_k: int = 350
 
@@ -49,12 +53,17 @@ def load_job_config(path: str | Path | None) -> GeneratorJobConfig:
     return config
 
 
-def training_searches(track: Track, catalogue: Catalogue, config: GeneratorConfig) -> list[Example]:
+def training_searches(
+    run: Path, track: Track, catalogue: Catalogue, config: GeneratorJobConfig
+) -> list[Example]:
     """Every kind of training search the track has (train split only: the leak guard)."""
     rows, vectors = catalogue.row_of_item(), catalogue.query_vectors
     if vectors is None:
         raise ValueError(f"track {track.name} has no queries: the generator trains on searches")
-    examples = judged_searches(track, rows, vectors) + log_searches(track, rows, vectors, config.history)
+    examples = judged_searches(track, rows, vectors) + log_searches(
+        track, rows, vectors, config.model.history
+    )
+    examples += distilled_searches(run, track, catalogue, config.distill)
     if not examples:
         raise ValueError(
             f"track {track.name} has no judged train query and no logged click or order to learn from"
@@ -82,7 +91,7 @@ def train_on_worker(
     track = load_track(data)
     catalogue = load_catalogue(run, track)
     model = build_generator(catalogue, config.model)
-    examples = training_searches(track, catalogue, config.model)[rank::world_size]
+    examples = training_searches(run, track, catalogue, config)[rank::world_size]
     select = selection(catalogue, track, config) if rank == 0 else None
     history = train(model, examples, config.train, select, checkpoint=run / CHECKPOINT if rank == 0 else None)
     if rank == 0:

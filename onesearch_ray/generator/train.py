@@ -59,6 +59,9 @@ class TrainConfig:
     weight_decay: float = 0.05  # on the zero-initialised corrections: the pull toward the start
     code_loss_weight: float = 0.5
     evaluate_every: int = 0  # steps between selection scores and checkpoints (0: once per epoch)
+    # stop after this many selection scores in a row below the best (0: never). On Home Depot the
+    # decoder peaks after 2 epochs and then memorises the 7,089 train queries (valid 0.397 -> 0.340)
+    patience: int = 2
     max_minutes: float = 45.0  # the budget on the wall clock; training stops when it is spent
     seed: int = 0
 
@@ -189,7 +192,7 @@ def train(
         schedule.step()
         history["steps"].append({name: float(value.detach()) for name, value in losses.items()})
         history["minutes"] = (time.perf_counter() - started) / 60
-        out_of_time = history["minutes"] >= config.max_minutes
+        out_of_time = _rank0_decides(history["minutes"] >= config.max_minutes)
         if step % every and step != total_steps and not out_of_time:
             continue
         if select:
@@ -206,8 +209,14 @@ def train(
             )
             if score > state["best"]["score"]:
                 state["best"] = {"score": score, "step": step, "weights": copy.deepcopy(model.state_dict())}
+            state["since_best"] = 0 if state["best"]["step"] == step else state.get("since_best", 0) + 1
         if checkpoint is not None and rank == 0:
             _save(checkpoint, model, optimizer, schedule, state | {"step": step})
+        if _rank0_decides(config.patience > 0 and state.get("since_best", 0) >= config.patience):
+            log.info(
+                "no better selection score for %d evaluations: stopping at step %d", config.patience, step
+            )
+            break
         if out_of_time:
             log.warning(
                 "training budget of %.0f min spent at step %d of %d", config.max_minutes, step, total_steps
@@ -217,6 +226,15 @@ def train(
         model.load_state_dict(state["best"]["weights"])
         history["best"] = {"score": state["best"]["score"], "step": state["best"]["step"]}
     return history
+
+
+def _rank0_decides(flag: bool) -> bool:
+    """Rank 0's value of ``flag`` on every worker (its clock and its selection scores rule)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([float(flag)])
+    dist.broadcast(value, src=0)
+    return bool(value.item())
 
 
 def _average_gradients(model: CodeItemGenerator) -> None:
