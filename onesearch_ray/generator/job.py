@@ -4,7 +4,7 @@
     RUN/generator/metrics.json  valid and test metrics of the untrained start and the trained model
     RUN/generator_train.pt    the resumable training state (removed once the model is saved)
 
-``pipelines/generator.py`` runs ``train_on_worker`` inside Ray Train; ``run_job`` is the whole job.
+``pipelines/generator.py`` runs ``train_on_worker`` inside Ray Train, then ``evaluate_run``.
 """
 
 from __future__ import annotations
@@ -38,9 +38,8 @@ SELECTION_METRIC = "NDCG@10"
 class GeneratorJobConfig:
     model: GeneratorConfig = field(default_factory=GeneratorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    distill: DistillConfig = field(
-        default_factory=DistillConfig
-    )  # cascade-labelled pseudo-queries (off: 0 per item)
+    # cascade-labelled pseudo-queries (off: 0 per item)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     select_queries: int = 400  # the first N valid queries with a relevant item score each checkpoint
     evaluate_k: int = 350
 

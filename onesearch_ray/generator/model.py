@@ -42,23 +42,6 @@ class PromptBatch:
     def __len__(self) -> int:
         return len(self.query_vectors)
 
-    def select(self, rows: list[int]) -> PromptBatch:
-        words = [self.hashed_words[a:b] for a, b in self._word_spans()]
-        kept = [words[r] for r in rows]
-        offsets = torch.tensor(np.cumsum([0] + [len(w) for w in kept[:-1]]), dtype=torch.long)
-        return PromptBatch(
-            self.query_vectors[rows],
-            torch.cat(kept) if kept else self.hashed_words[:0],
-            offsets,
-            [self.lexical_terms[r] for r in rows],
-            None if self.history_vectors is None else self.history_vectors[rows],
-            None if self.history_mask is None else self.history_mask[rows],
-        )
-
-    def _word_spans(self) -> list[tuple[int, int]]:
-        ends = self.word_offsets.tolist()[1:] + [len(self.hashed_words)]
-        return list(zip(self.word_offsets.tolist(), ends, strict=True))
-
 
 class CodeItemGenerator(nn.Module):
     def __init__(
@@ -145,12 +128,10 @@ class CodeItemGenerator(nn.Module):
     def item_query(self, hidden: torch.Tensor, query_vectors: torch.Tensor) -> torch.Tensor:
         return query_vectors + self.item_correction(hidden)
 
-    def dense_logits(self, item_query: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, items) dense part of the item step (all items, or ``rows`` of the catalogue)."""
-        vectors, bias = self.item_vectors + self.item_offset, self.item_bias
-        if rows is not None:
-            vectors, bias = vectors[rows], bias[rows]
-        return self.log_dense_scale.exp() * item_query @ vectors.T + bias
+    def dense_logits(self, item_query: torch.Tensor) -> torch.Tensor:
+        """(B, items) dense part of the item step over the whole catalogue."""
+        vectors = self.item_vectors + self.item_offset
+        return self.log_dense_scale.exp() * item_query @ vectors.T + self.item_bias
 
     def lexical_logits(self, lexical_terms: list[np.ndarray]) -> torch.Tensor:
         """(B, items) the lexical match of each search with every item, differentiable in the weights."""
