@@ -139,20 +139,12 @@ class VLLMEngine:
         kwargs override it). ``warmup`` runs one small search now (the first one pays a few seconds of
         one-time set-up). Call it under an ``if __name__ == "__main__":`` guard in scripts.
         """
-        import torch
-
-        cuda = torch.cuda.is_available()
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        if not cuda:
-            for name, value in CPU_ENV.items():
-                os.environ.setdefault(name, value)
+        cuda = prepare_in_process_vllm()
         from vllm import LLM
 
         from onesearch_ray.decoding.vllm_processor import SidBeamSearchLogitsProcessor
         from onesearch_ray.model import load_tokenizer
 
-        _tolerate_foreign_module_objects()
-        _quiet_chat_template_warmup()
         kwargs = {**default_vllm_kwargs(cuda, compile), **vllm_kwargs}
         kwargs["logits_processors"] = [*kwargs.get("logits_processors", []), SidBeamSearchLogitsProcessor]
         if position_token_ids is None:
@@ -419,6 +411,25 @@ def _set_result(future: asyncio.Future, value: Any) -> None:
 def _set_exception(future: asyncio.Future, err: BaseException) -> None:
     if not future.done():
         future.set_exception(err)
+
+
+def prepare_in_process_vllm() -> bool:
+    """Set this process up for an in-process vLLM engine; returns whether CUDA is available.
+
+    Sets ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (logits processors then run in this process, where the
+    searches they serve live) and, on CPU, ``VLLM_CPU_KVCACHE_SPACE=1`` and ``HF_HUB_OFFLINE=1`` unless
+    already set; applies the two start-up workarounds below.
+    """
+    import torch
+
+    cuda = torch.cuda.is_available()
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    if not cuda:
+        for name, value in CPU_ENV.items():
+            os.environ.setdefault(name, value)
+    _tolerate_foreign_module_objects()
+    _quiet_chat_template_warmup()
+    return cuda
 
 
 def _tolerate_foreign_module_objects() -> None:

@@ -108,22 +108,36 @@ class CodeItemGenerator(nn.Module):
             return torch.cat([torch.stack(views, 1), items, profile[:, None]], 1)
         return torch.stack(views, 1)
 
-    def hidden(self, prompt: torch.Tensor, code_prefix: torch.Tensor | None = None) -> torch.Tensor:
-        """Decoder outputs over [prompt; embeddings of the given code prefix] (B, P + levels, width)."""
+    def sequence(self, prompt: torch.Tensor, code_prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's input embeddings: [prompt; embeddings of the given code prefix]."""
         parts = [prompt]
         if code_prefix is not None:
             parts += [
                 self.code_in[level](code_prefix[:, level])[:, None] for level in range(code_prefix.shape[1])
             ]
-        return self.decoder(inputs_embeds=torch.cat(parts, 1)).last_hidden_state
+        return torch.cat(parts, 1)
+
+    def hidden(self, prompt: torch.Tensor, code_prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder outputs over [prompt; embeddings of the given code prefix] (B, P + levels, width)."""
+        return self.decoder(inputs_embeds=self.sequence(prompt, code_prefix)).last_hidden_state
 
     # --- heads ---------------------------------------------------------------------------------
+    # Each head is a query part plus a linear map of the decoder output: the linear maps are what
+    # an LM head can hold (``generator.vllm_decoder`` serves them as vLLM's vocabulary rows).
 
     def code_logits(self, level: int, hidden: torch.Tensor, query_vectors: torch.Tensor) -> torch.Tensor:
         """(B, level_size) logits of code level ``level`` from that step's decoder output."""
+        return self.code_query_logits(level, query_vectors) + hidden @ self.code_head(level).T
+
+    def code_query_logits(self, level: int, query_vectors: torch.Tensor) -> torch.Tensor:
+        """The query's part of code level ``level``'s logits: ``code_scale * <q, centroid> + bias``."""
         centroids = getattr(self, f"centroids_{level}")
-        query = query_vectors + self.code_correction[level](hidden)
-        return self.log_code_scale.exp() * query @ centroids.T + self.code_bias[level]
+        return self.log_code_scale.exp() * query_vectors @ centroids.T + self.code_bias[level]
+
+    def code_head(self, level: int) -> torch.Tensor:
+        """(level_size, width): the decoder output's part, ``code_scale * <A_l h, centroid>``."""
+        centroids = getattr(self, f"centroids_{level}")
+        return self.log_code_scale.exp() * centroids @ self.code_correction[level].weight
 
     def item_query(self, hidden: torch.Tensor, query_vectors: torch.Tensor) -> torch.Tensor:
         return query_vectors + self.item_correction(hidden)

@@ -6,9 +6,15 @@ every kept prefix are scored (log-probabilities summed along the prefix), each c
 the best ``beams[level]`` prefixes are kept. The item step then scores every item under the kept
 prefixes in one matrix product (dense + lexical + bias), adds ``code_weight`` times the item's
 prefix log-probability (BeamFusion), and returns the top ``k`` catalogue rows with their scores.
+
+The decoder itself runs in a :class:`Decoder`: :class:`TorchDecoder` (the reference, the model's own
+forward) or ``generator.vllm_decoder.VLLMDecoder`` (vLLM with prompt embeddings); everything else
+here is the same for both, so both return the same ranking.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -19,26 +25,50 @@ from onesearch_ray.generator.model import CodeItemGenerator, PromptBatch
 Ranking = list[tuple[int, float]]  # (catalogue row, score), best first
 
 
+class Decoder(Protocol):
+    def last_outputs(self, sequences: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """For input embeddings (n, T, width): at the last position, code level ``level``'s head
+        (``model.code_head``) and the item correction (``model.item_correction``) of the output."""
+        ...
+
+
+class TorchDecoder:
+    """The reference engine: the model's own decoder forward."""
+
+    def __init__(self, model: CodeItemGenerator) -> None:
+        self.model = model
+
+    def last_outputs(self, sequences: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        last = self.model.decoder(inputs_embeds=sequences).last_hidden_state[:, -1]
+        return last @ self.model.code_head(level).T, self.model.item_correction(last)
+
+
 @torch.no_grad()
 def search(
-    model: CodeItemGenerator, prompts: PromptBatch, k: int, config: SearchConfig | None = None
+    model: CodeItemGenerator,
+    prompts: PromptBatch,
+    k: int,
+    config: SearchConfig | None = None,
+    decoder: Decoder | None = None,
 ) -> list[Ranking]:
     """Top-``k`` catalogue rows per search (fewer when the kept prefixes hold fewer items)."""
     config = config or model.config.search
     config.validate(model.codes.levels)
     model.eval()
+    decoder = decoder or TorchDecoder(model)
+    queries = prompts.query_vectors
     prompt = model.prompt_embeddings(prompts)
-    last = model.hidden(prompt)[:, -1]
+    code_part, correction = decoder.last_outputs(prompt, 0)
     # the dense part for the whole batch and catalogue in one product: far cheaper than one
     # gather of the kept items' rows per search (64 ms -> ~1 ms a query on Home Depot)
-    dense = model.dense_logits(model.item_query(last, prompts.query_vectors)).numpy()
-    first_logits = model.code_logits(0, last, prompts.query_vectors)
+    dense = model.dense_logits(queries + correction).numpy()
+    first_logits = model.code_query_logits(0, queries) + code_part
     trie = _trie(model)
     out = []
     for b in range(len(prompts)):
         lexical = model.lexical_scores(prompts.lexical_terms[b])
         prefixes, log_probs = _plan(
-            model, trie, config, prompt[b : b + 1], prompts.query_vectors[b], first_logits[b], lexical
+            model, decoder, trie, config, prompt[b : b + 1], queries[b], first_logits[b], lexical
         )
         groups = model.codes.groups(model.codes.levels - 1)
         kept = groups.index_of(trie.prefix_keys(prefixes))
@@ -50,7 +80,7 @@ def search(
     return out
 
 
-def _plan(model, trie, config: SearchConfig, prompt, query_vector, first_logits, lexical):
+def _plan(model, decoder: Decoder, trie, config: SearchConfig, prompt, query_vector, first_logits, lexical):
     """The kept prefixes (n, levels) and their code log-probabilities after the last level."""
     prefixes = np.zeros((1, 0), dtype=np.int64)
     log_probs = np.zeros(1, dtype=np.float32)
@@ -58,8 +88,9 @@ def _plan(model, trie, config: SearchConfig, prompt, query_vector, first_logits,
         if level == 0:
             logits = first_logits[None]
         else:
-            hidden = model.hidden(prompt.expand(len(prefixes), -1, -1), torch.as_tensor(prefixes))[:, -1]
-            logits = model.code_logits(level, hidden, query_vector.expand(len(prefixes), -1))
+            sequences = model.sequence(prompt.expand(len(prefixes), -1, -1), torch.as_tensor(prefixes))
+            code_part, _ = decoder.last_outputs(sequences, level)
+            logits = model.code_query_logits(level, query_vector.expand(len(prefixes), -1)) + code_part
         allowed = torch.as_tensor(trie.allowed_mask(prefixes))
         step = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), -1).numpy()
         total = log_probs[:, None] + step
