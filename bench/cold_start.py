@@ -31,7 +31,6 @@ from onesearch_ray.data import load_track  # noqa: E402
 from onesearch_ray.eval.coldstart import TASKS, ColdStartConfig, cold_start_report  # noqa: E402
 from onesearch_ray.eval.report import SEARCH_TABLE_METRICS, markdown_table  # noqa: E402
 from onesearch_ray.io import atomic_path, write_json  # noqa: E402
-from onesearch_ray.serving.engines import make_engine  # noqa: E402
 from onesearch_ray.serving.service import SearchService  # noqa: E402
 
 OWN_TITLE_METRICS = ("HR@10", "HR@350", "MRR@10", "n_queries", "ms_per_query")
@@ -72,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     config = ColdStartConfig(beam=args.beam, k=args.k, limit=args.limit, e5=args.e5)
     started = time.perf_counter()
-    service = SearchService(args.run, make_engine("transformers"), data=args.data)
+    service = SearchService(args.run, "transformers", data=args.data)
     report = cold_start_report(service, args.run, load_track(args.data), config)
     report["held_out"]["total_seconds"] = time.perf_counter() - started
     out = args.out or args.run

@@ -76,12 +76,24 @@ class RunDir:
         write_json(self.path / MANIFEST, manifest)
 
 
+GENERATOR_DIR = "generator"  # RUN/generator: the CPU-first generator (``generator.job.MODEL_DIR``)
+
+
 def write_latest_model(run: str | Path, model_dir: str | Path) -> None:
     """Point the run at ``model_dir``; relative to the run when inside it, so a run dir can move."""
     run, model_dir = Path(run).resolve(), Path(model_dir).resolve()
     target = model_dir.relative_to(run) if model_dir.is_relative_to(run) else model_dir
     with atomic_path(run / LATEST_MODEL) as tmp:
         tmp.write_text(json.dumps({"model": str(target)}) + "\n")
+
+
+def served_model_dir(run: str | Path) -> Path:
+    """The model a run serves and evaluates by default: ``RUN/generator`` (``onesearch generator``)
+    when it has one, else its latest SID decoder (``onesearch train``)."""
+    from onesearch_ray.generator.store import is_generator_dir
+
+    generator = Path(run) / GENERATOR_DIR
+    return generator if is_generator_dir(generator) else latest_model_dir(run)
 
 
 def latest_model_dir(run: str | Path) -> Path:

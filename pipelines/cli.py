@@ -129,7 +129,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from onesearch_ray.data import SyntheticConfig, detect_format, write_synthetic
-    from pipelines import evaluate, prepare, train
+    from pipelines import evaluate, generator, prepare
 
     _stop_on_sigterm()
     run = Path(args.out)
@@ -137,26 +137,22 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     config = ["--config", args.config] if args.config else []
     if not args.data:
         write_synthetic(data, SyntheticConfig(seed=args.seed))
-        print(f"[1/6] default data: synthetic catalogue and search log in {data}")
-    print("[2/6] encode: KHQE semantic IDs (Ray Data)")
+        print(f"[1/5] default data: synthetic catalogue and search log in {data}")
+    print("[2/5] encode: text vectors and KHQE semantic IDs (Ray Data)")
     prepare.main(["--data", str(data), "--out", str(run), *config])
-    print("[3/6] train: alignment -> co-occurrence -> personalisation SFT (Ray Train)")
-    train.main(["--run", str(run), "--data", str(data), *config])
-    if args.no_rl:
-        print("[4/6] reward alignment: skipped (--no-rl)")
-    else:
-        print("[4/6] reward alignment: TPMA-GRPO from the search log (Ray Train)")
-        train.main(["--run", str(run), "--data", str(data), "--stage", "grpo", *config])
-    print("[5/6] evaluate: the model beside BM25, dense and RRF")
+    print("[3/5] train: the CPU-first generator, kept at its best valid score (Ray Train)")
+    generator.init_ray()
+    generator.train_generator(run, data, generator.load_job_config(args.config))
+    print("[4/5] evaluate: the generator beside BM25, dense and RRF")
     track = {"onesearch": "synthetic", "homedepot": "homedepot", "amazon18": "amazon18"}[detect_format(data)]
-    evaluate.run_eval(run, track, data, evaluate.EvalConfig(beam=args.beam, k=350))
+    evaluate.run_eval(run, track, data, evaluate.EvalConfig(k=350))
     print(f"\nrun directory: {run.resolve()}")
     if args.no_serve:
         return 0
     from demo.app import launch
     from serve_apps.launch import start, stop, write_token_for
 
-    print("[6/6] serve: the trained model behind HTTP (Ray Serve + vLLM), and the demo page")
+    print("[5/5] serve: the generator behind HTTP (Ray Serve + vLLM), and the demo page")
     token = write_token_for(run, args.host)
     api = start(
         run,
@@ -299,11 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--out", type=Path, default=DEFAULT_QUICKSTART_RUN)
     quick.add_argument("--config", default=str(QUICKSTART_CONFIG), help="YAML config")
     quick.add_argument("--seed", type=int, default=0)
-    quick.add_argument("--beam", type=int, default=50, help="beam width for the evaluation")
     quick.add_argument("--no-serve", action="store_true", help="stop after the evaluation")
-    quick.add_argument(
-        "--no-rl", action="store_true", help="skip the GRPO stage after SFT (evaluate, serve the SFT model)"
-    )
     quick.add_argument("--host", default="127.0.0.1", help="bind address of the API and the demo")
     quick.add_argument("--port", type=int, default=8000, help="search API port")
     quick.add_argument("--demo-port", type=int, default=7860, help="demo page port")

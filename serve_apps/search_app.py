@@ -32,7 +32,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 
 from onesearch_ray.rewards.feedback_log import FeedbackLog
-from onesearch_ray.serving.engines import make_engine
 from onesearch_ray.serving.schemas import (
     MAX_ITEM_ID,
     MAX_USERS_PAGE,
@@ -104,7 +103,7 @@ class SearchDeployment:
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         log_path = Path(feedback_log) if feedback_log else Path(run) / "feedback.sqlite"
-        self.service = SearchService(run, make_engine(engine), data, feedback_log=FeedbackLog(log_path))
+        self.service = SearchService(run, engine, data, feedback_log=FeedbackLog(log_path))
         self.write_token = write_token or os.environ.get(TOKEN_ENV) or None
         api.openapi_schema = None
         api.openapi = self._openapi_document

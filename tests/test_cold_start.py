@@ -112,10 +112,9 @@ def test_encode_with_holdout_leaves_items_out_of_fitting_and_training(ray_cluste
 # ---- live catalogue: found by the model's own search -------------------------------------------
 @pytest.fixture(scope="module")
 def service(trained_small_run, small_track):
-    from onesearch_ray.serving.engines import make_engine
     from onesearch_ray.serving.service import SearchService
 
-    return SearchService(trained_small_run, make_engine("transformers"), data=small_track)
+    return SearchService(trained_small_run, "transformers", data=small_track)
 
 
 def test_item_added_live_is_found_by_generative_search_for_its_title(service) -> None:
@@ -150,7 +149,6 @@ def test_cold_start_report_on_a_run_with_held_out_items(trained_small_run, small
     from onesearch_ray.data import load_track
     from onesearch_ray.eval.coldstart import ColdStartConfig, cold_start_report
     from onesearch_ray.eval.holdout import write_holdout
-    from onesearch_ray.serving.engines import make_engine
     from onesearch_ray.serving.service import SearchService
 
     run = tmp_path / "run"
@@ -162,7 +160,7 @@ def test_cold_start_report_on_a_run_with_held_out_items(trained_small_run, small
     sids.remove_items(held)
     sids.save(run / "sid_tokenizer")
     write_holdout(run, held)
-    service = SearchService(run, make_engine("transformers"), data=small_track)
+    service = SearchService(run, "transformers", data=small_track)
     report = cold_start_report(service, run, track, ColdStartConfig(beam=5, k=50, limit=4))
     assert report["held_out"]["n_items"] == len(held) and all(service.sids.has_item(i) for i in held)
     assert set(report["own_title"]) == {"model", "bm25", "dense", "rrf", "model_trained"}

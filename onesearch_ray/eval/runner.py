@@ -33,12 +33,15 @@ from onesearch_ray.eval.tracks import (
     run_search_baselines,
     search_eval_inputs,
 )
+from onesearch_ray.generator.catalogue import load_catalogue
+from onesearch_ray.generator.evaluate import search_split
+from onesearch_ray.generator.store import is_generator_dir, load_generator
 from onesearch_ray.khqe import EncoderConfig, SemanticIdTokenizer, catalogue_texts
 from onesearch_ray.khqe.cache import load_embeddings, store_embeddings
 from onesearch_ray.khqe.encoder import E5_ENCODER, TextEncoder, TextKind, make_encoder
 from onesearch_ray.model import load_model
 from onesearch_ray.prompts import PromptBuilder, PromptConfig
-from onesearch_ray.runs import latest_model_dir
+from onesearch_ray.runs import latest_model_dir, served_model_dir
 from onesearch_ray.train.workflow import behavior_index, load_query_codes
 
 log = logging.getLogger(__name__)
@@ -91,8 +94,12 @@ def encoded_vectors(
 
 
 def evaluate(run: str | Path, data: str | Path, track_kind: str, config: EvalConfig) -> dict[str, dict]:
+    """The run's served model (``runs.served_model_dir``, or ``config.model_dir``) beside the baselines."""
     run, track = Path(run), load_track(data)
-    engine, sids = build_engine(run, Path(config.model_dir) if config.model_dir else None)
+    model_dir = Path(config.model_dir) if config.model_dir else served_model_dir(run)
+    if is_generator_dir(model_dir):
+        return _evaluate_generator(run, track, track_kind, model_dir, config)
+    engine, sids = build_engine(run, model_dir)
     builder = PromptBuilder(sids, PromptConfig())
     if track_kind == "search":
         return _evaluate_search(run, track, engine, sids, builder, config)
@@ -117,6 +124,25 @@ def _evaluate_search(run, track: Track, engine, sids, builder, config: EvalConfi
     results = {"model": model}
     if config.baselines:
         kept_ids = {qid for qid, _ in queries} if config.limit else None
+        results.update(search_baselines(run, track, config, kept_ids))
+    return results
+
+
+def _evaluate_generator(run: Path, track: Track, track_kind: str, model_dir: Path, config: EvalConfig):
+    """The CPU-first generator (torch engine) on a search track's split, beside the baselines."""
+    if track_kind != "search":
+        raise ValueError(
+            f"{model_dir}: the generator is evaluated on search tracks only so far; its next-item "
+            "evaluation (Amazon) is not written yet"
+        )
+    model, _ = load_generator(model_dir)
+    catalogue = load_catalogue(run, track)
+    metrics = search_split(model, catalogue, track, config.split, config.k, limit=config.limit)
+    results = {"model": metrics | {"beam": model.config.search.beams[-1]}}
+    if config.baselines:
+        query_ids, _, judgments = search_eval_inputs(track, config.split)
+        relevant = [q for q in query_ids if relevant_items(judgments.get(q, {}))]
+        kept_ids = set(relevant[: config.limit]) if config.limit else None
         results.update(search_baselines(run, track, config, kept_ids))
     return results
 

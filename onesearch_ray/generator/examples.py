@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from onesearch_ray.data import Track
+from onesearch_ray.data.schemas import Event
 from onesearch_ray.generator.catalogue import Catalogue
 from onesearch_ray.generator.train import Example
 from onesearch_ray.khqe import SemanticIdTokenizer
@@ -82,15 +83,15 @@ def log_searches(
     contexts: dict[tuple, list[int]] = {}
     columns = [log[c].to_pylist() for c in ("user_id", "query_id", "item_id", "event", "timestamp")]
     for user, qid, item, event, when in zip(*columns, strict=True):
-        if item not in row_of_item or event not in ("clicked", "ordered"):
+        if item not in row_of_item or event not in (Event.CLICKED, Event.ORDERED):
             continue
         if qid in rows:
             key = (user, qid, when)
             contexts.setdefault(key, clicks_so_far[user][-history:] if history else [])
-            gain = ORDER_GAIN if event == "ordered" else CLICK_GAIN
+            gain = ORDER_GAIN if event == Event.ORDERED else CLICK_GAIN
             target = searches.setdefault(key, {})
             target[row_of_item[item]] = max(target.get(row_of_item[item], 0.0), gain)
-        if event == "clicked":
+        if event == Event.CLICKED:
             clicks_so_far[user].append(row_of_item[item])
     texts = track.queries["query"].to_pylist()
     return [

@@ -25,11 +25,12 @@ from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.store import load_generator, save_generator
 from onesearch_ray.generator.train import Example, TrainConfig, train
 from onesearch_ray.io import write_json
+from onesearch_ray.runs import GENERATOR_DIR
 from onesearch_ray.train.distill import DistillConfig
 
 log = logging.getLogger(__name__)
 
-MODEL_DIR = "generator"
+MODEL_DIR = GENERATOR_DIR
 CHECKPOINT = "generator_train.pt"
 SELECTION_METRIC = "NDCG@10"
 

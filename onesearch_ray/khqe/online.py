@@ -44,7 +44,10 @@ class RunTextEncoder:
 
     def encode(self, texts: list[str], kind: TextKind = "query") -> np.ndarray:
         """Fused vectors of search queries (``kind="query"``) or item texts (``"passage"``)."""
-        vectors = self.encoder.encode(texts, kind)
+        return self.fuse(texts, self.encoder.encode(texts, kind))
+
+    def fuse(self, texts: list[str], vectors: np.ndarray) -> np.ndarray:
+        """The keyword fusion of the encode stage, on vectors the encoder already made for ``texts``."""
         fused, _ = enhance(EncodedTexts(texts, vectors), self.lexicon, self.phrase_vectors, self.text_weight)
         return fused
 

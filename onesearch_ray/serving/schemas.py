@@ -61,8 +61,9 @@ class SearchRequest(BaseModel):
     k: Int = Field(default=10, ge=1, le=MAX_K, description="items to return")
     beam: Beam | None = Field(
         default=None,
-        description=f"beam width of the constrained search; default max(k, {DEFAULT_BEAM}), raised to k "
-        "when smaller (the beam bounds how many SIDs come back); the response says which beam ran",
+        description="beam width of the constrained search. The generator: code prefixes kept at its last "
+        "code level before the item step (default: the model's own setting). A SID decoder: SIDs kept, "
+        f"default max(k, {DEFAULT_BEAM}), raised to k when smaller. The response says which beam ran",
     )
 
     @property
@@ -73,7 +74,10 @@ class SearchRequest(BaseModel):
 class SearchHit(BaseModel):
     item_id: int
     title: str
-    score: float = Field(description="the model's SID log-probability, or the BM25 score on /search/bm25")
+    score: float = Field(
+        description="the model's score (the generator's item-step logit, a SID decoder's SID "
+        "log-probability), or the BM25 score on /search/bm25"
+    )
     sid: str
 
 

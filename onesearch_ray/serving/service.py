@@ -1,14 +1,16 @@
-"""The search service behind the HTTP API: request -> prompt -> constrained beam search -> items.
+"""The search service behind the HTTP API: request -> the served model -> items.
 
-Pure Python (no Ray): ``serve_apps/search_app.py`` wraps it in a Ray Serve deployment. The
-catalogue is live: ``add_items`` encodes new items with the frozen KHQE codebooks, puts each on the
-trained SID that describes it best (``SemanticIdTokenizer.add_items``: a SID the model generates)
-and swaps in a new trie version; searches already running keep the version they started with.
-The model is live too: ``swap_model`` lets the searches running finish, holds new ones back while
-it replaces the engine with one for another model of the run, then lets them run on it: none fails.
+Pure Python (no Ray): ``serve_apps/search_app.py`` wraps it in a Ray Serve deployment. It serves a
+model of the run (``serving.models``): the CPU-first generator ``RUN/generator`` when the run has
+one, else its latest SID decoder (``RUN/model/*``). The catalogue is live: ``add_items`` encodes new
+items with the frozen KHQE codebooks, puts each on the trained SID that describes it best
+(``SemanticIdTokenizer.add_items``), swaps in a new trie version and hands the items to the model
+(the generator scores them by their own vectors and title terms at once). The model is live too:
+``swap_model`` lets the searches running finish, holds new ones back while it loads another model of
+the run, then lets them run on it: none fails.
 
-With a feedback log every search is recorded as an impression (what was shown, from which
-prompt and model) and ``record_feedback`` stores clicks and orders against it: the data
+With a feedback log every search is recorded as an impression (what was shown, for which search and
+model) and ``record_feedback`` stores clicks and orders against it: the data
 ``onesearch train --stage dpo --feedback LOG`` learns from.
 """
 
@@ -21,29 +23,38 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 
 from onesearch_ray.behavior import BehaviorIndex, UserContext
 from onesearch_ray.data import load_track
-from onesearch_ray.decoding.beam import DecodingEngine, SearchLimitError, SidHit
 from onesearch_ray.decoding.trie import SidTrie
 from onesearch_ray.eval.baselines import BM25Retriever
+from onesearch_ray.generator.store import is_generator_dir
 from onesearch_ray.khqe import SemanticIdTokenizer, item_text
 from onesearch_ray.khqe.online import RunTextEncoder
 from onesearch_ray.model import check_model_dir, load_tokenizer
-from onesearch_ray.prompts import PromptBuilder, PromptConfig, SidVocabulary
+from onesearch_ray.prompts import SidVocabulary
 from onesearch_ray.rewards.feedback_log import (
     FeedbackLog,
     ItemNotShownError,
     ShownItem,
     UnknownImpressionError,
 )
-from onesearch_ray.runs import latest_model_dir
+from onesearch_ray.runs import served_model_dir
+from onesearch_ray.serving.models import (
+    BadRequestError,
+    EngineFactory,
+    GeneratorModel,
+    NewItems,
+    Search,
+    ServedModel,
+    SidModel,
+    model_dirs,
+)
 from onesearch_ray.serving.schemas import (
     AddItemsRequest,
     AddItemsResponse,
@@ -58,7 +69,7 @@ from onesearch_ray.serving.schemas import (
 
 log = logging.getLogger(__name__)
 BM25_MODEL = "bm25"  # the model name impressions of /search/bm25 carry
-EngineFactory = Callable[[Path, SidVocabulary, SidTrie], DecodingEngine]
+__all__ = ["BadRequestError", "ConflictError", "NotFoundError", "SearchService"]
 
 
 class NotFoundError(LookupError):
@@ -84,85 +95,99 @@ class ConflictError(ValueError):
     """The request would create something that already exists (HTTP 409)."""
 
 
-class BadRequestError(ValueError):
-    """A well-formed request the engine cannot serve (HTTP 422)."""
-
-
 @dataclass
 class Catalogue:
     titles: dict[int, str]
-
-    def hit(self, item_id: int, score: float, sid: str) -> SearchHit:
-        return SearchHit(item_id=item_id, title=self.titles.get(item_id, ""), score=score, sid=sid)
 
 
 class SearchService:
     def __init__(
         self,
         run: str | Path,
-        engine_factory: EngineFactory,
+        engine: str,
         data: str | Path | None = None,
         model_dir: str | Path | None = None,
         feedback_log: FeedbackLog | None = None,
+        engine_factory: EngineFactory | None = None,
     ) -> None:
+        """``engine``: "vllm", "vllm-compiled" or "transformers" (the reference); ``engine_factory``
+        replaces it for SID decoders (default ``serving.engines.make_engine(engine)``)."""
+        from onesearch_ray.serving.engines import make_engine
+
         self.run = Path(run)
+        self.engine = engine
+        self.engine_factory = engine_factory or make_engine(engine)
         self.sids = SemanticIdTokenizer.load(self.run / "sid_tokenizer")
-        self.engine_factory = engine_factory
-        self.model_dir = self._checked_model_dir(Path(model_dir) if model_dir else latest_model_dir(self.run))
-        self.vocabulary = SidVocabulary.from_tokenizers(load_tokenizer(self.model_dir), self.sids)
         self.trie = SidTrie.of_catalogue(self.sids)
-        self.engine = engine_factory(self.model_dir, self.vocabulary, self.trie)
-        self.builder = PromptBuilder(self.sids, PromptConfig())
         self.text_encoder = RunTextEncoder.from_run(self.run)
         items = pq.read_table(self.run / "items.parquet", columns=["item_id", "title"])
         self.catalogue = Catalogue(
             dict(zip(items.column("item_id").to_pylist(), items.column("title").to_pylist(), strict=True))
         )
+        self.added: list[NewItems] = []  # live-added items, replayed on a swapped-in generator
+        self.model = self._load(Path(model_dir) if model_dir else served_model_dir(self.run))
         self.behavior = _behavior(data or _encoded_data(self.run))
         self.feedback_log = feedback_log
         self._bm25: BM25Retriever | None = None
         self._update_lock = threading.Lock()  # catalogue updates and model swaps, one at a time
         self._swap_gate = _SwapGate()
 
+    def _load(self, directory: Path) -> ServedModel:
+        if is_generator_dir(directory):
+            return GeneratorModel(directory, self.engine, self.text_encoder, self.hit, self.added)
+        return SidModel(directory, self.engine_factory, self.sids, self.text_encoder, self.hit, self.trie)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.model.directory
+
+    def hit(self, item_id: int, score: float) -> SearchHit:
+        """A result row: the item's title and SID beside the score."""
+        title = self.catalogue.titles.get(item_id, "")
+        return SearchHit(item_id=item_id, title=title, score=score, sid=self._sid_of(item_id))
+
     # ---- search ---------------------------------------------------------------------------
     def search(self, requests: list[SearchRequest]) -> list[SearchResponse | Exception]:
-        """A batch of requests; those sharing a beam width decode together. A request that cannot be
-        served (unknown user, bad history) gets its error in its slot; the others are answered."""
+        """A batch of requests, decoded together. A request that cannot be served (unknown user, bad
+        history, a beam the engine cannot hold) gets its error in its slot; the others are answered."""
         with self._swap_gate.searching():  # a model swap waits for this batch and holds the next back
             return self._search(requests)
 
     def _search(self, requests: list[SearchRequest]) -> list[SearchResponse | Exception]:
         started = time.perf_counter()
-        prompts: list[str | Exception] = []
+        model, version = self.model, self.trie.version
+        results: list[SearchResponse | Exception] = []
+        searches: list[Search] = []
+        slots: list[int] = []
         for request in requests:
             try:
-                prompts.append(self.prompt_for(request))
+                search = self.search_for(request)
             except NotFoundError as err:
-                prompts.append(err)
-        results: list[SearchResponse | Exception] = [p for p in prompts]
-        version = self.trie.version
-        beams = [r.effective_beam for r in requests]
-        for beam in sorted({b for b, p in zip(beams, prompts, strict=True) if isinstance(p, str)}):
-            rows = [i for i, b in enumerate(beams) if b == beam and isinstance(prompts[i], str)]
-            try:
-                found = self.engine.search([prompts[i] for i in rows], beam)
-            except SearchLimitError as err:  # prompt too long or beam too wide for this engine
-                for row in rows:
-                    results[row] = BadRequestError(str(err))
+                results.append(err)
                 continue
-            elapsed = 1000 * (time.perf_counter() - started)
-            for row, hits in zip(rows, found, strict=True):
-                request, items = requests[row], self._items(hits, requests[row].k)
-                impression = self._record(request, prompts[row], items, self.model_name)
-                results[row] = SearchResponse(
-                    items=items, timing_ms=elapsed, trie_version=version, beam=beam, impression_id=impression
-                )
+            slots.append(len(results))
+            searches.append(search)
+            results.append(search)  # replaced by its answer below
+        found = model.search(searches) if searches else []
+        elapsed = 1000 * (time.perf_counter() - started)
+        for slot, search, items in zip(slots, searches, found, strict=True):
+            if isinstance(items, Exception):
+                results[slot] = items
+                continue
+            results[slot] = SearchResponse(
+                items=items,
+                timing_ms=elapsed,
+                trie_version=version,
+                beam=model.beam_of(search.request),
+                impression_id=self._record(search, items, self.model_name),
+            )
         return results
 
-    def prompt_for(self, request: SearchRequest) -> str:
-        context = self._context(request)
-        query_codes = tuple(int(c) for c in self.sids.encode(self.text_encoder.encode([request.query]))[0])
-        return self.builder.search_prompt(request.query, query_codes, context)
+    def search_for(self, request: SearchRequest) -> Search:
+        """The request with its user's context and the served model's prompt (unknown user: 404)."""
+        search = Search(request, self._context(request))
+        search.prompt = self.model.describe(search)
+        return search
 
     def _context(self, request: SearchRequest) -> UserContext | None:
         if request.history is not None:
@@ -176,38 +201,30 @@ class SearchService:
             raise UnknownUserError(f"unknown user_id {request.user_id!r} (send `history` for a new user)")
         return self.behavior.context_for(request.user_id)
 
-    def _items(self, hits: list[SidHit], k: int) -> list[SearchHit]:
-        results: list[SearchHit] = []
-        for hit in hits:
-            sid = self.sids.sid_string(hit.codes)
-            results.extend(self.catalogue.hit(i, hit.score, sid) for i in self.sids.items_for_sid(hit.codes))
-            if len(results) >= k:
-                break
-        return results[:k]
-
     def bm25(self, request: SearchRequest) -> SearchResponse:
         """The BM25 baseline on titles, for side-by-side comparison; users are checked as in ``search``."""
         started = time.perf_counter()
-        prompt = self.prompt_for(request)  # validates user and history; the impression keeps it
+        search = self.search_for(request)  # validates user and history; the impression keeps it
         if self._bm25 is None:
             ids = list(self.catalogue.titles)
             self._bm25 = BM25Retriever([self.catalogue.titles[i] for i in ids], ids)
         ranked = self._bm25.search_scored([request.query], request.k)[0]
-        items = [self.catalogue.hit(i, score, self._sid_of(i)) for i, score in ranked]
+        items = [self.hit(i, score) for i, score in ranked]
         return SearchResponse(
             items=items,
             timing_ms=1000 * (time.perf_counter() - started),
             trie_version=self.trie.version,
             beam=0,
-            impression_id=self._record(request, prompt, items, BM25_MODEL),
+            impression_id=self._record(search, items, BM25_MODEL),
         )
 
     # ---- feedback --------------------------------------------------------------------------
-    def _record(self, request: SearchRequest, prompt: str, items: list[SearchHit], model: str) -> str | None:
+    def _record(self, search: Search, items: list[SearchHit], model: str) -> str | None:
         if self.feedback_log is None:
             return None
         shown = [ShownItem(hit.item_id, hit.sid) for hit in items]
-        return self.feedback_log.record_impression(request.query, prompt, request.user_id, shown, model)
+        query, user = search.request.query, search.request.user_id
+        return self.feedback_log.record_impression(query, search.prompt, user, shown, model)
 
     def record_feedback(self, request: FeedbackRequest) -> FeedbackResponse:
         """A click or order on an item an impression showed (unknown impression or item: NotFoundError)."""
@@ -230,11 +247,7 @@ class SearchService:
         return _relative_to(self.model_dir, self.run)
 
     def available_models(self) -> list[str]:
-        root = self.run / "model"
-        names = (
-            [p.name for p in sorted(root.iterdir()) if (p / "config.json").is_file()] if root.is_dir() else []
-        )
-        return [_relative_to(root / name, self.run) for name in names]
+        return [_relative_to(path, self.run) for path in model_dirs(self.run)]
 
     def swap_model(self, name: str) -> ModelInfo:
         """Serve model ``name`` (from ``available_models``, or its last part). Searches running finish
@@ -245,29 +258,32 @@ class SearchService:
             raise UnknownModelError(
                 f"unknown model {name!r} (this run has: {', '.join(sorted(set(by_name.values())))})"
             )
-        model_dir = self._checked_model_dir(self.run / by_name[name])
-        vocabulary = SidVocabulary.from_tokenizers(load_tokenizer(model_dir), self.sids)
-        if not _same_vocabulary(vocabulary, self.vocabulary):
-            raise ConflictError(
-                f"model {name!r} has other SID token ids than the serving model: not a model of this run"
-            )
-        # the trie may not change while the new engine loads with it; no search may run meanwhile
+        directory = self.run / by_name[name]
+        self._check_swappable(directory)
+        # the catalogue may not change while the next model loads with it; no search may run meanwhile
         with self._update_lock, self._swap_gate.swapping():
-            self.engine = None  # two vLLM engines in one process must not overlap: drop the old first
+            previous = self.model_dir
+            self.model = None  # two vLLM engines in one process must not overlap: drop the old first
             gc.collect()
             try:
-                self.engine = self.engine_factory(model_dir, vocabulary, self.trie)
+                self.model = self._load(directory)
             except Exception:
-                self.engine = self.engine_factory(self.model_dir, self.vocabulary, self.trie)  # the old again
+                self.model = self._load(previous)  # the old again
                 raise
-            self.model_dir, self.vocabulary = model_dir, vocabulary
-        log.info("now serving %s", model_dir)
+        log.info("now serving %s", directory)
         return ModelInfo(model=self.model_name, available=self.available_models())
 
-    @staticmethod
-    def _checked_model_dir(model_dir: Path) -> Path:
-        check_model_dir(model_dir)  # names a missing or corrupt file before any engine loads it
-        return model_dir
+    def _check_swappable(self, directory: Path) -> None:
+        """A SID decoder must share the serving one's SID token ids (else it is not of this run)."""
+        if is_generator_dir(directory) or not isinstance(self.model, SidModel):
+            return
+        check_model_dir(directory)  # names a missing or corrupt file before any engine loads it
+        vocabulary = SidVocabulary.from_tokenizers(load_tokenizer(directory), self.sids)
+        if not self.model.same_vocabulary(vocabulary):
+            raise ConflictError(
+                f"model {directory.name!r} has other SID token ids than the serving model: "
+                "not a model of this run"
+            )
 
     # ---- live catalogue --------------------------------------------------------------------
     def add_items(self, request: AddItemsRequest) -> AddItemsResponse:
@@ -281,19 +297,22 @@ class SearchService:
             if taken:
                 raise ConflictError(f"items: item_id(s) {taken[:5]} already in the catalogue")
             texts = [item_text(item.title, item.brand) for item in request.items]
-            codes = self.sids.add_items(ids, self.text_encoder.encode(texts, "passage"))
-            for item in request.items:
-                self.catalogue.titles[item.item_id] = item.title
+            raw = self.text_encoder.encoder.encode(texts, "passage")
+            codes = self.sids.add_items(ids, self.text_encoder.fuse(texts, raw))
+            titles = [item.title for item in request.items]
+            self.catalogue.titles.update(zip(ids, titles, strict=True))
             self.trie = self.trie.with_added(codes)
-            self.engine.set_trie(self.trie)
+            items = NewItems(ids, titles, raw, codes)
+            self.added.append(items)
+            self.model.add_items(items, self.trie)
             self._bm25 = None
-        added = [self.catalogue.hit(i, 0.0, self.sids.sid_string(c)) for i, c in zip(ids, codes, strict=True)]
+        added = [self.hit(i, 0.0) for i in ids]
         return AddItemsResponse(added=added, trie_version=self.trie.version, n_items=self.sids.n_items)
 
     def item(self, item_id: int) -> SearchHit:
         if item_id not in self.catalogue.titles:
             raise UnknownItemError(f"unknown item_id {item_id}")
-        return self.catalogue.hit(item_id, 0.0, self._sid_of(item_id))
+        return self.hit(item_id, 0.0)
 
     # ---- users -----------------------------------------------------------------------------
     def users(self, limit: int = 50, offset: int = 0) -> list[str]:
@@ -303,7 +322,7 @@ class SearchService:
         if self.behavior is None or user_id not in self.behavior:
             raise UnknownUserError(f"unknown user_id {user_id!r}")
         context = self.behavior.context_for(user_id)
-        recent = [self.catalogue.hit(i, 0.0, self._sid_of(i)) for i in context.short_items[::-1]]
+        recent = [self.hit(i, 0.0) for i in context.short_items[::-1]]
         return UserSummary(user_id=user_id, recent_queries=context.recent_queries[::-1], recent_items=recent)
 
     def _sid_of(self, item_id: int) -> str:
@@ -348,12 +367,6 @@ class _SwapGate:
 def _relative_to(path: Path, root: Path) -> str:
     path, root = path.resolve(), root.resolve()
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
-
-
-def _same_vocabulary(a: SidVocabulary, b: SidVocabulary) -> bool:
-    return len(a.position_token_ids) == len(b.position_token_ids) and all(
-        np.array_equal(x, y) for x, y in zip(a.position_token_ids, b.position_token_ids, strict=True)
-    )
 
 
 def _encoded_data(run: Path) -> str | None:

@@ -137,13 +137,12 @@ def _service_builder(
     def build() -> SearchSystem:
         from onesearch_ray.eval.coldstart import add_items_live
         from onesearch_ray.rewards.feedback_log import FeedbackLog
-        from onesearch_ray.serving.engines import make_engine
         from onesearch_ray.serving.service import SearchService
 
         log_file = FeedbackLog(options.feedback_log) if options.feedback_log else None
         service = SearchService(
             run,
-            make_engine(options.engine),
+            options.engine,
             data=world.track.root,
             model_dir=model_dir,
             feedback_log=log_file,
