@@ -98,6 +98,25 @@ def trained_small_run(encoded_small_run, small_track, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def generator_small_run(encoded_small_run, small_track, tmp_path_factory) -> Path:
+    """A copy of the encoded small run with the CPU-first generator trained briefly (in process) as
+    RUN/generator, and its untrained start as RUN/generator-untrained (a second model to swap to)."""
+    from onesearch_ray.data import load_track
+    from onesearch_ray.generator.catalogue import build_generator, load_catalogue
+    from onesearch_ray.generator.job import GeneratorJobConfig, train_on_worker
+    from onesearch_ray.generator.store import save_generator
+
+    run = tmp_path_factory.mktemp("generator") / "run"
+    shutil.copytree(encoded_small_run, run)
+    config = GeneratorJobConfig(select_queries=20)
+    config.train.epochs, config.train.batch_size = 1, 64
+    train_on_worker(run, small_track, config)
+    catalogue = load_catalogue(run, load_track(small_track))
+    save_generator(build_generator(catalogue, config.model), catalogue.item_ids, run / "generator-untrained")
+    return run
+
+
+@pytest.fixture(scope="session")
 def toy_sids():
     """SIDs of 300 random 16-d vectors, layout 16-16-16+opq2x16: for tokenizer and model tests."""
     import numpy as np

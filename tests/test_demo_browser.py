@@ -67,12 +67,14 @@ def _column(page, elem_id: str, col: int) -> list[str]:
 
 
 @pytest.fixture
-def search_api(ray_cluster, trained_small_run):
+def search_api(ray_cluster, generator_small_run):
     from ray import serve
 
     from serve_apps.launch import start
 
-    url = start(trained_small_run, host="127.0.0.1", port=_free_port(), engine="transformers", blocking=False)
+    url = start(
+        generator_small_run, host="127.0.0.1", port=_free_port(), engine="transformers", blocking=False
+    )
     try:
         _wait_healthy(url)
         yield url
@@ -94,7 +96,7 @@ def demo_url(search_api):
         demo.close()
 
 
-def test_demo_search_in_browser(search_api, demo_url, trained_small_run, tmp_path, monkeypatch):
+def test_demo_search_in_browser(search_api, demo_url, generator_small_run, tmp_path, monkeypatch):
     expect = sync_api.expect
 
     # A user with some history, and one of their own queries (so BM25 surely matches something).
@@ -181,5 +183,7 @@ def test_demo_search_in_browser(search_api, demo_url, trained_small_run, tmp_pat
             context.close()
     from onesearch_ray.rewards.feedback_log import read_feedback
 
-    ordered = [r for r in read_feedback(trained_small_run / "feedback.sqlite").to_pylist() if r["event"] == 2]
+    ordered = [
+        r for r in read_feedback(generator_small_run / "feedback.sqlite").to_pylist() if r["event"] == 2
+    ]
     assert [r["item_id"] for r in ordered][-1:] == [expected_generative[0]["item_id"]]

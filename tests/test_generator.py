@@ -16,7 +16,7 @@ from onesearch_ray.generator.catalogue import build_generator, load_catalogue
 from onesearch_ray.generator.codes import CodeTree
 from onesearch_ray.generator.config import GeneratorConfig, SearchConfig
 from onesearch_ray.generator.evaluate import rank, search_split
-from onesearch_ray.generator.examples import check_no_leak, judged_searches
+from onesearch_ray.generator.examples import check_no_leak, judged_searches, log_searches
 from onesearch_ray.generator.job import GeneratorJobConfig, training_searches
 from onesearch_ray.generator.lexical import _STEMMER, LexicalIndex
 from onesearch_ray.generator.model import CodeItemGenerator
@@ -143,6 +143,22 @@ def test_leak_guard(small_track, catalogue):
     leaked = [*examples, Example(held_out.upper(), examples[0].query_vector, np.array([0]), np.ones(1))]
     with pytest.raises(LeakError, match="valid/test query"):
         check_no_leak(leaked, track)
+
+
+def test_search_log_gives_clicked_and_ordered_items_with_the_clicks_before(small_track, catalogue):
+    track = load_track(small_track)
+    rows = catalogue.row_of_item()
+    examples = log_searches(track, rows, catalogue.query_vectors, history=3)
+    train_texts = {
+        t
+        for t, s in zip(track.queries["query"].to_pylist(), track.queries["split"].to_pylist(), strict=True)
+        if s == "train"
+    }
+    assert len(examples) > 100 and {e.query for e in examples} <= train_texts
+    gains = np.concatenate([e.gains for e in examples])
+    assert set(gains.tolist()) == {1.0, 2.0}  # a click and an order
+    assert any(e.history for e in examples) and all(len(e.history) <= 3 for e in examples)
+    assert not any(e.history for e in log_searches(track, rows, catalogue.query_vectors, history=0))
 
 
 def test_new_item_is_found_for_its_own_title(encoded_small_run, catalogue):

@@ -1,5 +1,6 @@
-"""The search API over real HTTP: Ray Serve + the vLLM engine (CPU), bad input, live catalogue updates,
-feedback, model swaps, the write token off loopback, and schemathesis over the OpenAPI contract.
+"""The search API over real HTTP: Ray Serve + the generator on the vLLM engine (CPU), bad input, live
+catalogue updates, feedback, model swaps, the write token off loopback, and schemathesis over the
+OpenAPI contract.
 
 The server binds 0.0.0.0 (beyond loopback), so its write routes need the token; the client sends it.
 """
@@ -24,7 +25,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(ray_cluster, trained_small_run, tmp_path_factory):
+def served(ray_cluster, generator_small_run, tmp_path_factory):
     """(base URL on loopback, feedback log path, restart) of a server bound to 0.0.0.0 with a token."""
     from ray import serve
 
@@ -34,7 +35,7 @@ def served(ray_cluster, trained_small_run, tmp_path_factory):
 
     def restart() -> str:
         start(
-            trained_small_run,
+            generator_small_run,
             host="0.0.0.0",
             port=port,
             engine=ENGINE,
@@ -56,7 +57,7 @@ def api(served):
 
 def test_health_and_openapi(api):
     health = api.get("/healthz").json()
-    assert health["status"] == "ok" and health["items"] == 400 and health["model"] == "model/personalization"
+    assert health["status"] == "ok" and health["items"] == 400 and health["model"] == "generator"
     paths = api.get("/openapi.json").json()["paths"]
     assert {"/search", "/items", "/feedback", "/model", "/healthz", "/users/{user_id}"} <= set(paths)
     assert set(paths["/users/{user_id}"]["get"]["responses"]) == {"200", "404", "422"}
@@ -127,12 +128,12 @@ def test_live_catalogue_update_is_searchable_at_once(api):
     sid = added.json()["added"][0]["sid"]
     assert added.json()["trie_version"] >= 1
     assert api.get("/items/900001").json()["sid"] == sid
-    # the new SID is a valid target now: BM25 finds the item, and the generative path may return it
     bm25 = api.post("/search/bm25", json={"query": "zyntrax hover kettle", "k": 3}).json()["items"]
     assert bm25[0]["item_id"] == 900001
-    # the very next generative search decodes against the updated trie
-    after = api.post("/search", json={"query": "hover kettle", "k": 3, "beam": 5}).json()
+    # the very next generative search runs on the updated catalogue and finds the item first
+    after = api.post("/search", json={"query": "Zyntrax Quantum Hover Kettle", "k": 3, "beam": 5}).json()
     assert after["trie_version"] == added.json()["trie_version"]
+    assert after["items"][0]["item_id"] == 900001
     duplicate = api.post("/items", json={"items": [new_item]})
     assert duplicate.status_code == 409 and "900001" in duplicate.json()["detail"]
     assert api.post("/items", json={"items": []}).status_code == 422
@@ -156,8 +157,8 @@ def test_contract_details(api):
     assert api.post("/search/bm25", json={"query": "lamp", "user_id": "nobody"}).status_code == 404
     huge = api.post("/search", json={"query": "x" * 100_000})
     assert huge.status_code == 422 and "query" in huge.text and len(huge.text) < 2_000
-    wide = api.post("/search", json={"query": "lamp", "k": 20, "beam": 5}).json()
-    assert wide["beam"] == 20 and len(wide["items"]) == 20  # the beam widens to k, and says so
+    wide = api.post("/search", json={"query": "lamp", "k": 20}).json()
+    assert wide["beam"] == 32 and len(wide["items"]) == 20  # the model's own beam, and it says so
     assert api.get("/users", params={"limit": -1}).status_code == 422
     pages = [api.get("/users", params={"limit": 15, "offset": o}).json() for o in (0, 15, 30, 45)]
     assert sum(len(page) for page in pages) == 40 and len({u for page in pages for u in page}) == 40
@@ -175,7 +176,7 @@ def test_feedback_is_recorded_against_the_impression(api, served):
     ).is_success
     rows = [r for r in read_feedback(served[1]).to_pylist() if r["impression_id"] == impression]
     assert [(r["item_id"], r["event"]) for r in rows] == [(shown[0], 0), (shown[1], 2), (shown[2], 0)]
-    assert rows[0]["query"] == "cordless drill" and rows[0]["model_dir"] == "model/personalization"
+    assert rows[0]["query"] == "cordless drill" and rows[0]["model_dir"] == "generator"
     bad = [
         ({"impression_id": "no-such-impression", "item_id": shown[0], "action": "click"}, 404),
         ({"impression_id": impression, "item_id": 987654321, "action": "click"}, 404),
@@ -250,8 +251,10 @@ def _wait_until(condition, timeout_s: float = 120.0) -> None:
 def test_model_swap_under_load_fails_no_request(api):
     import threading
 
-    assert api.get("/models").json()["model"] == "model/personalization"
-    assert {"model/cooccurrence", "model/personalization"} <= set(api.get("/models").json()["available"])
+    assert api.get("/models").json() == {
+        "model": "generator",
+        "available": ["generator", "generator-untrained"],
+    }
     stop, statuses = threading.Event(), []
 
     def keep_searching(query: str) -> None:
@@ -262,12 +265,12 @@ def test_model_swap_under_load_fails_no_request(api):
         searchers = [pool.submit(keep_searching, query) for query in ("drill", "lamp", "sofa", "kettle")]
         try:
             _wait_until(lambda: len(statuses) >= 4)  # under load before the swap...
-            for model in ("cooccurrence", "personalization"):
+            for model in ("generator-untrained", "generator"):
                 swapped = api.post("/model", json={"model": model})
                 assert swapped.status_code == 200, swapped.text
-                assert swapped.json()["model"] == f"model/{model}"
+                assert swapped.json()["model"] == model
                 health = api.get("/healthz").json()
-                assert health["model"] == f"model/{model}", health
+                assert health["model"] == model, health
             answered = len(statuses)
             _wait_until(lambda: len(statuses) >= answered + 4)  # ...and after it
         finally:
@@ -276,7 +279,7 @@ def test_model_swap_under_load_fails_no_request(api):
             searcher.result()  # a transport error in a searcher fails the test here
     assert set(statuses) == {200}, statuses
     missing = api.post("/model", json={"model": "../../etc"})
-    assert missing.status_code == 404 and "personalization" in missing.json()["detail"]
+    assert missing.status_code == 404 and "generator-untrained" in missing.json()["detail"]
 
 
 @pytest.mark.slow
