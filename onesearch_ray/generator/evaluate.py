@@ -14,7 +14,7 @@ from onesearch_ray.generator.catalogue import Catalogue
 from onesearch_ray.generator.config import SearchConfig
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.prompts import build_prompts
-from onesearch_ray.generator.search import search
+from onesearch_ray.generator.search import Decoder, search
 
 BATCH = 64
 
@@ -26,8 +26,9 @@ def rank(
     k: int,
     config: SearchConfig | None = None,
     histories: Sequence[Sequence[int]] | None = None,
+    decoder: Decoder | None = None,
 ) -> list[list[int]]:
-    """The top-``k`` catalogue rows of each search, in batches."""
+    """The top-``k`` catalogue rows of each search, in batches (``decoder``: the torch engine if None)."""
     out: list[list[int]] = []
     for start in range(0, len(texts), BATCH):
         end = start + BATCH
@@ -40,7 +41,7 @@ def rank(
             None if histories is None else histories[start:end],
             model.config.history,
         )
-        out.extend([row for row, _ in ranking] for ranking in search(model, prompts, k, config))
+        out.extend([row for row, _ in ranking] for ranking in search(model, prompts, k, config, decoder))
     return out
 
 
@@ -52,6 +53,7 @@ def search_split(
     k: int = 350,
     config: SearchConfig | None = None,
     limit: int = 0,
+    decoder: Decoder | None = None,
 ) -> dict:
     """Metrics of ``split``'s queries that have a relevant item (the first ``limit`` when set),
     plus ``ms_per_query`` (prompt building and search, query vectors cached)."""
@@ -63,7 +65,7 @@ def search_split(
     row_of_query = {qid: row for row, qid in enumerate(track.queries["query_id"].to_pylist())}
     vectors = catalogue.query_vectors[[row_of_query[query_ids[i]] for i in keep]]
     started = time.perf_counter()
-    rows = rank(model, [texts[i] for i in keep], vectors, k, config)
+    rows = rank(model, [texts[i] for i in keep], vectors, k, config, decoder=decoder)
     elapsed = time.perf_counter() - started
     rankings = {query_ids[i]: catalogue.item_ids[r].tolist() for i, r in zip(keep, rows, strict=True)}
     return search_metrics(rankings, judgments) | {"ms_per_query": 1000 * elapsed / len(keep)}
