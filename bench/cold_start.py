@@ -1,4 +1,4 @@
-"""Cold-start items (docs/evaluation.md): held-out items added live, found by the generative model?
+"""Cold-start items (../shared/docs/evaluation.md): held-out items added live, found by the generative model?
 
 The run must come from ``onesearch encode --holdout-cold`` (then trained as usual): its held-out
 items (``RUN/holdout.json``) were left out of KHQE fitting and of every training stage. This adds

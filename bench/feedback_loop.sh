@@ -6,8 +6,8 @@
 #
 #   bash bench/feedback_loop.sh RUN DATA [COLLECT_SEARCHES] [EVAL_SEARCHES]
 #
-# RUN: a trained run of DATA (a synthetic track) whose latest model is its SFT model, e.g. the
-# quickstart's. Writes RUN/sim_feedback.sqlite, RUN/model/dpo-feedback, RUN/simulation_collect and
+# RUN: a trained run of DATA (a synthetic track) whose latest model is its SFT model, e.g. one
+# trained by `onesearch train --config configs/quickstart.yaml` (docs/simulate.md). Writes RUN/sim_feedback.sqlite, RUN/model/dpo-feedback, RUN/simulation_collect and
 # RUN/simulation_feedback_loop.
 set -euo pipefail
 run=$1
