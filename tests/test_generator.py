@@ -3,6 +3,8 @@ save/load, and a tiny end-to-end train on the small synthetic track, the last th
 
 from __future__ import annotations
 
+import dataclasses
+
 import bm25s
 import numpy as np
 import pytest
@@ -16,8 +18,8 @@ from onesearch_ray.generator.catalogue import build_generator, load_catalogue
 from onesearch_ray.generator.codes import CodeTree
 from onesearch_ray.generator.config import GeneratorConfig, SearchConfig
 from onesearch_ray.generator.evaluate import rank, search_split
-from onesearch_ray.generator.examples import check_no_leak, judged_searches, log_searches
-from onesearch_ray.generator.job import GeneratorJobConfig, training_searches
+from onesearch_ray.generator.examples import check_no_leak, judged_searches, log_searches, next_item_searches
+from onesearch_ray.generator.job import GeneratorJobConfig, selection_rows, split_metrics, training_searches
 from onesearch_ray.generator.lexical import _STEMMER, LexicalIndex
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.prompts import build_prompts
@@ -159,6 +161,21 @@ def test_search_log_gives_clicked_and_ordered_items_with_the_clicks_before(small
     assert set(gains.tolist()) == {1.0, 2.0}  # a click and an order
     assert any(e.history for e in examples) and all(len(e.history) <= 3 for e in examples)
     assert not any(e.history for e in log_searches(track, rows, catalogue.query_vectors, history=0))
+
+
+def test_next_item_track_trains_on_valid_rows_and_selects_on_held_out_ones(encoded_small_run, small_track):
+    # the small synthetic track without its queries and log: a next-item track, as Amazon
+    track = dataclasses.replace(load_track(small_track), queries=None, judgments=None, interactions=None)
+    catalogue = load_catalogue(encoded_small_run, track)
+    config = GeneratorJobConfig(select_queries=10)
+    held_out = selection_rows(track, config)
+    assert len(held_out) == 10 and {track.sequences["split"][p].as_py() for p in held_out} == {"valid"}
+    examples = training_searches(encoded_small_run, track, catalogue, config)
+    every_row = next_item_searches(track, catalogue.row_of_item(), catalogue.item_vectors.shape[1])
+    assert 0 < len(examples) < len(every_row) and all(e.query == "" for e in examples)
+    model = build_generator(catalogue, GeneratorConfig(history=5))
+    metrics = split_metrics(model, catalogue, track, "valid", config)
+    assert metrics["n_rows"] == 10 and 0 <= metrics["NDCG@10"] <= metrics["HR@10"] <= 1
 
 
 def test_new_item_is_found_for_its_own_title(encoded_small_run, catalogue):

@@ -34,7 +34,7 @@ from onesearch_ray.eval.tracks import (
     search_eval_inputs,
 )
 from onesearch_ray.generator.catalogue import load_catalogue
-from onesearch_ray.generator.evaluate import search_split
+from onesearch_ray.generator.evaluate import next_item_split, search_split
 from onesearch_ray.generator.store import is_generator_dir, load_generator
 from onesearch_ray.khqe import EncoderConfig, SemanticIdTokenizer, catalogue_texts
 from onesearch_ray.khqe.cache import load_embeddings, store_embeddings
@@ -129,16 +129,23 @@ def _evaluate_search(run, track: Track, engine, sids, builder, config: EvalConfi
 
 
 def _evaluate_generator(run: Path, track: Track, track_kind: str, model_dir: Path, config: EvalConfig):
-    """The CPU-first generator (torch engine) on a search track's split, beside the baselines."""
-    if track_kind != "search":
-        raise ValueError(
-            f"{model_dir}: the generator is evaluated on search tracks only so far; its next-item "
-            "evaluation (Amazon) is not written yet"
-        )
+    """The CPU-first generator (torch engine) on a track's split, beside the baselines."""
     model, _ = load_generator(model_dir)
     catalogue = load_catalogue(run, track)
+    beam = {"beam": model.config.search.beams[-1]}
+    if track_kind == "next_item":
+        rows = None
+        if config.limit:  # the first N rows of the split
+            rows = np.flatnonzero(np.asarray(track.sequences["split"].to_pylist()) == config.split)[
+                : config.limit
+            ]
+        metrics = next_item_split(model, catalogue, track, config.split, config.k, rows=rows)
+        results = {"model": metrics | beam}
+        if config.baselines:
+            results.update(next_item_baselines(run, track, config))
+        return results
     metrics = search_split(model, catalogue, track, config.split, config.k, limit=config.limit)
-    results = {"model": metrics | {"beam": model.config.search.beams[-1]}}
+    results = {"model": metrics | beam}
     if config.baselines:
         query_ids, _, judgments = search_eval_inputs(track, config.split)
         relevant = [q for q in query_ids if relevant_items(judgments.get(q, {}))]
@@ -200,12 +207,16 @@ def _evaluate_next_item(run, track: Track, engine, sids, builder, config: EvalCo
     model.update(_generation_stats(generated, sids, config, elapsed, len(prompts)))
     results = {"model": model}
     if config.baselines:
-        vectors = encoded_vectors(run, "items", catalogue_texts(track.items), EncoderConfig(), "passage")
-        baselines = run_next_item_baselines(track, config.split, item_vectors=vectors)
-        if config.limit:
-            log.warning("--limit applies to the model only; baselines cover the whole split")
-        results.update(baselines)
+        results.update(next_item_baselines(run, track, config))
     return results
+
+
+def next_item_baselines(run: Path, track: Track, config: EvalConfig) -> dict[str, dict]:
+    """Popularity, co-occurrence and dense history on the split (item vectors from the run's cache)."""
+    vectors = encoded_vectors(run, "items", catalogue_texts(track.items), EncoderConfig(), "passage")
+    if config.limit:
+        log.warning("--limit applies to the model only; baselines cover the whole split")
+    return run_next_item_baselines(track, config.split, item_vectors=vectors)
 
 
 def _generation_stats(generated, sids, config: EvalConfig, elapsed: float, n: int) -> dict[str, float]:

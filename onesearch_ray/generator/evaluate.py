@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from onesearch_ray.data import Track
-from onesearch_ray.eval.metrics import relevant_items, search_metrics
+from onesearch_ray.eval.metrics import next_item_metrics, relevant_items, search_metrics
 from onesearch_ray.eval.tracks import search_eval_inputs
 from onesearch_ray.generator.catalogue import Catalogue
 from onesearch_ray.generator.config import SearchConfig
@@ -69,3 +69,34 @@ def search_split(
     elapsed = time.perf_counter() - started
     rankings = {query_ids[i]: catalogue.item_ids[r].tolist() for i, r in zip(keep, rows, strict=True)}
     return search_metrics(rankings, judgments) | {"ms_per_query": 1000 * elapsed / len(keep)}
+
+
+def next_item_split(
+    model: CodeItemGenerator,
+    catalogue: Catalogue,
+    track: Track,
+    split: str,
+    k: int = 350,
+    rows: Sequence[int] | None = None,
+    decoder: Decoder | None = None,
+) -> dict:
+    """Next-item metrics of ``split``'s sequence rows (or of the rows at positions ``rows``): each row
+    is a search without query text, its history as the behaviour views; plus ``ms_per_query``."""
+    if track.sequences is None:
+        raise ValueError(f"track {track.name!r} has no sequences (not a personalisation track)")
+    table = track.sequences.take(list(rows)) if rows is not None else track.sequences
+    if rows is None:
+        table = table.filter(np.asarray(table["split"].to_pylist()) == split)
+    if not table.num_rows:
+        raise ValueError(f"split {split!r} has no sequence rows")
+    row_of_item = catalogue.row_of_item()
+    histories = [
+        [row_of_item[i] for i in h if i in row_of_item] for h in table["history_item_ids"].to_pylist()
+    ]
+    empty = np.zeros((len(histories), catalogue.item_vectors.shape[1]), dtype=np.float32)
+    started = time.perf_counter()
+    ranked = rank(model, [""] * len(histories), empty, max(k, 10), histories=histories, decoder=decoder)
+    elapsed = time.perf_counter() - started
+    rankings = [catalogue.item_ids[r].tolist() for r in ranked]
+    metrics = next_item_metrics(rankings, table["item_id"].to_pylist())
+    return metrics | {"ms_per_query": 1000 * elapsed / len(rankings)}

@@ -16,10 +16,10 @@ ever become examples: the leak guard is here, in one place.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 
 from onesearch_ray.data import Track
 from onesearch_ray.data.schemas import Event
@@ -131,20 +131,22 @@ def distilled_searches(run: Path, track: Track, catalogue: Catalogue, config: Di
     return out
 
 
-def next_item_searches(track: Track, row_of_item: dict[int, int], dim: int) -> list[Example]:
-    """The ``valid`` next-item rows (history -> next item) and up to ``WINDOWS`` windows inside each."""
+def next_item_searches(
+    track: Track, row_of_item: dict[int, int], dim: int, held_out: Collection[int] = ()
+) -> list[Example]:
+    """The ``valid`` next-item rows (history -> next item) and up to ``WINDOWS`` windows inside each;
+    ``held_out``: positions in ``track.sequences`` kept for selection (their targets never train)."""
     if track.sequences is None:
         return []
-    rows = track.sequences.filter(pc.equal(track.sequences["split"], NEXT_ITEM_TRAIN_SPLIT))
+    columns = (track.sequences[c].to_pylist() for c in ("history_item_ids", "item_id", "split"))
     empty = np.zeros(dim, dtype=np.float32)
     out = []
-    for history, target in zip(
-        rows["history_item_ids"].to_pylist(), rows["item_id"].to_pylist(), strict=True
-    ):
-        known = [row_of_item[i] for i in history if i in row_of_item]
-        if target not in row_of_item:
+    for position, (history, target, split) in enumerate(zip(*columns, strict=True)):
+        if split != NEXT_ITEM_TRAIN_SPLIT or position in held_out:
             continue
-        out.append(Example("", empty, np.array([row_of_item[target]]), np.ones(1), known))
+        known = [row_of_item[i] for i in history if i in row_of_item]
+        if target in row_of_item:
+            out.append(Example("", empty, np.array([row_of_item[target]]), np.ones(1), known))
         for end in range(len(known) - 1, max(0, len(known) - 1 - WINDOWS), -1):
             out.append(Example("", empty, np.array([known[end]]), np.ones(1), known[:end]))
     return out

@@ -12,21 +12,28 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from onesearch_ray.config import parse_config, read_yaml_section
 from onesearch_ray.data import Track, load_track
 from onesearch_ray.generator.catalogue import Catalogue, build_generator, load_catalogue
 from onesearch_ray.generator.config import GeneratorConfig
-from onesearch_ray.generator.evaluate import search_split
-from onesearch_ray.generator.examples import check_no_leak, distilled_searches, judged_searches, log_searches
+from onesearch_ray.generator.evaluate import next_item_split, search_split
+from onesearch_ray.generator.examples import (
+    check_no_leak,
+    distilled_searches,
+    judged_searches,
+    log_searches,
+    next_item_searches,
+)
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.store import load_generator, save_generator
 from onesearch_ray.generator.train import Example, TrainConfig, train
 from onesearch_ray.io import write_json
 from onesearch_ray.runs import GENERATOR_DIR
 from onesearch_ray.train.distill import DistillConfig
+from onesearch_ray.train.selection import SelectionConfig, next_item_selection_rows
 
 log = logging.getLogger(__name__)
 
@@ -53,33 +60,55 @@ def load_job_config(path: str | Path | None) -> GeneratorJobConfig:
     return config
 
 
+def selection_rows(track: Track, config: GeneratorJobConfig) -> list[int]:
+    """Next-item tracks: positions in ``track.sequences`` held out of training to select on (the last
+    valid row of ``select_queries`` sampled users); search tracks select on valid queries: none."""
+    if track.queries is not None or track.sequences is None:
+        return []
+    return next_item_selection_rows(track, SelectionConfig(queries=config.select_queries))
+
+
 def training_searches(
     run: Path, track: Track, catalogue: Catalogue, config: GeneratorJobConfig
 ) -> list[Example]:
-    """Every kind of training search the track has (train split only: the leak guard)."""
+    """Every kind of training search the track has: a search track's train queries (judged, logged,
+    distilled), or a next-item track's valid rows less the selection rows; then the leak guard."""
     rows, vectors = catalogue.row_of_item(), catalogue.query_vectors
-    if vectors is None:
-        raise ValueError(f"track {track.name} has no queries: the generator trains on searches")
-    examples = judged_searches(track, rows, vectors) + log_searches(
-        track, rows, vectors, config.model.history
-    )
-    examples += distilled_searches(run, track, catalogue, config.distill)
+    if vectors is not None:  # a search track: its searches (a synthetic track's sequences are not used)
+        examples = judged_searches(track, rows, vectors)
+        examples += log_searches(track, rows, vectors, config.model.history)
+        examples += distilled_searches(run, track, catalogue, config.distill)
+    else:
+        dim = catalogue.item_vectors.shape[1]
+        examples = next_item_searches(track, rows, dim, set(selection_rows(track, config)))
     if not examples:
         raise ValueError(
-            f"track {track.name} has no judged train query and no logged click or order to learn from"
+            f"track {track.name} has no judged train query, no logged click or order and no "
+            "next-item row to learn from"
         )
     check_no_leak(examples, track)
     return examples
+
+
+def split_metrics(
+    model: CodeItemGenerator, catalogue: Catalogue, track: Track, split: str, config: GeneratorJobConfig
+) -> dict:
+    """``split``'s metrics: its queries on a search track; on a next-item track its rows, and for
+    ``valid`` only the held-out selection rows (the other valid rows are training data)."""
+    k = config.evaluate_k
+    if track.queries is not None:
+        return search_split(
+            model, catalogue, track, split, k, limit=config.select_queries if split == "valid" else 0
+        )
+    held_out = selection_rows(track, config) if split == "valid" else None
+    return next_item_split(model, catalogue, track, split, k, rows=held_out)
 
 
 def selection(
     catalogue: Catalogue, track: Track, config: GeneratorJobConfig
 ) -> Callable[[CodeItemGenerator], float]:
     def score(model: CodeItemGenerator) -> float:
-        metrics = search_split(
-            model, catalogue, track, "valid", config.evaluate_k, limit=config.select_queries
-        )
-        return float(metrics[SELECTION_METRIC])
+        return float(split_metrics(model, catalogue, track, "valid", config)[SELECTION_METRIC])
 
     return score
 
@@ -106,11 +135,12 @@ def evaluate_run(run: Path, data: Path, config: GeneratorJobConfig) -> dict:
     catalogue = load_catalogue(run, track)
     trained, _ = load_generator(run / MODEL_DIR)
     untrained = build_generator(catalogue, trained.config)
+    evaluation = replace(config, select_queries=0) if track.queries is not None else config  # all valid
     results: dict = {}
     for name, model in (("untrained", untrained), ("trained", trained)):
         for split in ("valid", "test"):
             started = time.perf_counter()
-            results[f"{name}/{split}"] = search_split(model, catalogue, track, split, config.evaluate_k)
+            results[f"{name}/{split}"] = split_metrics(model, catalogue, track, split, evaluation)
             log.info(
                 "%s on %s: %s in %.0f s",
                 name,
