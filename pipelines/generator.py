@@ -9,6 +9,13 @@ that score best on ``valid``, saves them to ``RUN/generator`` and writes the unt
 model's valid and test metrics to ``RUN/generator/metrics.json``. A stopped job rerun with the same
 arguments resumes from ``RUN/generator_train.pt``. With several workers each trains on its shard of
 the searches and gradients are averaged (RUN must be on storage every node can reach).
+
+    python -m pipelines.generator --run RUN --data DIR --feedback RUN/feedback.sqlite [--name dpo]
+
+``--feedback``: DPO of ``RUN/generator`` on the impressions of that feedback log (clicks and orders
+above skipped items, ``generator.preference``) into ``RUN/generator-NAME``, resumable from
+``RUN/generator-NAME_train.pt``; its metrics go to ``RUN/generator-NAME/metrics.json``. Serve it live
+with ``POST /model {"model": "generator-NAME"}``.
 """
 
 from __future__ import annotations
@@ -16,13 +23,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from pathlib import Path
 
 import ray.train
 import ray.train.torch
 import torch
 
-from onesearch_ray.generator.job import GeneratorJobConfig, evaluate_run, load_job_config, train_on_worker
+from onesearch_ray.generator.job import (
+    MODEL_DIR,
+    GeneratorJobConfig,
+    align_on_worker,
+    evaluate_run,
+    load_job_config,
+    train_on_worker,
+)
 from pipelines.common import init_ray
 from pipelines.train import TorchTrainer
 
@@ -30,18 +45,24 @@ from pipelines.train import TorchTrainer
 def _worker(loop_config: dict) -> None:
     context = ray.train.get_context()
     torch.set_num_threads(loop_config["threads"])
-    train_on_worker(
-        loop_config["run"],
-        loop_config["data"],
-        loop_config["config"],
-        context.get_world_rank(),
-        context.get_world_size(),
-    )
+    job, feedback = loop_config["config"], loop_config["feedback"]
+    place = (context.get_world_rank(), context.get_world_size())
+    if feedback is None:
+        train_on_worker(loop_config["run"], loop_config["data"], job, *place)
+    else:
+        align_on_worker(loop_config["run"], loop_config["data"], job, feedback, loop_config["name"], *place)
 
 
 def train_generator(
-    run: Path, data: Path, config: GeneratorJobConfig, workers: int = 1, gpu: bool = False
+    run: Path,
+    data: Path,
+    config: GeneratorJobConfig,
+    workers: int = 1,
+    gpu: bool = False,
+    feedback: Path | None = None,
+    name: str = "dpo",
 ) -> None:
+    """Train RUN/generator; with ``feedback``, DPO of it on that log into RUN/generator-NAME."""
     cpus = int(ray.cluster_resources().get("CPU", 1))
     threads = max(1, cpus // workers)
     trainer = TorchTrainer(
@@ -51,11 +72,16 @@ def train_generator(
             "data": data.resolve(),
             "config": config,
             "threads": threads,
+            "feedback": feedback.resolve() if feedback else None,
+            "name": name,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=gpu, resources_per_worker=None if gpu else {"CPU": threads}
         ),
-        run_config=ray.train.RunConfig(name="generator", storage_path=str((run / "ray_train").resolve())),
+        run_config=ray.train.RunConfig(
+            name="generator" if feedback is None else f"generator-{name}",
+            storage_path=str((run / "ray_train").resolve()),
+        ),
     )
     trainer.fit()
 
@@ -69,15 +95,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
     parser.add_argument("--evaluate-only", action="store_true", help="score RUN/generator, do not train")
+    parser.add_argument(
+        "--feedback",
+        type=Path,
+        help="DPO of RUN/generator on this feedback log (what `onesearch serve` or `simulate "
+        "--feedback-log` recorded) into RUN/generator-NAME",
+    )
+    parser.add_argument("--name", default="dpo", help="with --feedback: the new model is RUN/generator-NAME")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
+
+
+def check_name(name: str) -> str:
+    """A model name fit for a directory: letters, digits, '-' and '_'."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise SystemExit(f"--name {name!r}: use letters, digits, '-' and '_' only")
+    return name
 
 
 def run(args: argparse.Namespace) -> dict:
     config = load_job_config(args.config)
+    model_dir = MODEL_DIR if args.feedback is None else f"{MODEL_DIR}-{check_name(args.name)}"
     if not args.evaluate_only:
         init_ray(args.address)
-        train_generator(args.run, args.data, config, args.workers, args.gpu)
-    results = evaluate_run(args.run, args.data, config)
+        train_generator(args.run, args.data, config, args.workers, args.gpu, args.feedback, args.name)
+    results = evaluate_run(args.run, args.data, config, model_dir)
     print(json.dumps(results, indent=2))
     return results
 

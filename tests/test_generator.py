@@ -24,7 +24,14 @@ from onesearch_ray.generator.lexical import _STEMMER, LexicalIndex
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.prompts import build_prompts
 from onesearch_ray.generator.store import load_generator, save_generator
-from onesearch_ray.generator.train import Example, TrainConfig, loss_of, train
+from onesearch_ray.generator.train import (
+    Example,
+    TrainConfig,
+    example_prompts,
+    item_log_probs,
+    loss_of,
+    train,
+)
 from onesearch_ray.khqe import SemanticIdTokenizer
 from onesearch_ray.khqe.encoder import SentenceTransformerEncoder
 from onesearch_ray.train.stages import LeakError
@@ -251,3 +258,51 @@ def test_ray_train_job_on_two_workers_trains_selects_saves_and_scores(
     assert history["best"]["score"] == max(scores)  # the selected weights are the best on valid
     assert set(results) == {"untrained/valid", "untrained/test", "trained/valid", "trained/test"}
     assert results["trained/valid"]["NDCG@10"] >= results["untrained/valid"]["NDCG@10"] - 1e-9
+
+
+# --- preference alignment (DPO from the feedback log) ----------------------------------------
+
+
+def test_dpo_from_the_feedback_log_raises_what_users_ordered_over_what_they_skipped(tmp_path):
+    import copy
+    import json
+
+    from onesearch_ray.generator.preference import attach_reference, dpo_loss_of, feedback_searches
+    from onesearch_ray.rewards.feedback_log import FeedbackLog, ShownItem
+
+    model = tiny_model()
+    item_ids = [101, 102, 103, 104, 105]
+    log = FeedbackLog(tmp_path / "feedback.sqlite")
+    for _ in range(3):  # users searching "drill" order the bit set and skip the drills above it
+        shown = [ShownItem(i, "") for i in (101, 104, 102)]
+        impression = log.record_impression(
+            "drill", json.dumps({"query": "drill", "history": []}), None, shown, "generator"
+        )
+        log.record_event(impression, 102, "order")
+    skipped = log.record_impression(
+        "drill", json.dumps({"query": "drill"}), None, [ShownItem(101, "")], "generator"
+    )
+    log.record_impression(
+        "drill", "a text-token prompt", None, [ShownItem(101, ""), ShownItem(102, "")], "model/sft"
+    )
+    assert skipped
+
+    rows = {item: row for row, item in enumerate(item_ids)}
+    vector = model.item_vectors[3].numpy()
+    examples = feedback_searches(log.path, rows, lambda texts: np.stack([vector] * len(texts)))
+    assert len(examples) == 3  # one level only, or another model's impression: no preference
+    assert sorted(examples[0].gains.tolist()) == [1.0, 1.0, 3.0] and examples[0].query == "drill"
+
+    attach_reference(copy.deepcopy(model), examples)
+    prompts = example_prompts(model, examples[:1])
+
+    def margin() -> float:
+        with torch.no_grad():
+            log_probs = item_log_probs(model, prompts)[0]
+        return float(log_probs[rows[102]] - log_probs[rows[101]])
+
+    before = margin()
+    with pytest.raises(ValueError, match="reference"):
+        dpo_loss_of(model, [Example("drill", vector, np.array([0, 1]), np.array([1.0, 2.0]))], None)
+    train(model, examples, TrainConfig(epochs=20, batch_size=3, patience=0), loss_fn=dpo_loss_of)
+    assert margin() > before + 1.0

@@ -152,6 +152,12 @@ def next_item_searches(
     return out
 
 
+def drop_held_out_queries(examples: list[Example], track: Track) -> list[Example]:
+    """The examples whose query is not the text of a valid or test query (live traffic may hold them)."""
+    held_out = held_out_query_keys(track, TRAIN_SPLIT)
+    return [e for e in examples if not (e.query and query_key(e.query) in held_out)]
+
+
 def check_no_leak(examples: list[Example], track: Track) -> None:
     """Raise ``LeakError`` when a training search carries the text of a valid or test query."""
     held_out = held_out_query_keys(track, TRAIN_SPLIT)

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from onesearch_ray.config import parse_config, read_yaml_section
@@ -23,14 +24,17 @@ from onesearch_ray.generator.evaluate import next_item_split, search_split
 from onesearch_ray.generator.examples import (
     check_no_leak,
     distilled_searches,
+    drop_held_out_queries,
     judged_searches,
     log_searches,
     next_item_searches,
 )
 from onesearch_ray.generator.model import CodeItemGenerator
+from onesearch_ray.generator.preference import attach_reference, dpo_loss_of, feedback_searches
 from onesearch_ray.generator.store import load_generator, save_generator
 from onesearch_ray.generator.train import Example, TrainConfig, train
 from onesearch_ray.io import write_json
+from onesearch_ray.khqe.online import RunTextEncoder
 from onesearch_ray.runs import GENERATOR_DIR
 from onesearch_ray.train.distill import DistillConfig
 from onesearch_ray.train.selection import SelectionConfig, next_item_selection_rows
@@ -43,6 +47,15 @@ SELECTION_METRIC = "NDCG@10"
 
 
 @dataclass
+class DPOConfig:
+    """DPO from the feedback log (``generator.preference``); learning rates are ``train``'s."""
+
+    beta: float = 0.1
+    epochs: float = 2.0
+    batch_size: int = 32
+
+
+@dataclass
 class GeneratorJobConfig:
     model: GeneratorConfig = field(default_factory=GeneratorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -50,6 +63,7 @@ class GeneratorJobConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     select_queries: int = 400  # the first N valid queries with a relevant item score each checkpoint
     evaluate_k: int = 350
+    dpo: DPOConfig = field(default_factory=DPOConfig)  # ``--feedback``: DPO from a feedback log
 
 
 def load_job_config(path: str | Path | None) -> GeneratorJobConfig:
@@ -129,11 +143,51 @@ def train_on_worker(
         (run / CHECKPOINT).unlink(missing_ok=True)
 
 
-def evaluate_run(run: Path, data: Path, config: GeneratorJobConfig) -> dict:
-    """Valid and test metrics of the untrained start and of the saved model (``metrics.json``)."""
+def align_on_worker(
+    run: Path,
+    data: Path,
+    config: GeneratorJobConfig,
+    feedback: Path,
+    name: str,
+    rank: int = 0,
+    world_size: int = 1,
+) -> None:
+    """DPO of ``RUN/generator`` on the feedback log's impressions; (rank 0) saves ``RUN/generator-NAME``."""
+    track = load_track(data)
+    model, item_ids = load_generator(run / MODEL_DIR)
+    reference, _ = load_generator(run / MODEL_DIR)
+    rows = {int(item): row for row, item in enumerate(item_ids)}
+    encoder = RunTextEncoder.from_run(run).encoder
+    examples = feedback_searches(feedback, rows, lambda texts: encoder.encode(texts, "query"))
+    kept = drop_held_out_queries(examples, track)
+    log.info(
+        "%d impressions with a preference in %s, %d kept (valid/test queries left out)",
+        len(examples),
+        feedback,
+        len(kept),
+    )
+    if not kept:
+        raise ValueError(
+            f"{feedback}: no impression of a generator with a click or order above a skipped item"
+        )
+    kept = kept[rank::world_size]
+    attach_reference(reference, kept)
+    train_config = replace(
+        config.train, epochs=config.dpo.epochs, batch_size=config.dpo.batch_size, patience=0
+    )
+    checkpoint = run / f"{MODEL_DIR}-{name}_train.pt" if rank == 0 else None
+    history = train(model, kept, train_config, None, checkpoint, partial(dpo_loss_of, beta=config.dpo.beta))
+    if rank == 0:
+        save_generator(model, item_ids, run / f"{MODEL_DIR}-{name}")
+        write_json(run / f"{MODEL_DIR}-{name}" / "history.json", history)
+        checkpoint.unlink(missing_ok=True)
+
+
+def evaluate_run(run: Path, data: Path, config: GeneratorJobConfig, model_dir: str = MODEL_DIR) -> dict:
+    """Valid and test metrics of the untrained start and of the saved model (its ``metrics.json``)."""
     track = load_track(data)
     catalogue = load_catalogue(run, track)
-    trained, _ = load_generator(run / MODEL_DIR)
+    trained, _ = load_generator(run / model_dir)
     untrained = build_generator(catalogue, trained.config)
     evaluation = replace(config, select_queries=0) if track.queries is not None else config  # all valid
     results: dict = {}
@@ -148,5 +202,5 @@ def evaluate_run(run: Path, data: Path, config: GeneratorJobConfig) -> dict:
                 results[f"{name}/{split}"],
                 time.perf_counter() - started,
             )
-    write_json(run / MODEL_DIR / "metrics.json", results)
+    write_json(run / model_dir / "metrics.json", results)
     return results

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from onesearch_ray.generator.model import CodeItemGenerator
+from onesearch_ray.generator.model import CodeItemGenerator, PromptBatch
 from onesearch_ray.generator.prompts import build_prompts
 from onesearch_ray.io import atomic_path
 
@@ -42,6 +42,7 @@ class Example:
     targets: np.ndarray  # catalogue rows
     gains: np.ndarray  # > 0, one per target
     history: list[int] = field(default_factory=list)  # catalogue rows, oldest first
+    reference: np.ndarray | None = None  # preference training: the reference model's log p(targets)
 
 
 @dataclass
@@ -107,14 +108,27 @@ def loss_of(
         logits = model.code_logits(level, hidden[:, last + level], prompts.query_vectors)
         code_loss = code_loss + F.cross_entropy(logits, torch.as_tensor(model.codes.item_codes[drawn, level]))
 
-    item_query = model.item_query(hidden[:, last], prompts.query_vectors)
-    logits = model.dense_logits(item_query) + model.lexical_logits(prompts.lexical_terms)
-    item_log_probs = F.log_softmax(logits, -1)
+    log_probs = _item_log_probs(model, prompts, hidden[:, last])
     item_loss = torch.zeros(())
     for row, e in enumerate(examples):
         weights = torch.as_tensor(e.gains / e.gains.sum(), dtype=torch.float32)
-        item_loss = item_loss - (weights * item_log_probs[row, torch.as_tensor(e.targets)]).sum()
+        item_loss = item_loss - (weights * log_probs[row, torch.as_tensor(e.targets)]).sum()
     return {"item": item_loss / len(examples), "code": code_loss}
+
+
+def item_log_probs(model: CodeItemGenerator, prompts: PromptBatch) -> torch.Tensor:
+    """(B, items) the item step's log-probabilities over the whole catalogue."""
+    last = model.hidden(model.prompt_embeddings(prompts))[:, -1]
+    return _item_log_probs(model, prompts, last)
+
+
+def _item_log_probs(model: CodeItemGenerator, prompts: PromptBatch, last: torch.Tensor) -> torch.Tensor:
+    item_query = model.item_query(last, prompts.query_vectors)
+    logits = model.dense_logits(item_query) + model.lexical_logits(prompts.lexical_terms)
+    return F.log_softmax(logits, -1)
+
+
+LossFn = Callable[[CodeItemGenerator, Sequence[Example], np.random.Generator], dict[str, torch.Tensor]]
 
 
 WEIGHT_PARAMETERS = ("term_weight", "log_dense_scale", "log_lexical_scale", "log_code_scale")
@@ -145,8 +159,10 @@ def train(
     config: TrainConfig,
     select: Callable[[CodeItemGenerator], float] | None = None,
     checkpoint: Path | None = None,
+    loss_fn: LossFn | None = None,
 ) -> dict:
-    """Train in place; returns the history.
+    """Train in place; returns the history. ``loss_fn``: ``loss_of`` (the default: graded targets) or
+    another of the same shape (``generator.preference.dpo_loss_of``).
 
     With ``select`` (higher is better) the best weights win, the untrained start included. With
     ``checkpoint`` the whole state is saved there at every selection point and a rerun resumes from
@@ -183,7 +199,7 @@ def train(
             examples[i] for i in order[position * config.batch_size : (position + 1) * config.batch_size]
         ]
         model.train()
-        losses = loss_of(model, batch, np.random.default_rng([config.seed, epoch, step]))
+        losses = (loss_fn or loss_of)(model, batch, np.random.default_rng([config.seed, epoch, step]))
         loss = losses["item"] + config.code_loss_weight * losses["code"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

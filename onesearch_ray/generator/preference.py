@@ -1,0 +1,89 @@
+"""Preference alignment of the generator: list-wise DPO from the live feedback log.
+
+Every impression the generator served (``/search``, or ``onesearch simulate --feedback-log``) is a
+list of shown items at levels: ordered (3) > clicked (2) > shown and skipped (1). Every pair of
+items at different levels is a preference. The loss is DPO's on the item step's log-probabilities
+over the whole catalogue, against the frozen starting model (the reference):
+
+    -log sigmoid(beta * ((log p(w) - log p_ref(w)) - (log p(l) - log p_ref(l))))
+
+averaged over an impression's pairs. The reference's log-probabilities are computed once, before
+training, and ride on each example (``Example.reference``). The rest of the loop (optimizer groups,
+batches, resumable checkpoints, workers) is ``generator.train``'s.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from onesearch_ray.data.schemas import Event
+from onesearch_ray.generator.model import CodeItemGenerator
+from onesearch_ray.generator.train import Example, example_prompts, item_log_probs
+from onesearch_ray.rewards.feedback_log import read_feedback
+
+LEVELS = {int(Event.SHOWN): 1.0, int(Event.CLICKED): 2.0, int(Event.ORDERED): 3.0}
+
+
+def feedback_searches(
+    log: str | Path,
+    row_of_item: dict[int, int],
+    encode_queries: Callable[[list[str]], np.ndarray],
+    model_prefix: str = "generator",
+) -> list[Example]:
+    """One example per impression of a generator (``model_dir`` starting with ``model_prefix``) with
+    at least two levels among its shown items; items the catalogue lacks are dropped."""
+    table = read_feedback(log)
+    searches: dict[str, dict] = {}
+    for row in table.to_pylist():
+        if not str(row["model_dir"]).startswith(model_prefix) or row["item_id"] not in row_of_item:
+            continue
+        search = searches.setdefault(row["impression_id"], {"prompt": row["prompt"], "levels": {}})
+        search["levels"][row_of_item[row["item_id"]]] = LEVELS[int(row["event"])]
+    kept = [s for s in searches.values() if len(set(s["levels"].values())) > 1]
+    if not kept:
+        return []
+    prompts = [json.loads(s["prompt"]) for s in kept]
+    vectors = encode_queries([p["query"] for p in prompts])
+    return [
+        Example(
+            prompt["query"],
+            vector,
+            np.array(list(search["levels"])),
+            np.array(list(search["levels"].values())),
+            [row_of_item[i] for i in prompt.get("history", []) if i in row_of_item],
+        )
+        for prompt, vector, search in zip(prompts, vectors, kept, strict=True)
+    ]
+
+
+@torch.no_grad()
+def attach_reference(reference: CodeItemGenerator, examples: Sequence[Example], batch_size: int = 64) -> None:
+    """Store the reference model's log-probability of each example's targets on the example."""
+    reference.eval()
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start : start + batch_size]
+        log_probs = item_log_probs(reference, example_prompts(reference, batch))
+        for row, example in enumerate(batch):
+            example.reference = log_probs[row, torch.as_tensor(example.targets)].numpy()
+
+
+def dpo_loss_of(
+    model: CodeItemGenerator, examples: Sequence[Example], rng: np.random.Generator, beta: float = 0.1
+) -> dict[str, torch.Tensor]:
+    """The batch's DPO loss (``rng`` unused: every pair counts); no code loss."""
+    log_probs = item_log_probs(model, example_prompts(model, examples))
+    losses = []
+    for row, example in enumerate(examples):
+        if example.reference is None:
+            raise ValueError("DPO needs the reference log-probabilities: call attach_reference first")
+        margin = log_probs[row, torch.as_tensor(example.targets)] - torch.as_tensor(example.reference)
+        gains = torch.as_tensor(example.gains)
+        better = gains[:, None] > gains[None, :]  # (winner, loser) pairs
+        losses.append(-F.logsigmoid(beta * (margin[:, None] - margin[None, :]))[better].mean())
+    return {"item": torch.stack(losses).mean(), "code": torch.zeros(())}
