@@ -290,8 +290,8 @@ def test_dpo_from_the_feedback_log_raises_what_users_ordered_over_what_they_skip
     rows = {item: row for row, item in enumerate(item_ids)}
     vector = model.item_vectors[3].numpy()
     examples = feedback_searches(log.path, rows, lambda texts: np.stack([vector] * len(texts)))
-    assert len(examples) == 3  # one level only, or another model's impression: no preference
-    assert sorted(examples[0].gains.tolist()) == [1.0, 1.0, 3.0] and examples[0].query == "drill"
+    assert len(examples) == 3  # no skip-above pair, one level only, another model's: no preference
+    assert examples[0].gains.tolist() == [1.0, 1.0, 3.0] and examples[0].query == "drill"
 
     attach_reference(copy.deepcopy(model), examples)
     prompts = example_prompts(model, examples[:1])
