@@ -48,11 +48,17 @@ SELECTION_METRIC = "NDCG@10"
 
 @dataclass
 class DPOConfig:
-    """DPO from the feedback log (``generator.preference``); learning rates are ``train``'s."""
+    """DPO from the feedback log (``generator.preference``); other optimizer settings are ``train``'s.
+
+    Rates 10-20x below SFT's: on simulated feedback (synthetic, 2,357 impressions) the SFT rates with
+    the anchor took valid NDCG@10 0.732 -> 0.704, these 0.732 -> 0.728."""
 
     beta: float = 0.1
+    anchor: float = 1.0  # weight of the winners' negative log-likelihood beside the DPO term
     epochs: float = 2.0
     batch_size: int = 32
+    learning_rate: float = 1e-4
+    weight_learning_rate: float = 1e-3
 
 
 @dataclass
@@ -172,11 +178,19 @@ def align_on_worker(
         )
     kept = kept[rank::world_size]
     attach_reference(reference, kept)
+    dpo = config.dpo
     train_config = replace(
-        config.train, epochs=config.dpo.epochs, batch_size=config.dpo.batch_size, patience=0
+        config.train,
+        epochs=dpo.epochs,
+        batch_size=dpo.batch_size,
+        learning_rate=dpo.learning_rate,
+        weight_learning_rate=dpo.weight_learning_rate,
+        patience=0,
     )
     checkpoint = run / f"{MODEL_DIR}-{name}_train.pt" if rank == 0 else None
-    history = train(model, kept, train_config, None, checkpoint, partial(dpo_loss_of, beta=config.dpo.beta))
+    history = train(
+        model, kept, train_config, None, checkpoint, partial(dpo_loss_of, beta=dpo.beta, anchor=dpo.anchor)
+    )
     if rank == 0:
         save_generator(model, item_ids, run / f"{MODEL_DIR}-{name}")
         write_json(run / f"{MODEL_DIR}-{name}" / "history.json", history)

@@ -83,15 +83,25 @@ def attach_reference(reference: CodeItemGenerator, examples: Sequence[Example], 
 
 
 def dpo_loss_of(
-    model: CodeItemGenerator, examples: Sequence[Example], rng: np.random.Generator, beta: float = 0.1
+    model: CodeItemGenerator,
+    examples: Sequence[Example],
+    rng: np.random.Generator,
+    beta: float = 0.1,
+    anchor: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """The batch's DPO loss (``rng`` unused: every pair counts); no code loss."""
+    """The batch's DPO loss plus ``anchor`` x the winners' negative log-likelihood (``rng`` unused).
+
+    The anchor keeps the items users chose likely: DPO alone can win by making what it showed on top
+    unlikely, and on simulated feedback that took test NDCG@10 from 0.685 to 0.092."""
     log_probs = item_log_probs(model, example_prompts(model, examples))
     losses = []
     for row, example in enumerate(examples):
         if example.reference is None:
             raise ValueError("DPO needs the reference log-probabilities: call attach_reference first")
-        margin = log_probs[row, torch.as_tensor(example.targets)] - torch.as_tensor(example.reference)
+        chosen = log_probs[row, torch.as_tensor(example.targets)]
+        margin = chosen - torch.as_tensor(example.reference)
         better = torch.as_tensor(skip_above(example.gains))
-        losses.append(-F.logsigmoid(beta * (margin[:, None] - margin[None, :]))[better].mean())
+        winners = torch.as_tensor(better.any(1).numpy())
+        preference = -F.logsigmoid(beta * (margin[:, None] - margin[None, :]))[better].mean()
+        losses.append(preference - anchor * chosen[winners].mean())
     return {"item": torch.stack(losses).mean(), "code": torch.zeros(())}
