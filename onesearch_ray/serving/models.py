@@ -21,12 +21,11 @@ import numpy as np
 from onesearch_ray.behavior import UserContext
 from onesearch_ray.decoding.beam import DecodingEngine, SearchLimitError, SidHit
 from onesearch_ray.decoding.trie import SidTrie
-from onesearch_ray.generator.store import is_generator_dir
 from onesearch_ray.khqe import SemanticIdTokenizer
 from onesearch_ray.khqe.online import RunTextEncoder
 from onesearch_ray.model import check_model_dir, load_tokenizer
 from onesearch_ray.prompts import PromptBuilder, PromptConfig, SidVocabulary
-from onesearch_ray.runs import GENERATOR_DIR
+from onesearch_ray.runs import GENERATOR_DIR, is_generator_dir
 from onesearch_ray.serving.schemas import SearchHit, SearchRequest
 
 EngineFactory = Callable[[Path, SidVocabulary, SidTrie], DecodingEngine]

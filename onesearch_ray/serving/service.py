@@ -33,7 +33,6 @@ from onesearch_ray.behavior import BehaviorIndex, UserContext
 from onesearch_ray.data import load_track
 from onesearch_ray.decoding.trie import SidTrie
 from onesearch_ray.eval.baselines import BM25Retriever
-from onesearch_ray.generator.store import is_generator_dir
 from onesearch_ray.khqe import SemanticIdTokenizer, item_text
 from onesearch_ray.khqe.online import RunTextEncoder
 from onesearch_ray.model import check_model_dir, load_tokenizer
@@ -44,7 +43,7 @@ from onesearch_ray.rewards.feedback_log import (
     ShownItem,
     UnknownImpressionError,
 )
-from onesearch_ray.runs import served_model_dir
+from onesearch_ray.runs import is_generator_dir, served_model_dir
 from onesearch_ray.serving.models import (
     BadRequestError,
     EngineFactory,
