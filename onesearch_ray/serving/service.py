@@ -124,7 +124,8 @@ class SearchService:
             dict(zip(items.column("item_id").to_pylist(), items.column("title").to_pylist(), strict=True))
         )
         self.added: list[NewItems] = []  # live-added items, replayed on a swapped-in generator
-        self.model = self._load(Path(model_dir) if model_dir else served_model_dir(self.run))
+        self._model_dir = Path(model_dir) if model_dir else served_model_dir(self.run)
+        self.model = self._load(self._model_dir)
         self.behavior = _behavior(data or _encoded_data(self.run))
         self.feedback_log = feedback_log
         self._bm25: BM25Retriever | None = None
@@ -138,7 +139,8 @@ class SearchService:
 
     @property
     def model_dir(self) -> Path:
-        return self.model.directory
+        """The serving model's directory (during a swap: the one being replaced, until the next loads)."""
+        return self._model_dir
 
     def hit(self, item_id: int, score: float) -> SearchHit:
         """A result row: the item's title and SID beside the score."""
@@ -261,14 +263,14 @@ class SearchService:
         self._check_swappable(directory)
         # the catalogue may not change while the next model loads with it; no search may run meanwhile
         with self._update_lock, self._swap_gate.swapping():
-            previous = self.model_dir
             self.model = None  # two vLLM engines in one process must not overlap: drop the old first
             gc.collect()
             try:
                 self.model = self._load(directory)
             except Exception:
-                self.model = self._load(previous)  # the old again
+                self.model = self._load(self._model_dir)  # the old again
                 raise
+            self._model_dir = directory
         log.info("now serving %s", directory)
         return ModelInfo(model=self.model_name, available=self.available_models())
 
