@@ -23,10 +23,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 
 from onesearch_ray.data import load_track  # noqa: E402
-from onesearch_ray.eval.metrics import relevant_items, search_metrics  # noqa: E402
-from onesearch_ray.eval.tracks import run_search_baselines, search_eval_inputs  # noqa: E402
+from onesearch_ray.eval.metrics import search_metrics  # noqa: E402
+from onesearch_ray.eval.tracks import run_search_baselines  # noqa: E402
 from onesearch_ray.generator.catalogue import load_catalogue  # noqa: E402
-from onesearch_ray.generator.evaluate import rank  # noqa: E402
+from onesearch_ray.generator.evaluate import judged_split, rank  # noqa: E402
 from onesearch_ray.generator.job import MODEL_DIR  # noqa: E402
 from onesearch_ray.generator.search import TorchDecoder  # noqa: E402
 from onesearch_ray.generator.store import load_generator  # noqa: E402
@@ -49,11 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     track = load_track(args.data)
     catalogue = load_catalogue(args.run, track)
     model, _ = load_generator(args.run / MODEL_DIR)
-    query_ids, texts, judgments = search_eval_inputs(track, args.split)
-    keep = [i for i, qid in enumerate(query_ids) if relevant_items(judgments.get(qid, {}))]
-    row_of_query = {qid: row for row, qid in enumerate(track.queries["query_id"].to_pylist())}
-    vectors = catalogue.query_vectors[[row_of_query[query_ids[i]] for i in keep]]
-    queries = [texts[i] for i in keep]
+    query_ids, queries, vectors, judgments = judged_split(catalogue, track, args.split)
     started = time.perf_counter()
     engines = {"torch": TorchDecoder(model), "vllm": VLLMDecoder.start(model)}
     print(f"vLLM engine started in {time.perf_counter() - started:.1f} s")
@@ -74,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for name in ("torch", "vllm"):
         ranked = {
-            query_ids[i]: catalogue.item_ids[r].tolist() for i, r in zip(keep, rankings[name], strict=True)
+            qid: catalogue.item_ids[r].tolist() for qid, r in zip(query_ids, rankings[name], strict=True)
         }
         results[name] = search_metrics(ranked, judgments)
     results["rrf"] = baselines["rrf"]

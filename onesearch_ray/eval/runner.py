@@ -34,7 +34,7 @@ from onesearch_ray.eval.tracks import (
     search_eval_inputs,
 )
 from onesearch_ray.generator.catalogue import load_catalogue
-from onesearch_ray.generator.evaluate import next_item_split, search_split
+from onesearch_ray.generator.evaluate import judged_split, next_item_split, search_split
 from onesearch_ray.generator.store import load_generator
 from onesearch_ray.khqe import EncoderConfig, SemanticIdTokenizer, catalogue_texts
 from onesearch_ray.khqe.cache import load_embeddings, store_embeddings
@@ -147,9 +147,9 @@ def _evaluate_generator(run: Path, track: Track, track_kind: str, model_dir: Pat
     metrics = search_split(model, catalogue, track, config.split, config.k, limit=config.limit)
     results = {"model": metrics | beam}
     if config.baselines:
-        query_ids, _, judgments = search_eval_inputs(track, config.split)
-        relevant = [q for q in query_ids if relevant_items(judgments.get(q, {}))]
-        kept_ids = set(relevant[: config.limit]) if config.limit else None
+        kept_ids = (
+            set(judged_split(catalogue, track, config.split, config.limit)[0]) if config.limit else None
+        )
         results.update(search_baselines(run, track, config, kept_ids))
     return results
 

@@ -45,6 +45,22 @@ def rank(
     return out
 
 
+def judged_split(
+    catalogue: Catalogue, track: Track, split: str, limit: int = 0
+) -> tuple[list[int], list[str], np.ndarray, dict]:
+    """The ``split`` queries that have a relevant item (the first ``limit`` when set): their ids, texts,
+    cached query vectors, and the split's judgments."""
+    query_ids, texts, judgments = search_eval_inputs(track, split)
+    keep = [i for i, qid in enumerate(query_ids) if relevant_items(judgments.get(qid, {}))]
+    keep = keep[:limit] if limit else keep
+    if not keep:
+        raise ValueError(f"split {split!r} has no query with a relevant item")
+    row_of_query = {qid: row for row, qid in enumerate(track.queries["query_id"].to_pylist())}
+    kept_ids = [query_ids[i] for i in keep]
+    vectors = catalogue.query_vectors[[row_of_query[qid] for qid in kept_ids]]
+    return kept_ids, [texts[i] for i in keep], vectors, judgments
+
+
 def search_split(
     model: CodeItemGenerator,
     catalogue: Catalogue,
@@ -57,18 +73,12 @@ def search_split(
 ) -> dict:
     """Metrics of ``split``'s queries that have a relevant item (the first ``limit`` when set),
     plus ``ms_per_query`` (prompt building and search, query vectors cached)."""
-    query_ids, texts, judgments = search_eval_inputs(track, split)
-    keep = [i for i, qid in enumerate(query_ids) if relevant_items(judgments.get(qid, {}))]
-    keep = keep[:limit] if limit else keep
-    if not keep:
-        raise ValueError(f"split {split!r} has no query with a relevant item")
-    row_of_query = {qid: row for row, qid in enumerate(track.queries["query_id"].to_pylist())}
-    vectors = catalogue.query_vectors[[row_of_query[query_ids[i]] for i in keep]]
+    query_ids, texts, vectors, judgments = judged_split(catalogue, track, split, limit)
     started = time.perf_counter()
-    rows = rank(model, [texts[i] for i in keep], vectors, k, config, decoder=decoder)
+    rows = rank(model, texts, vectors, k, config, decoder=decoder)
     elapsed = time.perf_counter() - started
-    rankings = {query_ids[i]: catalogue.item_ids[r].tolist() for i, r in zip(keep, rows, strict=True)}
-    return search_metrics(rankings, judgments) | {"ms_per_query": 1000 * elapsed / len(keep)}
+    rankings = {qid: catalogue.item_ids[r].tolist() for qid, r in zip(query_ids, rows, strict=True)}
+    return search_metrics(rankings, judgments) | {"ms_per_query": 1000 * elapsed / len(query_ids)}
 
 
 def next_item_split(

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -161,7 +162,7 @@ def align_on_worker(
     """DPO of ``RUN/generator`` on the feedback log's impressions; (rank 0) saves ``RUN/generator-NAME``."""
     track = load_track(data)
     model, item_ids = load_generator(run / MODEL_DIR)
-    reference, _ = load_generator(run / MODEL_DIR)
+    reference = copy.deepcopy(model)  # frozen: the start DPO measures against
     rows = {int(item): row for row, item in enumerate(item_ids)}
     encoder = RunTextEncoder.from_run(run).encoder
     examples = feedback_searches(feedback, rows, lambda texts: encoder.encode(texts, "query"))

@@ -101,7 +101,7 @@ def dpo_loss_of(
         chosen = log_probs[row, torch.as_tensor(example.targets)]
         margin = chosen - torch.as_tensor(example.reference)
         better = torch.as_tensor(skip_above(example.gains))
-        winners = torch.as_tensor(better.any(1).numpy())
+        winners = better.any(1)
         preference = -F.logsigmoid(beta * (margin[:, None] - margin[None, :]))[better].mean()
         losses.append(preference - anchor * chosen[winners].mean())
     return {"item": torch.stack(losses).mean(), "code": torch.zeros(())}

@@ -159,7 +159,7 @@ def train(
     config: TrainConfig,
     select: Callable[[CodeItemGenerator], float] | None = None,
     checkpoint: Path | None = None,
-    loss_fn: LossFn | None = None,
+    loss_fn: LossFn = loss_of,
 ) -> dict:
     """Train in place; returns the history. ``loss_fn``: ``loss_of`` (the default: graded targets) or
     another of the same shape (``generator.preference.dpo_loss_of``).
@@ -199,7 +199,7 @@ def train(
             examples[i] for i in order[position * config.batch_size : (position + 1) * config.batch_size]
         ]
         model.train()
-        losses = (loss_fn or loss_of)(model, batch, np.random.default_rng([config.seed, epoch, step]))
+        losses = loss_fn(model, batch, np.random.default_rng([config.seed, epoch, step]))
         loss = losses["item"] + config.code_loss_weight * losses["code"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

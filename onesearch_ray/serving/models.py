@@ -97,6 +97,7 @@ class GeneratorModel:
         self.directory, self.encoder, self.make_hit = directory, encoder, make_hit
         self.model, item_ids = load_generator(directory)
         self.item_ids = [int(i) for i in item_ids]
+        self.row_of_item = {item: row for row, item in enumerate(self.item_ids)}
         for items in added:  # the live catalogue outlives a model swap
             self.add_items(items, None)
         if engine == "transformers":
@@ -117,7 +118,7 @@ class GeneratorModel:
         from onesearch_ray.generator.search import search as generate
 
         results: list[list[SearchHit] | Exception] = [[] for _ in searches]
-        rows = {item: row for row, item in enumerate(self.item_ids)}
+        rows = self.row_of_item
         by_beam: dict[int, list[int]] = {}
         for slot, one in enumerate(searches):
             by_beam.setdefault(self.beam_of(one.request), []).append(slot)
@@ -145,6 +146,7 @@ class GeneratorModel:
     def add_items(self, items: NewItems, trie: SidTrie | None) -> None:
         levels = self.model.codes.levels
         self.model.add_items(items.vectors, items.titles, np.asarray(items.codes)[:, :levels])
+        self.row_of_item.update((item, len(self.item_ids) + n) for n, item in enumerate(items.item_ids))
         self.item_ids += items.item_ids
 
     @staticmethod
