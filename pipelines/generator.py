@@ -16,6 +16,11 @@ the searches and gradients are averaged (RUN must be on storage every node can r
 above skipped items, ``generator.preference``) into ``RUN/generator-NAME``, resumable from
 ``RUN/generator-NAME_train.pt``; its metrics go to ``RUN/generator-NAME/metrics.json``. Serve it live
 with ``POST /model {"model": "generator-NAME"}``.
+
+    python -m pipelines.generator --run RUN --data DIR --grpo [--name grpo]
+
+``--grpo``: TPMA-GRPO of ``RUN/generator`` on the track's logged train searches (``generator.grpo``;
+rewards from the config's ``rewards:`` section) into ``RUN/generator-NAME``, resumable the same way.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from onesearch_ray.generator.job import (
     load_job_config,
     train_on_worker,
 )
+from onesearch_ray.rewards import RewardConfig, load_reward_config
 from pipelines.common import init_ray
 from pipelines.train import TorchTrainer
 
@@ -45,12 +51,14 @@ from pipelines.train import TorchTrainer
 def _worker(loop_config: dict) -> None:
     context = ray.train.get_context()
     torch.set_num_threads(loop_config["threads"])
-    job, feedback = loop_config["config"], loop_config["feedback"]
+    run, data, job = loop_config["run"], loop_config["data"], loop_config["config"]
     place = (context.get_world_rank(), context.get_world_size())
-    if feedback is None:
-        train_on_worker(loop_config["run"], loop_config["data"], job, *place)
+    if loop_config["name"] is None:
+        train_on_worker(run, data, job, *place)
     else:
-        align_on_worker(loop_config["run"], loop_config["data"], job, feedback, loop_config["name"], *place)
+        align_on_worker(
+            run, data, job, loop_config["name"], loop_config["feedback"], loop_config["rewards"], *place
+        )
 
 
 def train_generator(
@@ -59,10 +67,12 @@ def train_generator(
     config: GeneratorJobConfig,
     workers: int = 1,
     gpu: bool = False,
+    name: str | None = None,
     feedback: Path | None = None,
-    name: str = "dpo",
+    rewards: RewardConfig | None = None,
 ) -> None:
-    """Train RUN/generator; with ``feedback``, DPO of it on that log into RUN/generator-NAME."""
+    """Train RUN/generator; with ``name``, align it into RUN/generator-NAME: DPO on the ``feedback``
+    log, or without one TPMA-GRPO with ``rewards``."""
     cpus = int(ray.cluster_resources().get("CPU", 1))
     threads = max(1, cpus // workers)
     trainer = TorchTrainer(
@@ -74,12 +84,13 @@ def train_generator(
             "threads": threads,
             "feedback": feedback.resolve() if feedback else None,
             "name": name,
+            "rewards": rewards,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=gpu, resources_per_worker=None if gpu else {"CPU": threads}
         ),
         run_config=ray.train.RunConfig(
-            name="generator" if feedback is None else f"generator-{name}",
+            name="generator" if name is None else f"generator-{name}",
             storage_path=str((run / "ray_train").resolve()),
         ),
     )
@@ -101,7 +112,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="DPO of RUN/generator on this feedback log (what `onesearch serve` or `simulate "
         "--feedback-log` recorded) into RUN/generator-NAME",
     )
-    parser.add_argument("--name", default="dpo", help="with --feedback: the new model is RUN/generator-NAME")
+    parser.add_argument(
+        "--grpo",
+        action="store_true",
+        help="TPMA-GRPO of RUN/generator on the track's logged train searches into RUN/generator-NAME",
+    )
+    parser.add_argument(
+        "--name", help="with --feedback or --grpo: the new model is RUN/generator-NAME (default dpo / grpo)"
+    )
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
 
 
@@ -114,10 +132,16 @@ def check_name(name: str) -> str:
 
 def run(args: argparse.Namespace) -> dict:
     config = load_job_config(args.config)
-    model_dir = MODEL_DIR if args.feedback is None else f"{MODEL_DIR}-{check_name(args.name)}"
+    if args.feedback and args.grpo:
+        raise SystemExit("--feedback (DPO) and --grpo are two alignments: choose one")
+    name, model_dir = None, MODEL_DIR
+    if args.feedback or args.grpo:
+        name = check_name(args.name or ("dpo" if args.feedback else "grpo"))
+        model_dir = f"{MODEL_DIR}-{name}"
     if not args.evaluate_only:
         init_ray(args.address)
-        train_generator(args.run, args.data, config, args.workers, args.gpu, args.feedback, args.name)
+        rewards = load_reward_config(args.config)
+        train_generator(args.run, args.data, config, args.workers, args.gpu, name, args.feedback, rewards)
     results = evaluate_run(args.run, args.data, config, model_dir)
     print(json.dumps(results, indent=2))
     return results

@@ -306,3 +306,46 @@ def test_dpo_from_the_feedback_log_raises_what_users_ordered_over_what_they_skip
         dpo_loss_of(model, [Example("drill", vector, np.array([0, 1]), np.array([1.0, 2.0]))], None)
     train(model, examples, TrainConfig(epochs=20, batch_size=3, patience=0), loss_fn=dpo_loss_of)
     assert margin() > before + 1.0
+
+
+# --- TPMA-GRPO on the generator's own rankings -------------------------------------------------
+
+
+def test_grpo_raises_what_the_user_ordered_among_the_models_own_top_items():
+    import copy
+    import functools
+
+    from onesearch_ray.generator.grpo import GRPOConfig, ItemRewardTable, grpo_loss_of, rollout_log_probs
+    from onesearch_ray.generator.search import search
+    from onesearch_ray.rewards import RelevanceOracle, RewardConfig
+
+    model = tiny_model()
+    vector = model.item_vectors[2].numpy()  # a query vector pointing away from the drills
+    ordered = Example("drill", vector, np.array([1]), np.array([2.0]), query_id=None)  # the bit set
+    prompts = example_prompts(model, [ordered])
+    top = [row for row, _ in search(model, prompts, 3)[0]]
+    assert 1 in top and top[0] != 1  # the model's own top 3 holds it, not on top
+
+    rows = np.array([top])
+    with torch.no_grad():
+        per_position = rollout_log_probs(model, prompts, rows)
+        assert per_position.shape == (1, 3, model.codes.levels + 1)
+        assert torch.allclose(per_position[0, :, -1], item_log_probs(model, prompts)[0, rows[0]], atol=1e-5)
+
+    def gap_to_the_top() -> float:
+        ranked = dict(search(model, prompts, 3)[0])
+        return max(ranked.values()) - ranked.get(1, -np.inf)
+
+    before = gap_to_the_top()
+    config = GRPOConfig(group=3)
+    table = ItemRewardTable(RewardConfig(), np.arange(5), np.zeros(5), RelevanceOracle())
+    assert table.rewards([ordered], rows)[0].tolist() == [
+        1.0 + (4.0 if row == 1 else 0.0) for row in top
+    ]  # format + ordered; no CTR, no judged relevance
+    loss = functools.partial(grpo_loss_of, reference=copy.deepcopy(model), rewards=table, config=config)
+    train_config = TrainConfig(
+        epochs=20, batch_size=8, learning_rate=1e-3, weight_learning_rate=0.01, patience=0
+    )
+    history = train(model, [ordered] * 8, train_config, loss_fn=loss)
+    assert np.isfinite([s["item"] for s in history["steps"]]).all()
+    assert gap_to_the_top() < before / 2  # the ordered item climbs toward the top

@@ -64,7 +64,13 @@ def judged_searches(track: Track, row_of_item: dict[int, int], query_vectors: np
             targets[qid][row_of_item[item]] = rel - 1.0
     texts = track.queries["query"].to_pylist()
     return [
-        Example(texts[rows[qid]], query_vectors[rows[qid]], np.array(list(t)), np.array(list(t.values())))
+        Example(
+            texts[rows[qid]],
+            query_vectors[rows[qid]],
+            np.array(list(t)),
+            np.array(list(t.values())),
+            query_id=qid,
+        )
         for qid, t in targets.items()
     ]
 
@@ -101,6 +107,7 @@ def log_searches(
             np.array(list(t)),
             np.array(list(t.values())),
             contexts[key],
+            query_id=key[1],
         )
         for key, t in searches.items()
     ]

@@ -3,8 +3,10 @@
     RUN/generator/            the trained model (``generator.store``), replaced atomically at the end
     RUN/generator/metrics.json  valid and test metrics of the untrained start and the trained model
     RUN/generator_train.pt    the resumable training state (removed once the model is saved)
+    RUN/generator-NAME/       an aligned copy (``align_on_worker``: DPO on a feedback log, or GRPO)
 
-``pipelines/generator.py`` runs ``train_on_worker`` inside Ray Train, then ``evaluate_run``.
+``pipelines/generator.py`` runs ``train_on_worker`` or ``align_on_worker`` inside Ray Train, then
+``evaluate_run``.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ from onesearch_ray.generator.examples import (
     log_searches,
     next_item_searches,
 )
+from onesearch_ray.generator.grpo import GRPOConfig, ItemRewardTable, grpo_loss_of, grpo_prompts
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.preference import attach_reference, dpo_loss_of, feedback_searches
 from onesearch_ray.generator.store import load_generator, save_generator
 from onesearch_ray.generator.train import Example, TrainConfig, train
 from onesearch_ray.io import write_json
 from onesearch_ray.khqe.online import RunTextEncoder
+from onesearch_ray.rewards import RewardConfig
 from onesearch_ray.runs import GENERATOR_DIR
 from onesearch_ray.train.distill import DistillConfig
 from onesearch_ray.train.selection import SelectionConfig, next_item_selection_rows
@@ -71,6 +75,7 @@ class GeneratorJobConfig:
     select_queries: int = 400  # the first N valid queries with a relevant item score each checkpoint
     evaluate_k: int = 350
     dpo: DPOConfig = field(default_factory=DPOConfig)  # ``--feedback``: DPO from a feedback log
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)  # ``--grpo``: TPMA-GRPO on the logged searches
 
 
 def load_job_config(path: str | Path | None) -> GeneratorJobConfig:
@@ -154,16 +159,54 @@ def align_on_worker(
     run: Path,
     data: Path,
     config: GeneratorJobConfig,
-    feedback: Path,
     name: str,
+    feedback: Path | None = None,
+    rewards: RewardConfig | None = None,
     rank: int = 0,
     world_size: int = 1,
 ) -> None:
-    """DPO of ``RUN/generator`` on the feedback log's impressions; (rank 0) saves ``RUN/generator-NAME``."""
+    """Align ``RUN/generator`` into ``RUN/generator-NAME`` (rank 0 saves): DPO on the ``feedback``
+    log's impressions, or without one TPMA-GRPO on the track's logged train searches."""
     track = load_track(data)
     model, item_ids = load_generator(run / MODEL_DIR)
-    reference = copy.deepcopy(model)  # frozen: the start DPO measures against
+    reference = copy.deepcopy(model)  # frozen: the start both losses measure against
     rows = {int(item): row for row, item in enumerate(item_ids)}
+    if feedback is not None:
+        examples = _preference_examples(run, track, feedback, rows)[rank::world_size]
+        attach_reference(reference, examples)
+        settings = config.dpo
+        loss = partial(dpo_loss_of, beta=settings.beta, anchor=settings.anchor)
+    else:
+        settings = config.grpo
+        settings.validate()
+        vectors = load_catalogue(run, track).query_vectors
+        searches = log_searches(track, rows, vectors, model.config.history) if vectors is not None else []
+        if not searches:
+            raise ValueError(
+                f"track {track.name}: GRPO needs a search log with clicks or orders on train queries"
+            )
+        check_no_leak(searches, track)
+        examples = grpo_prompts(searches, settings)[rank::world_size]
+        log.info("grpo: %d prompts (%d logged searches)", len(examples) * world_size, len(searches))
+        table = ItemRewardTable.from_track(track, item_ids, rewards or RewardConfig())
+        loss = partial(grpo_loss_of, reference=reference, rewards=table, config=settings)
+    train_config = replace(
+        config.train,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        weight_learning_rate=settings.weight_learning_rate,
+        patience=0,
+    )
+    checkpoint = run / f"{MODEL_DIR}-{name}_train.pt" if rank == 0 else None
+    history = train(model, examples, train_config, None, checkpoint, loss)
+    if rank == 0:
+        save_generator(model, item_ids, run / f"{MODEL_DIR}-{name}")
+        write_json(run / f"{MODEL_DIR}-{name}" / "history.json", history)
+        checkpoint.unlink(missing_ok=True)
+
+
+def _preference_examples(run: Path, track: Track, feedback: Path, rows: dict[int, int]) -> list[Example]:
     encoder = RunTextEncoder.from_run(run).encoder
     examples = feedback_searches(feedback, rows, lambda texts: encoder.encode(texts, "query"))
     kept = drop_held_out_queries(examples, track)
@@ -177,25 +220,7 @@ def align_on_worker(
         raise ValueError(
             f"{feedback}: no impression of a generator with a click or order above a skipped item"
         )
-    kept = kept[rank::world_size]
-    attach_reference(reference, kept)
-    dpo = config.dpo
-    train_config = replace(
-        config.train,
-        epochs=dpo.epochs,
-        batch_size=dpo.batch_size,
-        learning_rate=dpo.learning_rate,
-        weight_learning_rate=dpo.weight_learning_rate,
-        patience=0,
-    )
-    checkpoint = run / f"{MODEL_DIR}-{name}_train.pt" if rank == 0 else None
-    history = train(
-        model, kept, train_config, None, checkpoint, partial(dpo_loss_of, beta=dpo.beta, anchor=dpo.anchor)
-    )
-    if rank == 0:
-        save_generator(model, item_ids, run / f"{MODEL_DIR}-{name}")
-        write_json(run / f"{MODEL_DIR}-{name}" / "history.json", history)
-        checkpoint.unlink(missing_ok=True)
+    return kept
 
 
 def evaluate_run(run: Path, data: Path, config: GeneratorJobConfig, model_dir: str = MODEL_DIR) -> dict:

@@ -42,6 +42,7 @@ class Example:
     targets: np.ndarray  # catalogue rows
     gains: np.ndarray  # > 0, one per target
     history: list[int] = field(default_factory=list)  # catalogue rows, oldest first
+    query_id: int | None = None  # the track's query (rewards grade rollouts by it); None: no query
     reference: np.ndarray | None = None  # preference training: the reference model's log p(targets)
 
 
@@ -108,7 +109,7 @@ def loss_of(
         logits = model.code_logits(level, hidden[:, last + level], prompts.query_vectors)
         code_loss = code_loss + F.cross_entropy(logits, torch.as_tensor(model.codes.item_codes[drawn, level]))
 
-    log_probs = _item_log_probs(model, prompts, hidden[:, last])
+    log_probs = F.log_softmax(item_logits(model, prompts, hidden[:, last]), -1)
     item_loss = torch.zeros(())
     for row, e in enumerate(examples):
         weights = torch.as_tensor(e.gains / e.gains.sum(), dtype=torch.float32)
@@ -119,13 +120,13 @@ def loss_of(
 def item_log_probs(model: CodeItemGenerator, prompts: PromptBatch) -> torch.Tensor:
     """(B, items) the item step's log-probabilities over the whole catalogue."""
     last = model.hidden(model.prompt_embeddings(prompts))[:, -1]
-    return _item_log_probs(model, prompts, last)
+    return F.log_softmax(item_logits(model, prompts, last), -1)
 
 
-def _item_log_probs(model: CodeItemGenerator, prompts: PromptBatch, last: torch.Tensor) -> torch.Tensor:
+def item_logits(model: CodeItemGenerator, prompts: PromptBatch, last: torch.Tensor) -> torch.Tensor:
+    """(B, items) the item step's logits (dense + lexical + bias) from the prompt's last output."""
     item_query = model.item_query(last, prompts.query_vectors)
-    logits = model.dense_logits(item_query) + model.lexical_logits(prompts.lexical_terms)
-    return F.log_softmax(logits, -1)
+    return model.dense_logits(item_query) + model.lexical_logits(prompts.lexical_terms)
 
 
 LossFn = Callable[[CodeItemGenerator, Sequence[Example], np.random.Generator], dict[str, torch.Tensor]]
@@ -179,8 +180,13 @@ def train(
     steps_per_epoch = max(1, len(examples) // config.batch_size)
     total_steps = max(1, int(config.epochs * steps_per_epoch))
     every = config.evaluate_every or steps_per_epoch
+    # OneCycleLR divides by its warm-up's length: a short run (tests, a small alignment round) needs
+    # a warm-up of at least two steps
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in groups], total_steps=total_steps, pct_start=0.1
+        optimizer,
+        max_lr=[g["lr"] for g in groups],
+        total_steps=max(total_steps, 4),
+        pct_start=min(0.5, max(0.1, 2.0 / total_steps)),
     )
     rank = dist.get_rank() if dist.is_initialized() else 0
     select = select if rank == 0 else None
