@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from tuning.sweep import add_tune_arguments
 
-    tune = commands.add_parser("tune", help="Ray Tune sweep over KHQE layouts: proxies, then a short SFT")
+    tune = commands.add_parser("tune", help="Ray Tune sweep over KHQE layouts: proxies, then the generator")
     add_tune_arguments(tune)
     tune.set_defaults(handler=_cmd_tune)
 

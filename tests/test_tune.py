@@ -1,5 +1,6 @@
-"""The layout sweep: proxies on hand-made codebooks (known answers), the search space, and real
-2-trial Ray Tune sweeps (both rungs) on the small synthetic track, on a local Ray instance."""
+"""The layout sweep: proxies on hand-made codebooks (known answers), the search space, a layout's
+code levels in the generator, and a real 2-trial Ray Tune sweep (both rungs: proxies, then the
+generator) on the small synthetic track, on the session's Ray cluster."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from onesearch_ray.khqe import CodebookLayout, EncodedTexts, KHQEConfig, Residua
 from onesearch_ray.khqe.build import load_khqe_config
 from onesearch_ray.khqe.proxies import ProxyData, fit_and_measure, layout_proxies, relevance_pairs
 from tuning.results import best_row, ranked, write_results
-from tuning.space import Candidate, SearchSpace, candidates, draw
+from tuning.space import Candidate, SearchSpace, candidates, draw, promote
 
 
 # ---- proxies on hand-made codebooks --------------------------------------------------------------
@@ -96,6 +97,9 @@ def test_space_merges_layouts_that_scale_alike_and_draws_across_first_levels():
     assert sorted(CodebookLayout.parse(c.layout).rq_levels[0] for c in drawn) == [16, 64, 256]
     assert len(draw(found, 0)) == len(found)
     assert Candidate("64-256+opq2x256", False, "e5").name == "64-256+opq2x256_nokw_e5"
+    # the generator decodes the residual levels only: an OPQ twin of a promoted layout is not promoted
+    ranked = [Candidate(layout, True, "minilm") for layout in ("16-256+opq2x256", "16-256", "64", "64-256")]
+    assert [c.layout for c in promote(ranked, 2)] == ["16-256+opq2x256", "64"]
 
 
 def test_results_rank_best_first_and_skip_missing_scores(tmp_path):
@@ -116,6 +120,21 @@ def test_results_rank_best_first_and_skip_missing_scores(tmp_path):
         best_row(rows, "NDCG@10")
 
 
+def test_generator_decodes_the_layouts_residual_levels():
+    from onesearch_ray.generator.config import GeneratorConfig, SearchConfig
+    from onesearch_ray.generator.layout_trial import for_layout
+
+    model = for_layout(GeneratorConfig(), "64-256-256+opq2x256")  # OPQ codes: the fine tail, not decoded
+    assert model.code_levels == 3 and model.search.beams == (32, 32, 32)
+    wide = GeneratorConfig(search=SearchConfig(beams=(8, 64)))
+    assert for_layout(wide, "16").search.beams == (8,) and for_layout(wide, "16-8-8").search.beams == (
+        8,
+        64,
+        64,
+    )
+    assert GeneratorConfig().code_levels == 1  # the caller's config is left as it was
+
+
 # ---- real sweeps ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def encoded_run(encoded_small_run, tmp_path_factory):
@@ -129,17 +148,22 @@ def encoded_run(encoded_small_run, tmp_path_factory):
 
 
 def test_two_trial_sweep_from_the_cli_both_rungs(encoded_run, small_track, tmp_path):
-    """Rung 1 scores 2 layouts by proxies; rung 2 trains both briefly, reporting valid metrics per
-    chunk under ASHA; the table and the best config are written and the best layout parses."""
+    """Rung 1 scores 2 layouts by proxies; rung 2 trains the generator on both (code levels from the
+    layout), reporting valid metrics per selection point under ASHA; the table and the best config
+    (khqe: for encode, generator: for the generator) are written and load."""
+    from onesearch_ray.generator.job import load_job_config
     from pipelines import cli
 
-    config = tmp_path / "sweep.yaml"  # the config file's sections reach the sweep and its SFT rung
-    config.write_text("tune:\n  sft_stages: [alignment]\ntrain:\n  tokenizer_vocab_size: 500\n")
+    config = tmp_path / "sweep.yaml"  # the config file's sections reach the sweep and its generator rung
+    config.write_text(
+        "tune:\n  seed: 0\ngenerator:\n  model: {decoder: {hidden_size: 64, intermediate_size: 128}}\n"
+        "  train: {batch_size: 64, patience: 0}\n"
+    )
     out = tmp_path / "tune"
     argv = ["tune", "--run", str(encoded_run), "--data", str(small_track), "--out", str(out)]
-    argv += ["--config", str(config), "--rungs", "sft", "--samples", "2", "--promote", "2"]
+    argv += ["--config", str(config), "--rungs", "generator", "--samples", "2", "--promote", "2"]
     argv += ["--layouts", "16-32", "32-32-32", "--encoders", "minilm", "--keywords", "on"]
-    argv += ["--sft-steps", "4", "--chunk-steps", "2", "--valid-limit", "4", "--beam", "4"]
+    argv += ["--epochs", "2", "--max-minutes", "2", "--valid-limit", "8"]
     assert cli.main(argv) == 0
 
     table = json.loads((out / "results.json").read_text())
@@ -148,16 +172,32 @@ def test_two_trial_sweep_from_the_cli_both_rungs(encoded_run, small_track, tmp_p
     assert trials[0]["NDCG@10"] >= trials[1]["NDCG@10"]  # best first
     for trial in trials:
         assert 0 <= trial["same_1"] <= 1 and trial["n_pairs"] > 0 and trial["in_top_50"] is None  # rung 1
-        assert 1 <= trial["chunks"] <= 2 and trial["stage"] == "alignment" and "Recall@10" in trial  # rung 2
-        assert trial["n_queries"] == 4 and trial["beam"] == 4 and trial["valid_sid_rate"] == 1.0
-        assert (out / "trials" / Candidate.of(trial).name / "sid_tokenizer").is_dir()
-    assert any(trial["chunks"] == 2 for trial in trials)  # ASHA lets at least the leader finish
+        # rung 2: the generator on the layout's residual levels, its best selection point's valid metrics
+        assert trial["code_levels"] == len(trial["layout"].split("-")) and trial["beams"].startswith("32")
+        assert 0 <= trial["NDCG@10"] <= 1 and 0 <= trial["HR@10"] <= trial["HR@50"] <= 1
+        assert trial["n_queries"] == 8 and 2 <= trial["points"] <= 3 and 0 <= trial["point"] < trial["points"]
+        history = out / "trials" / Candidate.of(trial).name / "history.json"
+        assert trial["stopped"] is not history.exists()
+        if not trial["stopped"]:  # trained to the end: 2 epochs, one selection point each after the start
+            selection = json.loads(history.read_text())["selection"]
+            assert trial["points"] == len(selection) == 3
+            assert max(s["score"] for s in selection) == pytest.approx(trial["NDCG@10"])
+    assert not trials[0]["stopped"]  # ASHA lets at least the leader finish
     assert (out / "results.csv").read_text().count("\n") == 3
-    assert "| layout |" in (out / "results.md").read_text()
+    assert (
+        "| layout |" in (out / "results.md").read_text()
+        and "| code_levels |" in (out / "results.md").read_text()
+    )
 
     best = load_khqe_config(out / "best_khqe.yaml")  # exactly what `onesearch encode --config` reads
     assert str(CodebookLayout.parse(best.quantizer.layout)) == trials[0]["layout"]
     assert best.encoder.model == "minilm" and best.keyword_enhancement is True
+    generator = load_job_config(out / "best_khqe.yaml")  # and what `onesearch generator --config` reads
+    assert generator.model.code_levels == trials[0]["code_levels"]
+    assert len(generator.model.search.beams) == generator.model.code_levels
+    assert (
+        generator.model.decoder.hidden_size == 64 and generator.train.epochs == 8
+    )  # the config's, not a trial's
 
 
 def test_inputs_of_a_cold_holdout_run_leave_held_out_items_out(encoded_run, small_track, tmp_path):

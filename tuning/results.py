@@ -1,15 +1,18 @@
 """What a sweep leaves behind: the results table (CSV, JSON, markdown) and the best layout as a
-config file whose ``khqe:`` section ``onesearch encode --config`` reads. No Ray here."""
+config file whose ``khqe:`` section ``onesearch encode --config`` reads (and whose ``generator:``
+section, decoding that layout's levels, ``onesearch generator --config`` reads). No Ray here."""
 
 from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io
 import math
 import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -17,10 +20,14 @@ from onesearch_ray.io import atomic_path, write_json
 from onesearch_ray.khqe.build import KHQEConfig
 from onesearch_ray.khqe.layout import CodebookLayout
 
+if TYPE_CHECKING:
+    from onesearch_ray.generator.job import GeneratorJobConfig
+
 # columns of the markdown table, in this order, when some row has them
 MARKDOWN_COLUMNS = (
     "layout", "keywords", "encoder", "icr", "cur_level_1", "same_1", "same_2", "in_top_10", "in_top_50",
-    "reach_350", "Recall@10", "Recall@50", "NDCG@10", "HR@10", "valid_sid_rate", "chunks", "stopped",
+    "reach_350", "code_levels", "beams", "NDCG@10", "HR@10", "HR@50", "HR@350", "MRR@10", "point",
+    "points", "stopped", "generator_minutes",
 )  # fmt: skip
 
 
@@ -72,14 +79,28 @@ def markdown_table(rows: Sequence[Mapping]) -> str:
     return "\n".join(lines)
 
 
-def write_best_config(path: Path, base: KHQEConfig, best: Mapping, comment: str) -> Path:
-    """The best trial as a YAML config with one ``khqe:`` section (``onesearch encode --config``)."""
-    config = trial_khqe_config(base, best)
+def write_best_config(
+    path: Path, base: KHQEConfig, best: Mapping, comment: str, generator: GeneratorJobConfig | None = None
+) -> Path:
+    """The best trial as a YAML config: a ``khqe:`` section (``onesearch encode --config``) and, when
+    given, the ``generator:`` section to train on it (``onesearch generator --config``)."""
+    sections = {"khqe": trial_khqe_config(base, best).to_dict()}
+    if generator is not None:
+        sections["generator"] = _yaml_plain(dataclasses.asdict(generator))
     text = "".join(f"# {line}\n" for line in comment.splitlines())
-    text += yaml.safe_dump({"khqe": config.to_dict()}, sort_keys=False)
+    text += yaml.safe_dump(sections, sort_keys=False)
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return path
+
+
+def _yaml_plain(value):
+    """``value`` with tuples as lists (``yaml.safe_dump`` writes no tuples)."""
+    if isinstance(value, dict):
+        return {key: _yaml_plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_yaml_plain(item) for item in value]
+    return value
 
 
 def _score(value) -> float | None:

@@ -65,6 +65,21 @@ class Candidate:
     def to_dict(self) -> dict:
         return {"layout": self.layout, "keywords": self.keywords, "encoder": self.encoder}
 
+    @property
+    def generator_key(self) -> tuple:
+        """What the generator trained on this candidate depends on: its residual levels (the codes
+        it decodes; OPQ only changes the SID's tail), keywords and encoder."""
+        return CodebookLayout.parse(self.layout).rq_levels, self.keywords, self.encoder
+
+
+def promote(ranked: list[Candidate], n: int) -> list[Candidate]:
+    """The first ``n`` of ``ranked`` (best first) that train distinct generators: of layouts that
+    differ only in OPQ, the better ranked one stands for all."""
+    kept: dict[tuple, Candidate] = {}
+    for candidate in ranked:
+        kept.setdefault(candidate.generator_key, candidate)
+    return list(kept.values())[:n]
+
 
 def candidates(space: SearchSpace, n_vectors: int, min_points_per_code: int) -> list[Candidate]:
     """Every distinct trial of ``space`` on a catalogue fitted from ``n_vectors`` vectors."""

@@ -3,5 +3,6 @@
 Read in pipeline order: ``prompts`` (a search as prompt embeddings), ``model`` (the decoder and its
 heads), ``lexical`` (the learned lexical term), ``codes`` (the KHQE levels), ``search`` (planned code
 beams, then the item step), ``train`` (the loop), ``examples`` (training searches, leak guard),
-``store`` (on disk), ``job`` (the whole job, Ray-free).
+``store`` (on disk), ``job`` (the whole job, Ray-free), ``layout_trial`` (the generator on a candidate
+KHQE layout: ``onesearch tune``'s rung 2, Ray-free).
 """

@@ -3,7 +3,8 @@
 ``onesearch encode`` leaves ``RUN/embeddings/items.npy`` (one vector per ``track.items`` row),
 ``RUN/embeddings/queries.npy`` (one per ``track.queries`` row, all splits) and the SID tokenizer.
 The generator holds the items the tokenizer knows (a cold-start hold-out leaves some out; they
-join later through ``add_items``), in track order.
+join later through ``add_items``), in track order. ``catalogue_of`` builds the same from a tokenizer
+and vectors in memory (a layout sweep's trial, on the SIDs it has just fitted).
 """
 
 from __future__ import annotations
@@ -36,27 +37,43 @@ class Catalogue:
 
 
 def load_catalogue(run: str | Path, track: Track) -> Catalogue:
+    """The catalogue of an encoded run: its SID tokenizer and cached text vectors."""
     run = Path(run)
     tokenizer = SemanticIdTokenizer.load(run / "sid_tokenizer")
-    all_ids = np.asarray(track.items["item_id"].to_pylist())
-    item_vectors = _vectors(run / "embeddings/items.npy", len(all_ids), "track.items rows")
-    known = np.array([tokenizer.has_item(int(i)) for i in all_ids], dtype=bool)
-    if not known.any():
-        raise ValueError(
-            f"{run / 'sid_tokenizer'} knows none of the track's items: was the run encoded from it?"
-        )
-    titles = [t for t, keep in zip(track.items["title"].to_pylist(), known, strict=True) if keep]
+    item_vectors = _vectors(run / "embeddings/items.npy", track.items.num_rows, "track.items rows")
     query_vectors = None
     if track.queries is not None:
         query_vectors = _vectors(run / "embeddings/queries.npy", track.queries.num_rows, "track.queries rows")
+    return catalogue_of(track, tokenizer, item_vectors, query_vectors)
+
+
+def catalogue_of(
+    track: Track,
+    tokenizer: SemanticIdTokenizer,
+    item_vectors: np.ndarray,
+    query_vectors: np.ndarray | None = None,
+) -> Catalogue:
+    """The catalogue of ``track`` under ``tokenizer``'s SIDs, from vectors in memory (one row per
+    ``track.items`` row; ``query_vectors`` one per ``track.queries`` row): what ``load_catalogue``
+    reads from a run, or a layout sweep's trial builds from the SIDs it has just fitted."""
+    all_ids = np.asarray(track.items["item_id"].to_pylist())
+    if len(item_vectors) != len(all_ids):
+        raise ValueError(f"{len(item_vectors)} item vectors for {len(all_ids)} track.items rows")
+    if query_vectors is not None and (track.queries is None or len(query_vectors) != track.queries.num_rows):
+        rows = 0 if track.queries is None else track.queries.num_rows
+        raise ValueError(f"{len(query_vectors)} query vectors for {rows} track.queries rows")
+    known = np.array([tokenizer.has_item(int(i)) for i in all_ids], dtype=bool)
+    if not known.any():
+        raise ValueError("the SID tokenizer knows none of the track's items: was it fitted on this track?")
+    titles = [t for t, keep in zip(track.items["title"].to_pylist(), known, strict=True) if keep]
     ids = all_ids[known]
     return Catalogue(
         ids,
         titles,
-        item_vectors[known],
+        normalise(item_vectors)[known],
         np.asarray(tokenizer.item_codes(ids.tolist())),
         tuple(tokenizer.layout.level_sizes),
-        query_vectors,
+        None if query_vectors is None else normalise(query_vectors),
     )
 
 
@@ -77,4 +94,4 @@ def _vectors(path: Path, rows: int, what: str) -> np.ndarray:
     vectors = np.load(path, allow_pickle=False)
     if vectors.ndim != 2 or len(vectors) != rows:
         raise ValueError(f"{path} holds {vectors.shape} vectors for {rows} {what}: re-encode the run")
-    return normalise(vectors)
+    return vectors
