@@ -1,20 +1,21 @@
 """Cold-start items (../shared/docs/evaluation.md): held-out items added live, found by the generative model?
 
-The run must come from ``onesearch encode --holdout-cold`` (then trained as usual): its held-out
-items (``RUN/holdout.json``) were left out of KHQE fitting and of every training stage. This adds
-them to the served catalogue with the frozen codebooks through the library call behind
+The run must come from ``onesearch encode --holdout-cold``, then trained as usual (``onesearch
+generator``; the run's served model is scored: ``RUN/generator``, else its latest SID decoder): its
+held-out items (``RUN/holdout.json``) were left out of KHQE fitting and of every training stage.
+This adds them to the served catalogue with the frozen codebooks through the library call behind
 ``POST /items`` (``SearchService.add_items``, reference engine), then reports over them:
 
 - ``own_title``: each held-out item's own title as the query; HR@10 / HR@350 of that item;
 - ``test_queries``: the test queries that judge a held-out item relevant, the usual metrics
   counting only held-out items as relevant;
 
-for the model (through ``SearchService.search``, as ``/search`` answers; ``model_trained``: its own-title
-figures for as many trained items, the reference) and for BM25, dense and
-their RRF (``--e5``: also dense e5 and RRF-e5), which index the new items like any other.
-Writes ``cold_start.json`` and ``cold_start.md`` (to ``--out``, default the run directory).
+for the model (through ``SearchService.search``, as ``/search`` answers, at its own beam unless
+``--beam``; ``model_trained``: its own-title figures for as many trained items, the reference) and
+for BM25, dense and their RRF (``--e5``: also dense e5 and RRF-e5), which index the new items like
+any other. Writes ``cold_start.json`` and ``cold_start.md`` (to ``--out``, default the run directory).
 
-    python bench/cold_start.py --run runs/hd_cold --data ../shared/data/homedepot --beam 50
+    python bench/cold_start.py --run runs/hd_cold --data ../shared/data/homedepot
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def to_markdown(run: Path, report: dict, config: ColdStartConfig) -> str:
         f"## Cold-start items: {run}",
         "",
         f"{held['n_items']} held-out items added live in {held['add_seconds']:.1f} s; "
-        f"model beam {config.beam}, k {config.k}"
+        f"model {report['served_model']}, beam {report['own_title']['model']['beam']}, k {config.k}"
         + (f", first {config.limit} queries" if config.limit else ""),
     ]
     for task, what in TASKS.items():
@@ -57,7 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--run", required=True, type=Path, help="trained run encoded with --holdout-cold")
     parser.add_argument("--data", required=True, type=Path, help="the track directory the run encoded")
-    parser.add_argument("--beam", type=int, default=50, help="beam width of the model's search")
+    parser.add_argument(
+        "--beam", type=int, help="beam width of the model's search (default: the served model's own)"
+    )
     parser.add_argument("--k", type=int, default=350, help="ranking depth (items), at most 350")
     parser.add_argument("--limit", type=int, default=0, help="first N queries per task (0: all)")
     parser.add_argument("--e5", action="store_true", help="also dense e5 and RRF of BM25 + e5 (cached)")

@@ -79,7 +79,7 @@ def add_items_live(service: SearchService, track: Track, item_ids: Sequence[int]
 
 
 def served_rankings(
-    service: SearchService, queries: Sequence[tuple[int, str]], beam: int, k: int, batch: int = 8
+    service: SearchService, queries: Sequence[tuple[int, str]], beam: int | None, k: int, batch: int = 8
 ) -> dict[int, list[int]]:
     """The item ids ``/search`` returns for each (query id, text), as an anonymous user."""
     rankings: dict[int, list[int]] = {}
@@ -97,17 +97,16 @@ def served_rankings(
 
 @dataclass
 class ColdStartConfig:
-    beam: int = 50
+    beam: int | None = None  # None: the served model's own (``SearchRequest.beam``)
     k: int = 350
     limit: int = 0  # per task, only the first N queries with a relevant held-out item (0: all)
     e5: bool = False  # also dense e5 and RRF of BM25 + e5 (see EvalConfig.e5)
 
 
-def cold_start_report(
-    service: SearchService, run: str | Path, track: Track, config: ColdStartConfig
-) -> dict[str, dict]:
-    """Add the run's held-out items to ``service`` live, then score the model (through the
-    service) and the baselines on both tasks of :data:`TASKS`: ``{task: {system: metrics}}``.
+def cold_start_report(service: SearchService, run: str | Path, track: Track, config: ColdStartConfig) -> dict:
+    """Add the run's held-out items to ``service`` live, then score the served model (through the
+    service) and the baselines on both tasks of :data:`TASKS`: ``{task: {system: metrics}}``, beside
+    ``served_model`` (its name in the run) and ``held_out`` (how many were added, in how long).
 
     ``own_title`` also has ``model_trained``: the model for the titles of as many TRAINED items
     (an even sample of the catalogue), the reference a held-out item's figure compares with.
@@ -125,7 +124,10 @@ def cold_start_report(
         "own_title": own_title_track(track, held_out),
         "test_queries": held_out_judgments_track(track, held_out),
     }
-    report: dict[str, dict] = {"held_out": {"n_items": len(held_out), "add_seconds": seconds}}
+    report: dict = {
+        "served_model": service.model_name,
+        "held_out": {"n_items": len(held_out), "add_seconds": seconds},
+    }
     for task, task_track in tasks.items():
         model, kept_ids = _model_metrics(service, task_track, config)
         eval_config = EvalConfig(split="test", k=config.k, e5=config.e5)
@@ -147,7 +149,7 @@ def _model_metrics(
     ks = (*(cut for cut in SEARCH_KS if cut < config.k), config.k)
     metrics = search_metrics(rankings, judgments, ks) | {
         "n_skipped": len(query_ids) - len(relevant),
-        "beam": config.beam,
+        "beam": service.model.beam_of(SearchRequest(query="beam", k=config.k, beam=config.beam)),
         "ms_per_query": 1000 * (time.perf_counter() - started) / max(1, len(kept)),
     }
     return metrics, ({q for q, _ in kept} if config.limit else None)

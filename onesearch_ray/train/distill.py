@@ -15,7 +15,8 @@ whole catalogue (``eval.baselines``: the "rrf" baseline, with the run's cached r
 the run's text encoder for the queries), and its top-k items become co-occurrence pairs, the rank-r
 item repeated ``round(rank_repeats / (r + 1))`` times (at least once): a 1/(rank+1) weight realised
 as pair frequency, so a resumed run sees the same data and the loss stays a plain mean. The source
-item only seeds the text; it is a target only if the cascade ranks it.
+item only seeds the text; it is a target only if the cascade ranks it. Items held out of the run
+(``encode --holdout-cold``: no SID) neither seed pseudo-queries nor are ranked.
 
 No valid/test text: a pseudo-query whose :func:`~onesearch_ray.train.stages.query_key` equals a
 valid or test query's is dropped (as is one equal to a train query: the human label covers it).
@@ -282,16 +283,21 @@ def distilled_queries(
     run: Path, items: pa.Table, sids: SemanticIdTokenizer, exclude: Collection[str], config: DistillConfig
 ) -> pa.Table:
     """The run's labelled pseudo-queries: from the cache when still valid, else built, labelled by
-    the cascade (the run's lexicon, text encoder and cached item vectors) and cached."""
+    the cascade (the run's lexicon, text encoder and cached item vectors) and cached.
+
+    Only the items ``sids`` knows seed and rank them: items held out of the run (``encode
+    --holdout-cold``) lend no title text and are never a label."""
     run = Path(run)
     encoder = RunTextEncoder.from_run(run)
-    queries = pseudo_queries(items, encoder.lexicon, config.pseudo_queries_per_item, exclude, config.seed)
+    known = np.array([sids.has_item(int(i)) for i in items.column("item_id").to_pylist()], dtype=bool)
+    trained = items.filter(pa.array(known))
+    queries = pseudo_queries(trained, encoder.lexicon, config.pseudo_queries_per_item, exclude, config.seed)
     if config.max_pseudo_queries and queries.num_rows > config.max_pseudo_queries:
         keep = np.random.default_rng(config.seed).choice(
             queries.num_rows, config.max_pseudo_queries, replace=False
         )
         queries = queries.take(np.sort(keep))
-    digest = cache_digest(items, encoder.lexicon, sids, exclude, config, encoder.encoder.name)
+    digest = cache_digest(trained, encoder.lexicon, sids, exclude, config, encoder.encoder.name)
     cached = read_cache(run, digest)
     if cached is not None:
         log.info("distill: %d labelled pseudo-queries from %s", cached.num_rows, run / CACHE)
@@ -302,9 +308,11 @@ def distilled_queries(
             f"{run}/embeddings/items.npy: missing or computed from another catalogue/encoder; "
             "run `onesearch encode` on this track first (distillation's dense side reads it)"
         )
-    ids = items.column("item_id").to_pylist()
+    ids = trained.column("item_id").to_pylist()
     cascade = Cascade(
-        BM25Retriever(items.column("title").to_pylist(), ids), DenseRetriever(ids, item_vectors), encoder
+        BM25Retriever(trained.column("title").to_pylist(), ids),
+        DenseRetriever(ids, item_vectors[known]),
+        encoder,
     )
     kinds = Counter(queries.column("kind").to_pylist())
     log.info("distill: labelling %d pseudo-queries (%s)", queries.num_rows, dict(kinds))
