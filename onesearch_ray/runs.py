@@ -93,8 +93,11 @@ def is_generator_dir(path: str | Path) -> bool:
 
 
 def served_model_dir(run: str | Path) -> Path:
-    """The model a run serves and evaluates by default: ``RUN/generator`` (``onesearch generator``)
-    when it has one, else its latest SID decoder (``onesearch train``)."""
+    """The model a run serves and evaluates by default: its latest model when that is a generator
+    (``onesearch generator`` points it at ``RUN/generator``, an alignment at ``RUN/generator-NAME``),
+    else ``RUN/generator`` when it has one, else its latest SID decoder (``onesearch train``)."""
+    if (Path(run) / LATEST_MODEL).exists() and is_generator_dir(latest := latest_model_dir(run)):
+        return latest
     generator = Path(run) / GENERATOR_DIR
     return generator if is_generator_dir(generator) else latest_model_dir(run)
 

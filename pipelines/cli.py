@@ -128,7 +128,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
-    from onesearch_ray.data import SyntheticConfig, detect_format, write_synthetic
+    from onesearch_ray.data import SyntheticConfig, detect_format, load_track, write_synthetic
+    from onesearch_ray.rewards import load_reward_config
     from pipelines import evaluate, generator, prepare
 
     _stop_on_sigterm()
@@ -140,9 +141,12 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
         print(f"[1/5] default data: synthetic catalogue and search log in {data}")
     print("[2/5] encode: text vectors and KHQE semantic IDs (Ray Data)")
     prepare.main(["--data", str(data), "--out", str(run), *config])
-    print("[3/5] train: the CPU-first generator, kept at its best valid score (Ray Train)")
+    print("[3/5] train: the CPU-first generator, kept at its best valid score, then TPMA-GRPO (Ray Train)")
     generator.init_ray()
-    generator.train_generator(run, data, generator.load_job_config(args.config))
+    job = generator.load_job_config(args.config)
+    generator.train_generator(run, data, job)
+    if load_track(data).interactions is not None:  # GRPO learns from the search log's clicks and orders
+        generator.train_generator(run, data, job, name="grpo", rewards=load_reward_config(args.config))
     print("[4/5] evaluate: the generator beside BM25, dense and RRF")
     track = {"onesearch": "synthetic", "homedepot": "homedepot", "amazon18": "amazon18"}[detect_format(data)]
     evaluate.run_eval(run, track, data, evaluate.EvalConfig(k=350))

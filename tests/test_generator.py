@@ -34,6 +34,7 @@ from onesearch_ray.generator.train import (
 )
 from onesearch_ray.khqe import SemanticIdTokenizer
 from onesearch_ray.khqe.encoder import SentenceTransformerEncoder
+from onesearch_ray.runs import served_model_dir
 from onesearch_ray.train.stages import LeakError
 
 TITLES = [
@@ -253,6 +254,7 @@ def test_ray_train_job_on_two_workers_trains_selects_saves_and_scores(
         + ["--workers", "2"]
     )
     assert (run / "generator/weights.safetensors").is_file() and not (run / "generator_train.pt").exists()
+    assert served_model_dir(run) == run / "generator"  # the run's latest model, what serve and eval load
     history = yaml.safe_load((run / "generator/history.json").read_text())
     scores = [s["score"] for s in history["selection"]]
     assert history["best"]["score"] == max(scores)  # the selected weights are the best on valid

@@ -27,7 +27,14 @@ from onesearch_ray.sim.tune import tune_rerank
 from pipelines import cli
 
 SHORT = SimulationConfig(searches=300, bootstrap=300, seed=5)
-SLICES = {"all", "cold_start_items", "cold_start_users", "long_tail_queries"}
+SLICES = {
+    "all",
+    "cold_start_items",
+    "cold_start_users",
+    "returning_users",
+    "long_tail_queries",
+    "head_queries",
+}
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,9 @@
     RUN/generator_train.pt    the resumable training state (removed once the model is saved)
     RUN/generator-NAME/       an aligned copy (``align_on_worker``: DPO on a feedback log, or GRPO)
 
+Each saved model becomes the run's latest model (``runs.write_latest_model``): what ``onesearch
+serve`` and ``onesearch eval`` use by default.
+
 ``pipelines/generator.py`` runs ``train_on_worker`` or ``align_on_worker`` inside Ray Train, then
 ``evaluate_run``.
 """
@@ -40,7 +43,7 @@ from onesearch_ray.generator.train import Example, TrainConfig, train
 from onesearch_ray.io import write_json
 from onesearch_ray.khqe.online import RunTextEncoder
 from onesearch_ray.rewards import RewardConfig
-from onesearch_ray.runs import GENERATOR_DIR
+from onesearch_ray.runs import GENERATOR_DIR, write_latest_model
 from onesearch_ray.train.distill import DistillConfig
 from onesearch_ray.train.selection import SelectionConfig, next_item_selection_rows
 
@@ -152,6 +155,7 @@ def train_on_worker(
     if rank == 0:
         save_generator(model, catalogue.item_ids, run / MODEL_DIR)
         write_json(run / MODEL_DIR / "history.json", history)
+        write_latest_model(run, run / MODEL_DIR)
         (run / CHECKPOINT).unlink(missing_ok=True)
 
 
@@ -203,6 +207,7 @@ def align_on_worker(
     if rank == 0:
         save_generator(model, item_ids, run / f"{MODEL_DIR}-{name}")
         write_json(run / f"{MODEL_DIR}-{name}" / "history.json", history)
+        write_latest_model(run, run / f"{MODEL_DIR}-{name}")  # what the run serves from now on
         checkpoint.unlink(missing_ok=True)
 
 

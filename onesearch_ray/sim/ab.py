@@ -85,7 +85,9 @@ def slices(world: World, traffic: Traffic, config: SimulationConfig) -> list[Sli
         }
         out.append(Slice("cold_start_items", np.array([exact[q] for q in traffic.query]), True))
     out.append(Slice("cold_start_users", traffic.cold_user[traffic.user]))
-    out.append(Slice("long_tail_queries", tail[traffic.query]))
+    out.append(Slice("returning_users", ~traffic.cold_user[traffic.user]))
+    out.append(Slice("long_tail_queries", tail[traffic.query]))  # valid/test and rare train queries
+    out.append(Slice("head_queries", ~tail[traffic.query]))
     return out
 
 
