@@ -2,7 +2,9 @@
 
 Systems (``--system``, repeatable, the first is the control; default: cascade, sft and every other
 model directory of the run, e.g. RL stages): ``cascade`` (BM25 + dense RRF + personalised re-rank),
-``rrf``, ``random``, ``oracle``, ``sft`` (the run's last SFT stage) or ``NAME=MODEL_DIR``. A run
+``rrf``, ``random``, ``oracle``, ``sft`` (the run's last SFT stage), ``NAME=MODEL_DIR`` or
+``NAME=URL``: a running search API, searched over HTTP, its pages' clicks and orders sent to its
+``POST /feedback`` (the write token from $ONESEARCH_WRITE_TOKEN off loopback). A run
 encoded with ``--holdout-cold`` has its held-out items added to each model's catalogue live before
 the simulation (the cold-start item slice). Writes ``simulation.json``, ``simulation.md`` and
 ``simulation.png`` to ``--out`` (default ``RUN/simulation``). With ``--feedback-log LOG`` the models'
@@ -17,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from onesearch_ray.eval.holdout import HOLDOUT_FILE, read_holdout
 from onesearch_ray.serving.engines import ENGINES
+from onesearch_ray.serving.schemas import TOKEN_ENV
 from onesearch_ray.sim import SimulationConfig, World, simulate
 from onesearch_ray.sim.report import to_markdown, write_report
 from onesearch_ray.sim.specs import NAMED_SYSTEMS, SystemOptions, default_systems, system_builders
@@ -34,7 +38,8 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--system",
         action="append",
-        help=f"{', '.join(NAMED_SYSTEMS)} or NAME=MODEL_DIR; repeat; the first is the control "
+        help=f"{', '.join(NAMED_SYSTEMS)}, NAME=MODEL_DIR or NAME=URL (a running search API); repeat; "
+        "the first is the control "
         "(default: cascade, sft, and the run's other model directories)",
     )
     parser.add_argument("--searches", type=int, default=SimulationConfig.searches)
@@ -74,6 +79,7 @@ def run_simulation(args: argparse.Namespace) -> dict:
         seed=args.seed,
         tune_rerank=args.tune_rerank,
         feedback_log=args.feedback_log,
+        write_token=os.environ.get(TOKEN_ENV),
     )
     if not args.run.is_dir():
         raise FileNotFoundError(f"run directory {args.run} not found")

@@ -35,6 +35,7 @@ from onesearch_ray.rewards.feedback_log import FeedbackLog
 from onesearch_ray.serving.schemas import (
     MAX_ITEM_ID,
     MAX_USERS_PAGE,
+    TOKEN_ENV,
     AddItemsRequest,
     AddItemsResponse,
     ErrorDetail,
@@ -54,7 +55,6 @@ log = logging.getLogger("onesearch.serve")
 api = FastAPI(title="OneSearch-Ray", description="End-to-end generative e-commerce search", version="0.2.0")
 bearer = HTTPBearer(auto_error=False, description="the server's write token (required off loopback)")
 WriteCredentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
-TOKEN_ENV = "ONESEARCH_WRITE_TOKEN"
 MAX_ECHOED_INPUT = 200  # characters of a refused input a 422 repeats back
 
 

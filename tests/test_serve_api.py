@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import socket
+from collections import Counter
 
 import httpx
+import pyarrow.compute as pc
 import pytest
+
+from onesearch_ray.data.schemas import Event
 
 ENGINE = "vllm"
 TOKEN = "test-write-token"
@@ -185,6 +189,26 @@ def test_feedback_is_recorded_against_the_impression(api, served):
     ]
     for body, status in bad:
         assert api.post("/feedback", json=body).status_code == status, body
+
+
+def test_simulated_users_search_and_click_through_http(served, small_track):
+    """``onesearch simulate --system NAME=URL``: real /search, then the users' clicks and orders
+    go to /feedback and land in the server's own log."""
+    from onesearch_ray.rewards.feedback_log import read_feedback
+    from onesearch_ray.sim import SimulationConfig, World, simulate
+    from onesearch_ray.sim.systems import HttpSystem
+
+    url, log, _ = served
+    before = read_feedback(log)
+    world = World.from_directory(small_track)
+    config = SimulationConfig(searches=32, seed=3, bootstrap=20)
+    report = simulate(world, {"live": lambda: HttpSystem("live", url, beam=8, token=TOKEN)}, config)
+    after = read_feedback(log)
+    new = after.filter(pc.invert(pc.is_in(after["impression_id"], before["impression_id"])))
+    assert len(set(new["impression_id"].to_pylist())) == 32  # one impression per simulated search
+    events = Counter(new["event"].to_pylist())
+    ctr = report["slices"]["all"]["systems"]["live"]["metrics"]["ctr"]["value"]
+    assert events[int(Event.CLICKED)] > 0 and ctr > 0
 
 
 def test_writes_without_the_token_are_refused_off_loopback(api, served):

@@ -19,6 +19,7 @@ MAX_HISTORY = 1000
 MAX_USERS_PAGE = 1000
 MAX_ITEM_ID = 2**53 - 1  # the largest integer every JSON parser reads exactly
 NOT_BLANK = r"\S"  # at least one non-space character
+TOKEN_ENV = "ONESEARCH_WRITE_TOKEN"  # the write routes' bearer token, for servers and clients
 
 
 def _integral_float_to_int(value: Any) -> Any:

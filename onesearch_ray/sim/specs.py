@@ -1,8 +1,9 @@
 """Systems named on the command line -> builders of :class:`SearchSystem` for one run.
 
 ``cascade`` (RRF + personalised re-rank), ``rrf`` (without the re-rank), ``random``, ``oracle``,
-``sft`` (the run's last SFT stage, ``RUN/model/<stage>``) and ``NAME=MODEL_DIR`` (any model directory,
-e.g. ``dpo=RUN/model/dpo``; a relative path is tried as given, then inside the run).
+``sft`` (the run's last SFT stage, ``RUN/model/<stage>``), ``NAME=MODEL_DIR`` (any model directory,
+e.g. ``grpo=generator-grpo``; a relative path is tried as given, then inside the run) and
+``NAME=URL`` (a running search API over HTTP, its pages' clicks and orders sent to its ``/feedback``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from onesearch_ray.sim.session import SimulationConfig
 from onesearch_ray.sim.systems import (
     CascadeSystem,
+    HttpSystem,
     OracleSystem,
     RandomSystem,
     RerankConfig,
@@ -38,6 +40,7 @@ class SystemOptions:
     rerank: RerankConfig = field(default_factory=RerankConfig)
     tune_rerank: bool = False  # cascade: choose the re-rank on the simulator first (sim.tune)
     feedback_log: Path | None = None  # models: record impressions, clicks and orders here
+    write_token: str | None = None  # NAME=URL systems: the API's write token, for /feedback
 
     def __post_init__(self) -> None:
         from onesearch_ray.serving.engines import ENGINES
@@ -88,7 +91,9 @@ def _builder(
     if "=" in spec:
         name, path = (part.strip() for part in spec.split("=", 1))
         if not name:
-            raise ValueError(f"system {spec!r}: empty name (expected NAME=MODEL_DIR)")
+            raise ValueError(f"system {spec!r}: empty name (expected NAME=MODEL_DIR or NAME=URL)")
+        if path.startswith(("http://", "https://")):
+            return name, lambda: HttpSystem(name, path, options.beam, options.write_token)
         return name, _service_builder(name, _model_dir(path, run), run, world, options)
     if spec == "sft":
         return spec, _service_builder(spec, sft_model_dir(run), run, world, options)

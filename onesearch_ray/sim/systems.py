@@ -196,3 +196,47 @@ class ServiceSystem:
             self.service.record_feedback(
                 FeedbackRequest(impression_id=impression, item_id=item, action=action)
             )
+
+
+class HttpSystem:
+    """A running search API (``onesearch serve``) over real HTTP: ``POST /search`` per search, and
+    each page's clicks and orders sent back to ``POST /feedback`` as a user's browser would, so the
+    server's own feedback log records the traffic. CPU ms are this client's only (the server's are
+    not counted); wall ms include the server."""
+
+    def __init__(
+        self, name: str, url: str, beam: int, token: str | None = None, timeout: float = 120
+    ) -> None:
+        import httpx
+
+        self.name, self.beam = name, beam
+        self.description = f"the search API at {url} (beam {beam})"
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+        self._impressions: list[str | None] = []
+
+    def search(self, requests: Sequence[SimRequest], k: int) -> list[list[int]]:
+        from onesearch_ray.serving.schemas import MAX_QUERY_CHARS
+
+        answers = []
+        for request in requests:
+            body = {"query": request.query[:MAX_QUERY_CHARS], "k": k, "beam": self.beam}
+            if request.user_id is not None:
+                body["user_id"] = request.user_id
+            answers.append(self._post("/search", body))
+        self._impressions = [answer.get("impression_id") for answer in answers]
+        return [[hit["item_id"] for hit in answer["items"]] for answer in answers]
+
+    def record_feedback(self, row: int, clicked: Sequence[int], ordered: Sequence[int]) -> None:
+        impression = self._impressions[row]
+        if impression is None:  # the server keeps no feedback log
+            return
+        events = [(item, "click") for item in clicked] + [(item, "order") for item in ordered]
+        for item, action in events:
+            self._post("/feedback", {"impression_id": impression, "item_id": int(item), "action": action})
+
+    def _post(self, route: str, body: dict) -> dict:
+        response = self._client.post(route, json=body)
+        if response.status_code != 200:
+            raise RuntimeError(f"{self.name}: {route} answered {response.status_code}: {response.text[:300]}")
+        return response.json()
