@@ -1,14 +1,15 @@
 """One Ctrl-C stops every phase at once. Each command runs as the quickstart runs it, on a local Ray
 cluster of its own, and gets one SIGINT to its process group, as a terminal's Ctrl-C sends: it exits
 130 within seconds, leaves a checkpoint a rerun resumes from, and none of its Ray processes running.
-Phases: training while its Ray Train workers start, training while it checkpoints, evaluation,
-serving, and the demo page."""
+Phases: the generator's training (`onesearch generator`) while its Ray Train workers start and while
+it checkpoints, evaluation, serving, the demo page, and a layout sweep (`onesearch tune`)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,28 +22,29 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import torch
 
-from onesearch_ray.model import load_model
-from onesearch_ray.runs import write_latest_model
-from onesearch_ray.train import checkpoints
-from onesearch_ray.train.config import load_train_config
-from onesearch_ray.train.workflow import prepare_model_init
+from onesearch_ray.data import load_track
+from onesearch_ray.generator.catalogue import build_generator, load_catalogue
+from onesearch_ray.generator.job import CHECKPOINT, MODEL_DIR, load_job_config
+from onesearch_ray.generator.store import load_generator
+from onesearch_ray.generator.train import Example, TrainConfig, _resume, parameter_groups, train
 from pipelines.common import wait_for_interrupt
 from tests.ray_jobs import REPO, ray_processes, wait_for
 
-# Issue 18 asks 10 s; 2-7 s measured on 2 shared cores. The bounds leave room for a loaded CI machine
+# Issue 18 asks 10 s; 2-10 s measured on 2 shared cores. The bounds leave room for a loaded CI machine
 # and still fail a Ctrl-C that was lost (the bug: the driver trained on, indefinitely).
 STOPPED_WITHIN_S = 30
 RAY_GONE_WITHIN_S = 30
-RESUME_HINT = "onesearch train: interrupted; rerun the same command to resume"
-# One stage long enough never to finish here, a checkpoint at every step: the Ctrl-C that follows the
-# first checkpoint lands while later ones are being written.
-TRAIN_CONFIG = (
-    "train:\n  num_workers: 1\n  cpus_per_worker: 1\n  model: {size: tiny}\n"
-    "  tokenizer_vocab_size: 1000\n  stages:\n"
-    "    alignment: {max_steps: 5000, batch_size: 8, checkpoint_every: 1, log_every: 5}\n"
+RESUME_HINT = "onesearch generator: interrupted; rerun the same command to resume"
+# Training long enough never to finish here (no early stop, no time budget reached), a selection
+# score and a checkpoint at every step: the Ctrl-C that follows the first checkpoint lands while
+# later ones are being written. Few hash buckets keep each checkpoint a few MB.
+GENERATOR_CONFIG = (
+    "generator:\n  model: {hash_buckets: 1024}\n  select_queries: 4\n"
+    "  train: {epochs: 1000, batch_size: 8, evaluate_every: 1, patience: 0, max_minutes: 600}\n"
 )
 
 
@@ -87,7 +89,7 @@ def test_a_ctrl_c_another_thread_receives_stops_wait_for_interrupt():
 
 
 def test_a_ctrl_c_another_thread_receives_stops_ray_get_on_the_main_thread(ray_cluster):
-    """Where `onesearch train` waits (Ray Train's fit() on the main thread)."""
+    """Where `onesearch generator` waits (Ray Train's fit() on the main thread)."""
     import ray
 
     @ray.remote(num_cpus=0)
@@ -176,38 +178,44 @@ def interrupt(command: Command) -> str:
 
 
 @pytest.fixture(scope="module")
-def initialized_run(encoded_small_run, small_track, tmp_path_factory) -> Path:
-    """The encoded small run with its tokenizer and a freshly built tiny model as its latest model:
-    enough to evaluate and serve (what is tested is stopping, not quality)."""
-    run = tmp_path_factory.mktemp("initialized") / "run"
-    shutil.copytree(encoded_small_run, run, ignore=shutil.ignore_patterns("sft", "model"))
-    config = load_train_config(size="tiny")
-    config.tokenizer_vocab_size = 1000
-    write_latest_model(run, prepare_model_init(run, small_track, config))
+def generator_run(generator_small_run, tmp_path_factory) -> Path:
+    """A copy of the session's run with a trained generator (its latest model), to evaluate and
+    serve; no e5 vectors cached, so its first e5 evaluation encodes the catalogue."""
+    run = tmp_path_factory.mktemp("interrupt") / "run"
+    shutil.copytree(generator_small_run, run, ignore=shutil.ignore_patterns("*_e5*"))
     return run
 
 
-def training(run: Path, small_track: Path, tmp_path: Path) -> list[str]:
-    """`onesearch train` of the alignment stage on ``run`` (a copy of the initialized run)."""
-    config = tmp_path / "train.yaml"
-    config.write_text(TRAIN_CONFIG)
-    args = ["train", "--run", str(run), "--data", str(small_track), "--stage", "alignment"]
-    return [*args, "--config", str(config)]
+def training(run: Path, small_track: Path, encoded_small_run: Path, tmp_path: Path) -> list[str]:
+    """`onesearch generator` on ``run``, a fresh copy of the encoded small run."""
+    shutil.copytree(encoded_small_run, run)
+    config = tmp_path / "generator.yaml"
+    config.write_text(GENERATOR_CONFIG)
+    return ["generator", "--run", str(run), "--data", str(small_track), "--config", str(config)]
 
 
-def assert_resumable(run: Path) -> None:
-    """What a rerun does first with the stage's last checkpoint, if it has one: load it."""
-    latest = checkpoints.latest(run / "sft/alignment")
-    if latest is not None:
-        assert checkpoints.read_state(latest)["step"] < 5000
-        checkpoints.restore(latest, load_model(run / "model/init")[0])
+def assert_resumable(run: Path, small_track: Path, tmp_path: Path) -> None:
+    """What a rerun does first with the training state, if there is one: load it (``train._resume``:
+    weights, optimizer, schedule) into the model the job builds."""
+    checkpoint = run / CHECKPOINT
+    if not checkpoint.exists():  # stopped before its first checkpoint: a rerun starts over
+        return
+    job = load_job_config(tmp_path / "generator.yaml")
+    model = build_generator(load_catalogue(run, load_track(small_track)), job.model)
+    optimizer = torch.optim.AdamW(parameter_groups(model, job.train))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=4
+    )
+    state = _resume(checkpoint, model, optimizer, schedule)
+    assert state["step"] >= 1 and state["best"] is not None
 
 
 @pytest.mark.slow
-def test_one_ctrl_c_stops_training_while_its_ray_train_workers_start(initialized_run, small_track, tmp_path):
+def test_one_ctrl_c_stops_training_while_its_ray_train_workers_start(
+    encoded_small_run, small_track, tmp_path
+):
     run = tmp_path / "run"
-    shutil.copytree(initialized_run, run)
-    with onesearch(training(run, small_track, tmp_path), tmp_path) as command:
+    with onesearch(training(run, small_track, encoded_small_run, tmp_path), tmp_path) as command:
         wait_until(
             command,
             lambda: "Attempting to start training worker group" in command.output(),
@@ -216,34 +224,32 @@ def test_one_ctrl_c_stops_training_while_its_ray_train_workers_start(initialized
         assert "Started training worker group" not in command.output()
         output = interrupt(command)
     assert RESUME_HINT in output
-    assert_resumable(run)
+    assert_resumable(run, small_track, tmp_path)
 
 
 @pytest.mark.slow
-def test_one_ctrl_c_stops_training_while_it_checkpoints(initialized_run, small_track, tmp_path):
+def test_one_ctrl_c_stops_training_while_it_checkpoints(encoded_small_run, small_track, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(initialized_run, run)
-    with onesearch(training(run, small_track, tmp_path), tmp_path) as command:
-        wait_until(
-            command, lambda: checkpoints.latest(run / "sft/alignment") is not None, "a first checkpoint"
-        )
+    with onesearch(training(run, small_track, encoded_small_run, tmp_path), tmp_path) as command:
+        wait_until(command, lambda: (run / CHECKPOINT).exists(), "a first checkpoint")
         assert ray_processes(command.ray_tmp), "the driver's Ray cluster should be running"
         output = interrupt(command)
     assert RESUME_HINT in output
-    assert checkpoints.latest(run / "sft/alignment") is not None
-    assert_resumable(run)
+    assert not (run / MODEL_DIR).exists(), "stopped before the model is saved"
+    assert (run / CHECKPOINT).exists()
+    assert_resumable(run, small_track, tmp_path)
 
 
 @pytest.mark.slow
-def test_one_ctrl_c_stops_evaluation(initialized_run, small_track, tmp_path):
-    # The train split at a wide beam: the model's decoding lasts seconds, long enough to interrupt.
-    args = ["eval", "--run", str(initialized_run), "--track", "synthetic", "--data", str(small_track)]
-    args += ["--split", "train", "--beam", "300", "--no-baselines"]
+def test_one_ctrl_c_stops_evaluation(generator_run, small_track, tmp_path):
+    # The generator and BM25 take a second on this track; the e5 baselines' first run encodes the
+    # catalogue with e5 (seconds here), long enough to interrupt.
+    args = ["eval", "--run", str(generator_run), "--track", "synthetic", "--data", str(small_track), "--e5"]
     with onesearch(args, tmp_path) as command:
-        wait_until(command, lambda: "beam search" in command.output(), "the model's decoding")
+        wait_until(command, lambda: "texts with e5" in command.output(), "the catalogue's e5 encoding")
         output = interrupt(command)
     assert "onesearch eval: interrupted" in output
-    assert not (initialized_run / "eval_synthetic_train.json").exists(), "stopped before its report"
+    assert not (generator_run / "eval_synthetic.json").exists(), "stopped before its report"
 
 
 def _free_port() -> int:
@@ -253,10 +259,10 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_one_ctrl_c_stops_serving(initialized_run, tmp_path):
-    # The reference engine starts twice as fast as vLLM here; both run inside the Serve replica.
+def test_one_ctrl_c_stops_serving(generator_run, tmp_path):
+    # The torch engine starts twice as fast as vLLM here; both run inside the Serve replica.
     port = _free_port()
-    args = ["serve", "--run", str(initialized_run), "--port", str(port), "--engine", "transformers"]
+    args = ["serve", "--run", str(generator_run), "--port", str(port), "--engine", "transformers"]
     with onesearch(args, tmp_path) as command:
         wait_until(command, lambda: "search API:" in command.output(), "the search API")
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=60).status_code == 200
@@ -274,16 +280,33 @@ def test_one_ctrl_c_stops_the_demo_page(tmp_path):
     assert "onesearch demo: interrupted" in output
 
 
-def test_a_checkpoint_cut_short_is_not_resumed_from(initialized_run, tmp_path):
-    """Ray Train copies a checkpoint's files in parallel: a Ctrl-C can leave state.json beside
-    weights cut short, or state.json itself cut short. Resume skips such a checkpoint."""
-    model = load_model(initialized_run / "model/init")[0]
-    optimizer = torch.optim.AdamW(model.parameters())
-    for step in (1, 2):
-        checkpoints.write(tmp_path / checkpoints.dir_name(step), model, optimizer, step, {})
-    weights = tmp_path / checkpoints.dir_name(2) / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:1000])
-    assert checkpoints.latest(tmp_path) == tmp_path / checkpoints.dir_name(1)
-    state = tmp_path / checkpoints.dir_name(1) / checkpoints.STATE
-    state.write_text(state.read_text()[:10])
-    assert checkpoints.latest(tmp_path) is None
+@pytest.mark.slow
+def test_one_ctrl_c_stops_a_layout_sweep(encoded_small_run, small_track, tmp_path):
+    """Ray Tune's fit() used to catch the Ctrl-C itself and return the unfinished trials, which the
+    sweep then ranked: a TypeError (exit 1). It is caught while the trials are pending."""
+    run, out = tmp_path / "run", tmp_path / "tune"
+    shutil.copytree(encoded_small_run, run)
+    args = ["tune", "--run", str(run), "--data", str(small_track), "--out", str(out), "--samples", "2"]
+    args += ["--layouts", "16-32", "32-32-32", "--encoders", "minilm", "--keywords", "on"]
+    with onesearch(args, tmp_path) as command:
+        wait_until(command, lambda: "Trial status:" in command.output(), "Ray Tune's trials")
+        output = interrupt(command)
+    assert "onesearch tune: interrupted" in output
+    assert not (out / "results.json").exists(), "stopped before its table"
+
+
+def test_a_damaged_training_checkpoint_is_named_in_a_clear_error(generator_small_run, tmp_path):
+    """The training state is replaced atomically, so a Ctrl-C leaves the last complete one; a file
+    damaged otherwise (a full disk, a copy cut short) is not resumed from: the error names it and
+    says how to start over. An intact one resumes."""
+    model, _ = load_generator(generator_small_run / MODEL_DIR)
+    example = Example("query", model.item_vectors[0].numpy(), np.array([0]), np.array([1.0]))
+    config, checkpoint = TrainConfig(epochs=1, batch_size=1), tmp_path / CHECKPOINT
+    trained = train(model, [example], config, checkpoint=checkpoint)  # one step, one checkpoint
+    assert train(model, [example], config, checkpoint=checkpoint)["steps"] == trained["steps"]  # resumed
+    intact = checkpoint.read_bytes()
+    for damaged in (intact[: len(intact) // 2], b""):
+        checkpoint.write_bytes(damaged)
+        with pytest.raises(ValueError, match=re.escape(f"{checkpoint}: cannot resume")) as error:
+            train(model, [example], config, checkpoint=checkpoint)
+        assert "delete it to start over" in str(error.value)

@@ -32,13 +32,15 @@ Resources: one trial per ``--cpus-per-trial`` CPUs of the cluster, all at once w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import logging
 import math
 import numbers
+import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +73,7 @@ RUNGS = ("proxies", "generator")
 GENERATOR_METRIC = SELECTION_METRIC  # rung 2 ranks by what the generator's training selects on
 HISTORY = "history.json"  # trials/<name>/history.json: written by a rung-2 trial that trained to its end
 _TUNE_KEYS = {*AUTO_RESULT_KEYS, "done", "trial_id", "experiment_tag"}
+_TUNE_SIGINT = "TUNE_DISABLE_SIGINT_HANDLER"
 
 
 @dataclass
@@ -318,8 +321,10 @@ def _run_rung(
         tune_config=tune.TuneConfig(metric=metric, mode="max", scheduler=scheduler),
         run_config=tune.RunConfig(name=name, storage_path=str(out / "ray_results"), verbose=1),
     )
+    with _ctrl_c_to_the_driver():
+        results = tuner.fit()
     rows = []
-    for result in tuner.fit():
+    for result in results:
         row = dict(result.config["candidate"])
         last = result.metrics or {}
         chosen = last
@@ -333,6 +338,23 @@ def _run_rung(
             row["error"] = str(result.error).splitlines()[0][:300]
         rows.append(row)
     return rows
+
+
+@contextlib.contextmanager
+def _ctrl_c_to_the_driver() -> Iterator[None]:
+    """``Tuner.fit()`` without Ray Tune's SIGINT handler, so Ctrl-C raises KeyboardInterrupt in the
+    driver as in the other commands (exit 130, ``ray.shutdown`` at exit stopping the trials and a
+    local cluster). Tune's own handler only ends the run: ``fit()`` returned the unfinished trials,
+    those never started without a config, and the sweep went on to rank them (a TypeError)."""
+    previous = os.environ.get(_TUNE_SIGINT)
+    os.environ[_TUNE_SIGINT] = "1"  # read by tune.run when fit() starts
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_TUNE_SIGINT, None)
+        else:
+            os.environ[_TUNE_SIGINT] = previous
 
 
 def _best_report(result: tune.Result, metric: str, last: dict) -> tuple[dict, int]:
