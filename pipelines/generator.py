@@ -12,14 +12,15 @@ the searches and gradients are averaged (RUN must be on storage every node can r
 
     python -m pipelines.generator --run RUN --data DIR --feedback RUN/feedback.sqlite [--name dpo]
 
-``--feedback``: DPO of ``RUN/generator`` on the impressions of that feedback log (clicks and orders
-above skipped items, ``generator.preference``) into ``RUN/generator-NAME``, resumable from
-``RUN/generator-NAME_train.pt``; its metrics go to ``RUN/generator-NAME/metrics.json``. Serve it live
+``--feedback``: DPO of the run's served generator (``RUN/generator``, or its last alignment) on
+the impressions of that feedback log (clicks and orders above skipped items,
+``generator.preference``) into ``RUN/generator-NAME``, resumable from ``RUN/generator-NAME_train.pt``;
+its metrics go to ``RUN/generator-NAME/metrics.json``. Serve it live
 with ``POST /model {"model": "generator-NAME"}``.
 
     python -m pipelines.generator --run RUN --data DIR --grpo [--name grpo]
 
-``--grpo``: TPMA-GRPO of ``RUN/generator`` on the track's logged train searches (``generator.grpo``;
+``--grpo``: TPMA-GRPO of the run's served generator on the track's logged train searches (``generator.grpo``;
 rewards from the config's ``rewards:`` section) into ``RUN/generator-NAME``, resumable the same way.
 """
 
@@ -109,13 +110,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--feedback",
         type=Path,
-        help="DPO of RUN/generator on this feedback log (what `onesearch serve` or `simulate "
+        help="DPO of the run's served generator on this feedback log (what `onesearch serve` or `simulate "
         "--feedback-log` recorded) into RUN/generator-NAME",
     )
     parser.add_argument(
         "--grpo",
         action="store_true",
-        help="TPMA-GRPO of RUN/generator on the track's logged train searches into RUN/generator-NAME",
+        help="TPMA-GRPO of the run's served generator on the track's logged train searches into "
+        "RUN/generator-NAME",
     )
     parser.add_argument(
         "--name", help="with --feedback or --grpo: the new model is RUN/generator-NAME (default dpo / grpo)"

@@ -43,7 +43,7 @@ from onesearch_ray.generator.train import Example, TrainConfig, train
 from onesearch_ray.io import write_json
 from onesearch_ray.khqe.online import RunTextEncoder
 from onesearch_ray.rewards import RewardConfig
-from onesearch_ray.runs import GENERATOR_DIR, write_latest_model
+from onesearch_ray.runs import GENERATOR_DIR, is_generator_dir, served_model_dir, write_latest_model
 from onesearch_ray.train.distill import DistillConfig
 from onesearch_ray.train.selection import SelectionConfig, next_item_selection_rows
 
@@ -169,10 +169,15 @@ def align_on_worker(
     rank: int = 0,
     world_size: int = 1,
 ) -> None:
-    """Align ``RUN/generator`` into ``RUN/generator-NAME`` (rank 0 saves): DPO on the ``feedback``
-    log's impressions, or without one TPMA-GRPO on the track's logged train searches."""
+    """Align the run's served generator (``RUN/generator`` after SFT, the last alignment after one)
+    into ``RUN/generator-NAME`` (rank 0 saves): DPO on the ``feedback`` log's impressions, or
+    without one TPMA-GRPO on the track's logged train searches."""
     track = load_track(data)
-    model, item_ids = load_generator(run / MODEL_DIR)
+    start = served_model_dir(run)
+    if not is_generator_dir(start):
+        raise FileNotFoundError(f"{run}: no trained generator to align (run `onesearch generator` first)")
+    log.info("aligning %s into %s-%s", start, MODEL_DIR, name)
+    model, item_ids = load_generator(start)
     reference = copy.deepcopy(model)  # frozen: the start both losses measure against
     rows = {int(item): row for row, item in enumerate(item_ids)}
     if feedback is not None:
