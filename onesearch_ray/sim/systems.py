@@ -158,7 +158,26 @@ class CascadeSystem:
         return [head[i] for i in order] + ranked[self.rerank.depth :]
 
 
-class ServiceSystem:
+class ImpressionPages:
+    """A system whose pages are impressions of a feedback log: ``record_feedback`` sends the users'
+    clicks and orders back against the page they were shown on (``_send_feedback``)."""
+
+    _impressions: list[str | None]
+
+    def record_feedback(self, row: int, clicked: Sequence[int], ordered: Sequence[int]) -> None:
+        impression = self._impressions[row]
+        if impression is None:  # the server keeps no feedback log
+            return
+        for item in clicked:
+            self._send_feedback(impression, int(item), "click")
+        for item in ordered:
+            self._send_feedback(impression, int(item), "order")
+
+    def _send_feedback(self, impression: str, item: int, action: str) -> None:
+        raise NotImplementedError
+
+
+class ServiceSystem(ImpressionPages):
     """A trained model through ``SearchService.search`` (as ``/search`` answers), beam ``beam``; with
     the service's feedback log, every page is an impression and the users' clicks and orders are
     recorded against it (``record_feedback``): the traffic becomes training data for ``--feedback``."""
@@ -185,20 +204,13 @@ class ServiceSystem:
         self._impressions = [answer.impression_id for answer in answers]
         return pages
 
-    def record_feedback(self, row: int, clicked: Sequence[int], ordered: Sequence[int]) -> None:
+    def _send_feedback(self, impression: str, item: int, action: str) -> None:
         from onesearch_ray.serving.schemas import FeedbackRequest
 
-        impression = self._impressions[row]
-        if impression is None:  # the service keeps no feedback log
-            return
-        events = [(item, "click") for item in clicked] + [(item, "order") for item in ordered]
-        for item, action in events:
-            self.service.record_feedback(
-                FeedbackRequest(impression_id=impression, item_id=item, action=action)
-            )
+        self.service.record_feedback(FeedbackRequest(impression_id=impression, item_id=item, action=action))
 
 
-class HttpSystem:
+class HttpSystem(ImpressionPages):
     """A running search API (``onesearch serve``) over real HTTP: ``POST /search`` per search, and
     each page's clicks and orders sent back to ``POST /feedback`` as a user's browser would, so the
     server's own feedback log records the traffic. CPU ms are this client's only (the server's are
@@ -227,13 +239,8 @@ class HttpSystem:
         self._impressions = [answer.get("impression_id") for answer in answers]
         return [[hit["item_id"] for hit in answer["items"]] for answer in answers]
 
-    def record_feedback(self, row: int, clicked: Sequence[int], ordered: Sequence[int]) -> None:
-        impression = self._impressions[row]
-        if impression is None:  # the server keeps no feedback log
-            return
-        events = [(item, "click") for item in clicked] + [(item, "order") for item in ordered]
-        for item, action in events:
-            self._post("/feedback", {"impression_id": impression, "item_id": int(item), "action": action})
+    def _send_feedback(self, impression: str, item: int, action: str) -> None:
+        self._post("/feedback", {"impression_id": impression, "item_id": item, "action": action})
 
     def _post(self, route: str, body: dict) -> dict:
         response = self._client.post(route, json=body)
