@@ -41,9 +41,10 @@ def trial_khqe_config(base: KHQEConfig, trial: Mapping) -> KHQEConfig:
 
 
 def ranked(rows: Sequence[Mapping], metric: str) -> list[Mapping]:
-    """The rows that report ``metric``, best (highest) first."""
+    """The rows that report ``metric``, best (highest) first; on a tie, a trial trained to the end
+    before one ASHA stopped (its score is a full run's, not an early point's)."""
     scored = [row for row in rows if _score(row.get(metric)) is not None]
-    return sorted(scored, key=lambda row: -_score(row[metric]))
+    return sorted(scored, key=lambda row: (-_score(row[metric]), bool(row.get("stopped"))))
 
 
 def best_row(rows: Sequence[Mapping], metric: str) -> Mapping:
