@@ -29,27 +29,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from onesearch_ray.data import load_track  # noqa: E402
-from onesearch_ray.eval.coldstart import TASKS, ColdStartConfig, cold_start_report  # noqa: E402
-from onesearch_ray.eval.report import SEARCH_TABLE_METRICS, markdown_table  # noqa: E402
+from onesearch_ray.eval.coldstart import ColdStartConfig, cold_start_markdown, cold_start_report  # noqa: E402
 from onesearch_ray.io import atomic_path, write_json  # noqa: E402
 from onesearch_ray.serving.service import SearchService  # noqa: E402
-
-OWN_TITLE_METRICS = ("HR@10", "HR@350", "MRR@10", "n_queries", "ms_per_query")
-
-
-def to_markdown(run: Path, report: dict, config: ColdStartConfig) -> str:
-    held = report["held_out"]
-    lines = [
-        f"## Cold-start items: {run}",
-        "",
-        f"{held['n_items']} held-out items added live in {held['add_seconds']:.1f} s; "
-        f"model {report['served_model']}, beam {report['own_title']['model']['beam']}, k {config.k}"
-        + (f", first {config.limit} queries" if config.limit else ""),
-    ]
-    for task, what in TASKS.items():
-        metrics = OWN_TITLE_METRICS if task == "own_title" else (*SEARCH_TABLE_METRICS, "ms_per_query")
-        lines += ["", f"### {task}: {what}", "", markdown_table(report[task], metrics)]
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -79,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     report["held_out"]["total_seconds"] = time.perf_counter() - started
     out = args.out or args.run
     write_json(out / "cold_start.json", report)
-    markdown = to_markdown(args.run, report, config)
+    markdown = cold_start_markdown(args.run, report, config)
     with atomic_path(out / "cold_start.md") as tmp:
         tmp.write_text(markdown)
     print(markdown)

@@ -106,6 +106,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         data=args.data,
         write_token=_read_token(args.write_token_file),
         feedback_log=args.feedback_log,
+        held_out=not args.no_held_out,
     )
     return 0
 
@@ -140,7 +141,8 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
         write_synthetic(data, SyntheticConfig(seed=args.seed))
         print(f"[1/5] default data: synthetic catalogue and search log in {data}")
     print("[2/5] encode: text vectors and KHQE semantic IDs (Ray Data)")
-    prepare.main(["--data", str(data), "--out", str(run), *config])
+    holdout = [] if args.no_holdout else ["--holdout-cold"]  # the cold-start-items slice, always
+    prepare.main(["--data", str(data), "--out", str(run), *config, *holdout])
     print("[3/5] train: the CPU-first generator, kept at its best valid score, then TPMA-GRPO (Ray Train)")
     generator.init_ray()
     job = generator.load_job_config(args.config)
@@ -285,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="SQLite log of impressions, clicks, orders (default RUN/feedback.sqlite)",
     )
+    serving.add_argument(
+        "--no-held-out",
+        action="store_true",
+        help="leave a run's cold-start hold-out (encode --holdout-cold) out of the catalogue; by "
+        "default those items join it live at start, as new items through /items do",
+    )
     serving.set_defaults(handler=_cmd_serve)
 
     demo = commands.add_parser("demo", help="the Gradio demo page, talking to a running search API")
@@ -300,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--config", default=str(QUICKSTART_CONFIG), help="YAML config")
     quick.add_argument("--seed", type=int, default=0)
     quick.add_argument("--no-serve", action="store_true", help="stop after the evaluation")
+    quick.add_argument(
+        "--no-holdout",
+        action="store_true",
+        help="train on every item; by default 5%% are held out of training and join live before the "
+        "evaluation and serving (the cold-start items of docs/evaluation.md)",
+    )
     quick.add_argument("--host", default="127.0.0.1", help="bind address of the API and the demo")
     quick.add_argument("--port", type=int, default=8000, help="search API port")
     quick.add_argument("--demo-port", type=int, default=7860, help="demo page port")

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import torch
 
+from onesearch_ray.data import load_track
+from onesearch_ray.eval.coldstart import ColdStartConfig, cold_start_markdown, cold_start_report
+from onesearch_ray.eval.holdout import HOLDOUT_FILE
 from onesearch_ray.eval.report import (
     NEXT_ITEM_TABLE_METRICS,
     SEARCH_TABLE_METRICS,
@@ -24,6 +27,10 @@ from onesearch_ray.eval.report import (
     write_eval_json,
 )
 from onesearch_ray.eval.runner import TRACK_KINDS, EvalConfig, evaluate
+from onesearch_ray.generator.model import CodeItemGenerator
+from onesearch_ray.io import atomic_path, write_json
+from onesearch_ray.runs import is_generator_dir, served_model_dir
+from onesearch_ray.serving.service import SearchService
 
 log = logging.getLogger("onesearch.evaluate")
 
@@ -32,7 +39,8 @@ def run_eval(run: str | Path, track: str, data: str | Path, config: EvalConfig) 
     if config.threads:
         torch.set_num_threads(config.threads)
     kind = TRACK_KINDS[track]
-    results = evaluate(run, data, kind, config)
+    live = cold_start(Path(run), data, config) if kind == "search" else None
+    results = evaluate(run, data, kind, config, live)
     # test keeps the plain name; another split gets its own file instead of overwriting it
     stem = Path(run) / (f"eval_{track}" if config.split == "test" else f"eval_{track}_{config.split}")
     write_eval_json(stem.with_suffix(".json"), results)
@@ -41,6 +49,25 @@ def run_eval(run: str | Path, track: str, data: str | Path, config: EvalConfig) 
     print(format_table(results, [*metrics, "valid_sid_rate"]))
     print(f"\nwrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
     return results
+
+
+def cold_start(run: Path, data: str | Path, config: EvalConfig) -> tuple[CodeItemGenerator, list[int]] | None:
+    """A run that holds items out (``onesearch encode --holdout-cold``) serves them as new items: they
+    join the generator live, as through ``POST /items``, before anything is scored (else the model
+    could never show them while the baselines index them), and the cold-start report is written
+    (``RUN/cold_start.json`` and ``.md``). Returns the generator as served then, with its item ids."""
+    model_dir = Path(config.model_dir) if config.model_dir else served_model_dir(run)
+    if not (run / HOLDOUT_FILE).is_file() or not is_generator_dir(model_dir):
+        return None
+    service = SearchService(run, "transformers", data=data, model_dir=model_dir)
+    cold = ColdStartConfig(k=config.k, limit=config.limit, e5=config.e5)
+    report = cold_start_report(service, run, load_track(data), cold)
+    write_json(run / "cold_start.json", report)
+    markdown = cold_start_markdown(run, report, cold)
+    with atomic_path(run / "cold_start.md") as tmp:
+        tmp.write_text(markdown)
+    print(markdown)
+    return service.model.model, service.model.item_ids
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -100,10 +100,13 @@ class SearchDeployment:
         data: str | None = None,
         write_token: str | None = None,
         feedback_log: str | None = None,
+        held_out: bool = True,
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         log_path = Path(feedback_log) if feedback_log else Path(run) / "feedback.sqlite"
         self.service = SearchService(run, engine, data, feedback_log=FeedbackLog(log_path))
+        if held_out:  # the whole catalogue is served: a cold-start hold-out joins as new items
+            self.service.add_held_out()
         self.write_token = write_token or os.environ.get(TOKEN_ENV) or None
         api.openapi_schema = None
         api.openapi = self._openapi_document
@@ -219,8 +222,9 @@ class SearchDeployment:
 
 
 def build_app(args: dict) -> serve.Application:
-    """``serve run serve_apps.search_app:build_app run=RUN [engine=vllm] [data=DIR] [feedback_log=PATH]``;
-    the write token comes from ``write_token=`` or the ONESEARCH_WRITE_TOKEN environment variable."""
+    """``serve run serve_apps.search_app:build_app run=RUN [engine=vllm] [data=DIR] [feedback_log=PATH]
+    [held_out=false]``; the write token comes from ``write_token=`` or the ONESEARCH_WRITE_TOKEN
+    environment variable. ``held_out=false`` leaves a run's cold-start hold-out out of the catalogue."""
     if "run" not in args:
         raise ValueError("search app: the `run` argument (a trained run directory) is required")
     return SearchDeployment.bind(
@@ -229,4 +233,5 @@ def build_app(args: dict) -> serve.Application:
         args.get("data"),
         args.get("write_token"),
         args.get("feedback_log"),
+        str(args.get("held_out", True)).lower() not in ("false", "0", "no"),
     )

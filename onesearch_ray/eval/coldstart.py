@@ -22,22 +22,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from onesearch_ray.data import Track
-from onesearch_ray.eval.holdout import read_holdout
 from onesearch_ray.eval.metrics import SEARCH_KS, relevant_items, search_metrics
+from onesearch_ray.eval.report import SEARCH_TABLE_METRICS, markdown_table
 from onesearch_ray.eval.runner import EvalConfig, search_baselines
 from onesearch_ray.eval.tracks import search_eval_inputs
-from onesearch_ray.serving.schemas import MAX_QUERY_CHARS, AddItemsRequest, NewItem, SearchRequest
+from onesearch_ray.serving.schemas import MAX_QUERY_CHARS, SearchRequest
 
 if TYPE_CHECKING:
     from onesearch_ray.serving.service import SearchService
 
 log = logging.getLogger(__name__)
 
-ADD_BATCH = 10_000  # the most items one /items request takes
 TASKS = {
     "own_title": "each held-out item's own title as the query",
     "test_queries": "test queries judging a held-out item relevant (only held-out items count)",
 }
+OWN_TITLE_METRICS = ("HR@10", "HR@350", "MRR@10", "n_queries", "ms_per_query")
 
 
 def own_title_track(track: Track, held_out: Sequence[int]) -> Track:
@@ -62,20 +62,6 @@ def held_out_judgments_track(track: Track, held_out: Sequence[int]) -> Track:
         raise ValueError(f"track {track.name!r} has no judgments (not a search track)")
     keep = pc.is_in(track.judgments["item_id"], value_set=pa.array(held_out, pa.int64()))
     return dataclasses.replace(track, judgments=track.judgments.filter(keep))
-
-
-def add_items_live(service: SearchService, track: Track, item_ids: Sequence[int]) -> float:
-    """Add ``item_ids`` (rows of ``track.items``) through the ``/items`` library call; seconds taken."""
-    items = track.items.filter(pc.is_in(track.items["item_id"], value_set=pa.array(item_ids, pa.int64())))
-    brands = items["brand"].to_pylist() if "brand" in items.column_names else [None] * items.num_rows
-    new = [
-        NewItem(item_id=i, title=t, brand=b)
-        for i, t, b in zip(items["item_id"].to_pylist(), items["title"].to_pylist(), brands, strict=True)
-    ]
-    started = time.perf_counter()
-    for start in range(0, len(new), ADD_BATCH):
-        service.add_items(AddItemsRequest(items=new[start : start + ADD_BATCH]))
-    return time.perf_counter() - started
 
 
 def served_rankings(
@@ -111,14 +97,14 @@ def cold_start_report(service: SearchService, run: str | Path, track: Track, con
     ``own_title`` also has ``model_trained``: the model for the titles of as many TRAINED items
     (an even sample of the catalogue), the reference a held-out item's figure compares with.
     """
-    held_out = read_holdout(run)
     present = track.items["item_id"].to_pylist()
-    missing = sorted(set(held_out) - set(present))
-    if missing:
-        raise ValueError(f"held-out items {missing[:5]} of {run} are not in track {track.name!r}")
     trained = [i for i in present if service.sids.has_item(i)]
-    trained = trained[:: max(1, len(trained) // max(1, len(held_out)))][: len(held_out)]
-    seconds = add_items_live(service, track, held_out)
+    started = time.perf_counter()
+    held_out = service.add_held_out(track)
+    seconds = time.perf_counter() - started
+    if not held_out:
+        raise FileNotFoundError(f"{run} holds no item out: encode it with --holdout-cold")
+    trained = trained[:: max(1, len(trained) // len(held_out))][: len(held_out)]
     log.info("added %d held-out items live in %.1f s", len(held_out), seconds)
     tasks = {
         "own_title": own_title_track(track, held_out),
@@ -153,3 +139,19 @@ def _model_metrics(
         "ms_per_query": 1000 * (time.perf_counter() - started) / max(1, len(kept)),
     }
     return metrics, ({q for q, _ in kept} if config.limit else None)
+
+
+def cold_start_markdown(run: str | Path, report: dict, config: ColdStartConfig) -> str:
+    """The report of :func:`cold_start_report` as Markdown: one table per task."""
+    held = report["held_out"]
+    lines = [
+        f"## Cold-start items: {run}",
+        "",
+        f"{held['n_items']} held-out items added live in {held['add_seconds']:.1f} s; "
+        f"model {report['served_model']}, beam {report['own_title']['model']['beam']}, k {config.k}"
+        + (f", first {config.limit} queries" if config.limit else ""),
+    ]
+    for task, what in TASKS.items():
+        metrics = OWN_TITLE_METRICS if task == "own_title" else (*SEARCH_TABLE_METRICS, "ms_per_query")
+        lines += ["", f"### {task}: {what}", "", markdown_table(report[task], metrics)]
+    return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from onesearch_ray.eval.tracks import (
 )
 from onesearch_ray.generator.catalogue import load_catalogue
 from onesearch_ray.generator.evaluate import judged_split, next_item_split, search_split
+from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.store import load_generator
 from onesearch_ray.khqe import EncoderConfig, SemanticIdTokenizer, catalogue_texts
 from onesearch_ray.khqe.cache import load_embeddings, store_embeddings
@@ -93,12 +95,21 @@ def encoded_vectors(
     return vectors
 
 
-def evaluate(run: str | Path, data: str | Path, track_kind: str, config: EvalConfig) -> dict[str, dict]:
-    """The run's served model (``runs.served_model_dir``, or ``config.model_dir``) beside the baselines."""
+def evaluate(
+    run: str | Path,
+    data: str | Path,
+    track_kind: str,
+    config: EvalConfig,
+    live: tuple[CodeItemGenerator, Sequence[int]] | None = None,
+) -> dict[str, dict]:
+    """The run's served model (``runs.served_model_dir``, or ``config.model_dir``) beside the baselines.
+
+    ``live``: that generator as served, with its item ids, when items joined its catalogue after
+    training (a cold-start hold-out added live); by default it is loaded as saved."""
     run, track = Path(run), load_track(data)
     model_dir = Path(config.model_dir) if config.model_dir else served_model_dir(run)
     if is_generator_dir(model_dir):
-        return _evaluate_generator(run, track, track_kind, model_dir, config)
+        return _evaluate_generator(run, track, track_kind, live or load_generator(model_dir), config)
     engine, sids = build_engine(run, model_dir)
     builder = PromptBuilder(sids, PromptConfig())
     if track_kind == "search":
@@ -128,10 +139,16 @@ def _evaluate_search(run, track: Track, engine, sids, builder, config: EvalConfi
     return results
 
 
-def _evaluate_generator(run: Path, track: Track, track_kind: str, model_dir: Path, config: EvalConfig):
+def _evaluate_generator(
+    run: Path,
+    track: Track,
+    track_kind: str,
+    generator: tuple[CodeItemGenerator, Sequence[int]],
+    config: EvalConfig,
+):
     """The CPU-first generator (torch engine) on a track's split, beside the baselines."""
-    model, _ = load_generator(model_dir)
-    catalogue = load_catalogue(run, track)
+    model, item_ids = generator
+    catalogue = dataclasses.replace(load_catalogue(run, track), item_ids=np.asarray(item_ids))
     beam = {"beam": model.config.search.beams[-1]}
     if track_kind == "next_item":
         rows = None

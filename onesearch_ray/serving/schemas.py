@@ -17,6 +17,7 @@ MAX_BEAM = 512
 DEFAULT_BEAM = 50
 MAX_HISTORY = 1000
 MAX_USERS_PAGE = 1000
+MAX_ADD_ITEMS = 10_000  # items one /items request takes
 MAX_ITEM_ID = 2**53 - 1  # the largest integer every JSON parser reads exactly
 NOT_BLANK = r"\S"  # at least one non-space character
 TOKEN_ENV = "ONESEARCH_WRITE_TOKEN"  # the write routes' bearer token, for servers and clients
@@ -103,7 +104,7 @@ class NewItem(BaseModel):
 class AddItemsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    items: list[NewItem] = Field(min_length=1, max_length=10_000)
+    items: list[NewItem] = Field(min_length=1, max_length=MAX_ADD_ITEMS)
 
 
 class AddItemsResponse(BaseModel):

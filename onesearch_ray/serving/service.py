@@ -23,16 +23,19 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from onesearch_ray.behavior import BehaviorIndex, UserContext
-from onesearch_ray.data import load_track
+from onesearch_ray.data import Track, load_track
 from onesearch_ray.decoding.trie import SidTrie
 from onesearch_ray.eval.baselines import BM25Retriever
+from onesearch_ray.eval.holdout import HOLDOUT_FILE, read_holdout
 from onesearch_ray.khqe import SemanticIdTokenizer, item_text
 from onesearch_ray.khqe.online import RunTextEncoder
 from onesearch_ray.model import check_model_dir, load_tokenizer
@@ -55,11 +58,13 @@ from onesearch_ray.serving.models import (
     model_dirs,
 )
 from onesearch_ray.serving.schemas import (
+    MAX_ADD_ITEMS,
     AddItemsRequest,
     AddItemsResponse,
     FeedbackRequest,
     FeedbackResponse,
     ModelInfo,
+    NewItem,
     SearchHit,
     SearchRequest,
     SearchResponse,
@@ -126,7 +131,8 @@ class SearchService:
         self.added: list[NewItems] = []  # live-added items, replayed on a swapped-in generator
         self._model_dir = Path(model_dir) if model_dir else served_model_dir(self.run)
         self.model = self._load(self._model_dir)
-        self.behavior = _behavior(data or _encoded_data(self.run))
+        self.data = data or _encoded_data(self.run)
+        self.behavior = _behavior(self.data)
         self.feedback_log = feedback_log
         self._bm25: BM25Retriever | None = None
         self._update_lock = threading.Lock()  # catalogue updates and model swaps, one at a time
@@ -309,6 +315,35 @@ class SearchService:
             self._bm25 = None
         added = [self.hit(i, 0.0) for i in ids]
         return AddItemsResponse(added=added, trie_version=self.trie.version, n_items=self.sids.n_items)
+
+    def add_track_items(self, track: Track, item_ids: Sequence[int]) -> None:
+        """Add rows of ``track.items`` (by item id) exactly as ``POST /items`` would, a request at a time."""
+        items = track.items.filter(pc.is_in(track.items["item_id"], value_set=pa.array(item_ids, pa.int64())))
+        brands = items["brand"].to_pylist() if "brand" in items.column_names else [None] * items.num_rows
+        new = [
+            NewItem(item_id=i, title=t, brand=b)
+            for i, t, b in zip(items["item_id"].to_pylist(), items["title"].to_pylist(), brands, strict=True)
+        ]
+        for start in range(0, len(new), MAX_ADD_ITEMS):
+            self.add_items(AddItemsRequest(items=new[start : start + MAX_ADD_ITEMS]))
+
+    def add_held_out(self, track: Track | None = None) -> list[int]:
+        """The run's cold-start hold-out (``RUN/holdout.json``: left out of KHQE fitting and training)
+        joins the catalogue as new items do; returns their ids (none when the run holds none out).
+        ``track``: the one the run encoded (default: read from ``data`` or the run's manifest)."""
+        if not (self.run / HOLDOUT_FILE).is_file():
+            return []
+        if track is None:
+            if self.data is None or not Path(self.data).exists():
+                raise FileNotFoundError(f"{self.run} holds items out but its track is not found: pass data")
+            track = load_track(self.data)
+        held_out = read_holdout(self.run)
+        missing = sorted(set(held_out) - set(track.items["item_id"].to_pylist()))
+        if missing:
+            raise ValueError(f"held-out items {missing[:5]} of {self.run} are not in track {track.name!r}")
+        self.add_track_items(track, held_out)
+        log.info("%d held-out items joined the catalogue live", len(held_out))
+        return held_out
 
     def item(self, item_id: int) -> SearchHit:
         if item_id not in self.catalogue.titles:

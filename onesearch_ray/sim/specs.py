@@ -140,7 +140,6 @@ def _service_builder(
     name: str, model_dir: Path, run: Path, world: World, options: SystemOptions
 ) -> Callable[[], SearchSystem]:
     def build() -> SearchSystem:
-        from onesearch_ray.eval.coldstart import add_items_live
         from onesearch_ray.rewards.feedback_log import FeedbackLog
         from onesearch_ray.serving.service import SearchService
 
@@ -153,7 +152,7 @@ def _service_builder(
             feedback_log=log_file,
         )
         if world.cold_items:  # held out of training: they join the served catalogue live
-            add_items_live(service, world.track, sorted(world.cold_items))
+            service.add_track_items(world.track, sorted(world.cold_items))
         return ServiceSystem(name, service, options.beam, options.engine)
 
     return build
