@@ -197,13 +197,13 @@ class SearchDeployment:
     async def models(self) -> ModelInfo:
         return ModelInfo(model=self.service.model_name, available=self.service.available_models())
 
-    @api.post("/model", response_model=ModelInfo, responses=_responses(400, 401, 404, 409))
+    @api.post("/model", response_model=ModelInfo, responses=_responses(400, 401, 404))
     async def swap_model(self, body: ModelSwapRequest, credentials: WriteCredentials = None) -> ModelInfo:
         """Serve another model of this run; searches in flight finish on the model they started with."""
         self._authorize(credentials)
         try:
             return await asyncio.to_thread(self.service.swap_model, body.model)
-        except (NotFoundError, ConflictError) as err:
+        except NotFoundError as err:
             raise _http_error(err) from None
 
     @api.get("/healthz", response_model=Health)
