@@ -309,8 +309,8 @@ def test_dpo_from_the_feedback_log_raises_what_users_ordered_over_what_they_skip
     skipped = log.record_impression(
         "drill", json.dumps({"query": "drill"}), None, [ShownItem(101, "")], "generator"
     )
-    log.record_impression(
-        "drill", "a text-token prompt", None, [ShownItem(101, ""), ShownItem(102, "")], "model/sft"
+    log.record_impression(  # /search/bm25's pages are in the log too: not the generator's
+        "drill", json.dumps({"query": "drill"}), None, [ShownItem(101, ""), ShownItem(102, "")], "bm25"
     )
     assert skipped
 
