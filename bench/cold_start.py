@@ -1,7 +1,7 @@
 """Cold-start items (../shared/docs/evaluation.md): held-out items added live, found by the generative model?
 
 The run must come from ``onesearch encode --holdout-cold``, then trained as usual (``onesearch
-generator``; the run's served model is scored: ``RUN/generator``, else its latest SID decoder): its
+generator``; the run's served generator is scored, its latest: ``RUN/generator`` or an alignment): its
 held-out items (``RUN/holdout.json``) were left out of KHQE fitting and of every training stage.
 This adds them to the served catalogue with the frozen codebooks through the library call behind
 ``POST /items`` (``SearchService.add_items``, reference engine), then reports over them:

@@ -1,7 +1,9 @@
 """Configs are dataclasses validated by pydantic and loaded from YAML; unknown keys are errors.
 
-A config file has one section per stage (``khqe:``, ``train:``, ...); see ``configs/default.yaml``.
-Each stage's config module has its own ``load_*_config`` built on these two helpers.
+A config file has one section per stage (``khqe:``, ``generator:``, ``rewards:``, ``tune:``); see
+``configs/default.yaml``. Each stage's config module has its own ``load_*_config`` built on these two
+helpers. An unknown section is an error too (a ``train:`` section of the retired text-token model
+would otherwise be ignored in silence).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pydantic
 import yaml
 
 T = TypeVar("T")
+SECTIONS = ("khqe", "generator", "rewards", "tune")
 
 
 def parse_config(cls: type[T], payload: dict[str, Any] | None, source: str = "config") -> T:
@@ -60,4 +63,7 @@ def read_yaml_section(path: str | Path | None, section: str) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(payload, dict) or not isinstance(payload.get(section, {}), dict):
         raise ValueError(f"{path}: expected a mapping with a '{section}:' section")
+    unknown = sorted(set(payload) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"{path}: unknown section(s) {unknown} (known: {', '.join(SECTIONS)})")
     return payload.get(section, {})

@@ -88,22 +88,19 @@ def write_latest_model(run: str | Path, model_dir: str | Path) -> None:
 
 
 def is_generator_dir(path: str | Path) -> bool:
-    """Whether ``path`` holds a saved generator (``generator.store``), not a SID decoder of ``RUN/model``."""
+    """Whether ``path`` holds a saved generator (``generator.store``)."""
     return all((Path(path) / name).is_file() for name in ("weights.safetensors", "codes.npz"))
 
 
 def served_model_dir(run: str | Path) -> Path:
-    """The model a run serves and evaluates by default: its latest model when that is a generator
-    (``onesearch generator`` points it at ``RUN/generator``, an alignment at ``RUN/generator-NAME``),
-    else ``RUN/generator`` when it has one, else its latest SID decoder (``onesearch train``)."""
-    if (Path(run) / LATEST_MODEL).exists() and is_generator_dir(latest := latest_model_dir(run)):
-        return latest
-    generator = Path(run) / GENERATOR_DIR
-    return generator if is_generator_dir(generator) else latest_model_dir(run)
-
-
-def latest_model_dir(run: str | Path) -> Path:
+    """The model a run serves and evaluates by default: its latest model (``onesearch generator``
+    points it at ``RUN/generator``, an alignment at ``RUN/generator-NAME``), else ``RUN/generator``."""
     pointer = Path(run) / LATEST_MODEL
-    if not pointer.exists():
-        raise FileNotFoundError(f"{pointer}: no trained model in this run (run `onesearch train` first)")
-    return Path(run) / json.loads(pointer.read_text())["model"]  # an absolute path stays as it is
+    if pointer.exists():
+        latest = Path(run) / json.loads(pointer.read_text())["model"]  # an absolute path stays as it is
+        if is_generator_dir(latest):
+            return latest
+    generator = Path(run) / GENERATOR_DIR
+    if not is_generator_dir(generator):
+        raise FileNotFoundError(f"{run}: no trained generator in this run (run `onesearch generator` first)")
+    return generator

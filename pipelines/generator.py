@@ -45,8 +45,7 @@ from onesearch_ray.generator.job import (
     train_on_worker,
 )
 from onesearch_ray.rewards import RewardConfig, load_reward_config
-from pipelines.common import init_ray
-from pipelines.train import TorchTrainer
+from pipelines.common import TorchTrainer, init_ray
 
 
 def _worker(loop_config: dict) -> None:

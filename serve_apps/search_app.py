@@ -49,7 +49,7 @@ from onesearch_ray.serving.schemas import (
     SearchResponse,
     UserSummary,
 )
-from onesearch_ray.serving.service import BadRequestError, ConflictError, NotFoundError, SearchService
+from onesearch_ray.serving.service import ConflictError, NotFoundError, SearchService
 
 log = logging.getLogger("onesearch.serve")
 api = FastAPI(title="OneSearch-Ray", description="End-to-end generative e-commerce search", version="0.2.0")
@@ -73,8 +73,6 @@ def _http_error(err: Exception) -> HTTPException:
         return HTTPException(404, str(err))
     if isinstance(err, ConflictError):
         return HTTPException(409, str(err))
-    if isinstance(err, BadRequestError):
-        return HTTPException(422, str(err))
     return HTTPException(500, "internal error")
 
 
@@ -145,7 +143,7 @@ class SearchDeployment:
     async def search(self, body: SearchRequest) -> SearchResponse:
         try:
             result = await self._search_batch(body)
-        except (NotFoundError, BadRequestError) as err:  # serve.batch re-raises a slot's exception
+        except NotFoundError as err:  # serve.batch re-raises a slot's exception
             raise _http_error(err) from None
         if isinstance(result, Exception):
             raise _http_error(result)
@@ -202,13 +200,13 @@ class SearchDeployment:
     async def models(self) -> ModelInfo:
         return ModelInfo(model=self.service.model_name, available=self.service.available_models())
 
-    @api.post("/model", response_model=ModelInfo, responses=_responses(400, 401, 404, 409))
+    @api.post("/model", response_model=ModelInfo, responses=_responses(400, 401, 404))
     async def swap_model(self, body: ModelSwapRequest, credentials: WriteCredentials = None) -> ModelInfo:
         """Serve another model of this run; searches in flight finish on the model they started with."""
         self._authorize(credentials)
         try:
             return await asyncio.to_thread(self.service.swap_model, body.model)
-        except (NotFoundError, ConflictError) as err:
+        except NotFoundError as err:
             raise _http_error(err) from None
 
     @api.get("/healthz", response_model=Health)

@@ -79,25 +79,6 @@ def encoded_small_run(ray_cluster, small_track, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_small_run(encoded_small_run, small_track, tmp_path_factory) -> Path:
-    """A copy of the encoded small run with a tiny model trained briefly through all stages
-    (Ray Train on the session cluster). Enough for serving and UI tests, not for quality."""
-    from onesearch_ray.train.config import load_train_config
-    from onesearch_ray.train.workflow import train_stages
-    from pipelines import train
-
-    run = tmp_path_factory.mktemp("trained") / "run"
-    shutil.copytree(encoded_small_run, run, ignore=shutil.ignore_patterns("sft", "model"))
-    config = load_train_config(size="tiny", max_steps=40)
-    config.tokenizer_vocab_size = 1000
-    for stage in config.stages.values():
-        stage.batch_size, stage.learning_rate, stage.log_every = 16, 5e-3, 20
-    stages = ["alignment", "cooccurrence", "personalization"]
-    train_stages(run, small_track, stages, config, train.ray_stage_trainer(config))
-    return run
-
-
-@pytest.fixture(scope="session")
 def generator_small_run(encoded_small_run, small_track, tmp_path_factory) -> Path:
     """A copy of the encoded small run with the CPU-first generator trained briefly (in process) as
     RUN/generator, and its untrained start as RUN/generator-untrained (a second model to swap to)."""

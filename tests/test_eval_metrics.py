@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 
-from onesearch_ray.eval import (
-    mean_distinct_items_at_k,
-    ndcg_at_k,
-    next_item_metrics,
-    search_metrics,
-    valid_sid_rate,
-)
+from onesearch_ray.eval import ndcg_at_k, next_item_metrics, search_metrics
 
 # q1: relevant = {10 (3.0), 11 (2.67: exactly the threshold)}; 12 (2.0) and 13 (1.0) judged, not relevant.
 # Its ranking repeats 12 and holds an unjudged 99: deduplicated it is [12, 99, 10, 11, 13].
@@ -104,13 +97,3 @@ def test_next_item_metrics_default_keys_and_length_check() -> None:
     assert next_item_metrics([[1]], [1])["NDCG@5"] == 1.0
     with pytest.raises(ValueError):
         next_item_metrics([[1]], [1, 2])
-
-
-def test_valid_sid_rate_and_distinct_items() -> None:
-    catalogue = {(1, 2, 3), (1, 2, 4)}
-    generated = [[1, 2, 3], (1, 2, 4), np.array([9, 9, 9]), (1, 2, 5)]
-    assert valid_sid_rate(generated, catalogue) == pytest.approx(2 / 4)
-    assert valid_sid_rate([], catalogue) == 0.0
-    rankings = [[1, 1, 2, 3], [4, 5], []]
-    assert mean_distinct_items_at_k(rankings, 3) == pytest.approx((2 + 2 + 0) / 3)
-    assert mean_distinct_items_at_k(rankings, 10) == pytest.approx((3 + 2 + 0) / 3)

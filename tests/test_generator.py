@@ -7,19 +7,27 @@ import dataclasses
 
 import bm25s
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 import yaml
 
-from onesearch_ray.data import load_track
+from onesearch_ray.data import Track, load_track
 from onesearch_ray.eval.metrics import search_metrics
 from onesearch_ray.eval.tracks import search_eval_inputs
 from onesearch_ray.generator.catalogue import build_generator, load_catalogue
 from onesearch_ray.generator.codes import CodeTree
 from onesearch_ray.generator.config import GeneratorConfig, SearchConfig
 from onesearch_ray.generator.evaluate import rank, search_split
-from onesearch_ray.generator.examples import check_no_leak, judged_searches, log_searches, next_item_searches
+from onesearch_ray.generator.examples import (
+    check_no_leak,
+    judged_searches,
+    log_searches,
+    next_item_searches,
+    next_item_selection_rows,
+)
 from onesearch_ray.generator.job import GeneratorJobConfig, selection_rows, split_metrics, training_searches
+from onesearch_ray.generator.leak import LeakError
 from onesearch_ray.generator.lexical import _STEMMER, LexicalIndex
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.prompts import build_prompts
@@ -35,7 +43,6 @@ from onesearch_ray.generator.train import (
 from onesearch_ray.khqe import SemanticIdTokenizer
 from onesearch_ray.khqe.encoder import SentenceTransformerEncoder
 from onesearch_ray.runs import served_model_dir
-from onesearch_ray.train.stages import LeakError
 
 TITLES = [
     "Cordless Drill 18V with battery",
@@ -186,6 +193,24 @@ def test_next_item_track_trains_on_valid_rows_and_selects_on_held_out_ones(encod
     assert metrics["n_rows"] == 10 and 0 <= metrics["NDCG@10"] <= metrics["HR@10"] <= 1
 
 
+def test_next_item_selection_holds_out_each_sampled_users_last_valid_row():
+    sequences = pa.table(
+        {
+            "user_id": ["u1", "u1", "u2", "u1"],
+            "history_item_ids": [[10], [10, 11], [13], [10, 11, 12]],
+            "item_id": [11, 12, 14, 15],
+            "split": ["valid", "valid", "valid", "test"],
+        }
+    )
+    track = Track(name="sequences", root=None, items=pa.table({"item_id": [10]}), sequences=sequences)
+    rows = next_item_selection_rows(track, users=5)
+    assert rows == [1, 2]  # u1's newest valid row (not the test row), u2's only one
+    row_of_item = {item: item - 10 for item in range(10, 16)}
+    examples = next_item_searches(track, row_of_item, dim=4, held_out=set(rows))
+    targets = {int(t) for e in examples for t in e.targets}
+    assert 1 in targets and not {2, 4, 5} & targets  # row 0 trains; rows 1, 2 select; test never trains
+
+
 def test_new_item_is_found_for_its_own_title(encoded_small_run, catalogue):
     model = build_generator(catalogue, GeneratorConfig(search=SearchConfig(beams=(8,))))
     titles = ["Zanzibar Titanium Espresso Grinder, Matte Teal", "Nordhem Walnut Bookshelf Ladder, 5 Tier"]
@@ -284,8 +309,8 @@ def test_dpo_from_the_feedback_log_raises_what_users_ordered_over_what_they_skip
     skipped = log.record_impression(
         "drill", json.dumps({"query": "drill"}), None, [ShownItem(101, "")], "generator"
     )
-    log.record_impression(
-        "drill", "a text-token prompt", None, [ShownItem(101, ""), ShownItem(102, "")], "model/sft"
+    log.record_impression(  # /search/bm25's pages are in the log too: not the generator's
+        "drill", json.dumps({"query": "drill"}), None, [ShownItem(101, ""), ShownItem(102, "")], "bm25"
     )
     assert skipped
 

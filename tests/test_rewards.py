@@ -1,4 +1,4 @@
-"""PARS rewards: calibrated CTR/CVR, feedback levels, relevance and the combined rewards (no Ray)."""
+"""PARS rewards: calibrated CTR/CVR, relevance and the composite item reward (no Ray)."""
 
 from __future__ import annotations
 
@@ -6,22 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 
 from onesearch_ray.data import SyntheticConfig, generate_synthetic
 from onesearch_ray.data.schemas import INTERACTION_SCHEMA, JUDGMENT_SCHEMA, Event
 from onesearch_ray.rewards import (
-    FeedbackLevel,
     RelevanceOracle,
     RewardConfig,
-    assign_feedback_levels,
     calibrated_rates,
     composite_item_reward,
     interaction_counts,
     load_reward_config,
     lookup_counts,
-    preference_reward,
     relevance_tier,
 )
 
@@ -47,12 +43,6 @@ def _log(rows: list[tuple[str, int | None, int, int, int]]) -> pa.Table:
             "session_id": sessions,
         },
         schema=INTERACTION_SCHEMA,
-    )
-
-
-def _items(categories: dict[int, str | None]) -> pa.Table:
-    return pa.table(
-        {"item_id": pa.array(list(categories), pa.int64()), "category": list(categories.values())}
     )
 
 
@@ -108,63 +98,6 @@ def test_interaction_counts_per_item_and_per_query_item():
     np.testing.assert_array_equal(orders, [0, 1, 0])
 
 
-# --- feedback levels ------------------------------------------------------------------------------
-
-
-def test_feedback_levels_on_a_hand_made_log():
-    items = _items({1: "A", 2: "A", 3: "A", 4: "A", 5: "A", 6: "B", 7: "B", 8: None})
-    log = _log(
-        [
-            ("u1", 10, 1, SHOWN, 0),
-            ("u1", 10, 2, SHOWN, 0),
-            ("u1", 10, 3, SHOWN, 0),
-            ("u1", 10, 6, SHOWN, 0),
-            ("u1", 10, 2, CLICK, 0),
-            ("u1", 10, 1, CLICK, 0),
-            ("u1", 10, 1, ORDER, 0),
-            ("u1", None, 4, CLICK, 1),  # a browse session: orders item 4 (category A) elsewhere
-            ("u1", None, 4, ORDER, 1),
-            ("u2", None, 5, ORDER, 2),  # another user's order is not u1's "elsewhere"
-        ]
-    )
-    levels = assign_feedback_levels(
-        log, items, query_categories={10: "A"}, n_same_category=20, n_other_category=20, seed=3
-    )
-    assert set(levels["session_id"].to_pylist()) == {0}  # browse sessions are no searches
-    got = dict(zip(levels["item_id"].to_pylist(), levels["level"].to_pylist(), strict=True))
-    assert {i: got[i] for i in (1, 2, 3, 4, 6)} == {1: 1, 2: 3, 3: 4, 4: 2, 6: 4}
-    assert got[5] == FeedbackLevel.SAME_CATEGORY_NOT_SHOWN  # 20 draws over 5 items find it
-    assert got[7] == FeedbackLevel.OTHER_CATEGORY
-    assert 8 not in got  # no category: neither same nor other
-    weights = dict(zip(levels["item_id"].to_pylist(), levels["weight"].to_pylist(), strict=True))
-    assert [weights[i] for i in (1, 4, 2, 3, 5, 7)] == [2.0, 1.5, 1.0, 0.5, 0.2, 0.0]
-
-
-def test_feedback_levels_on_the_synthetic_world(world):
-    intents = world.extras["query_intent"]
-    query_category = {q: intent["category"] for q, intent in intents.items()}
-    levels = assign_feedback_levels(world.interactions, world.items, query_categories=query_category)
-    assert set(levels["level"].to_pylist()) == {1, 2, 3, 4, 5, 6}
-    pairs = list(zip(levels["session_id"].to_pylist(), levels["item_id"].to_pylist(), strict=True))
-    assert len(pairs) == len(set(pairs))  # one level per (search, item)
-    category = dict(zip(world.items["item_id"].to_pylist(), world.items["category"].to_pylist(), strict=True))
-    log = world.interactions
-    shown = set(zip(log["session_id"].to_pylist(), log["item_id"].to_pylist(), strict=True))
-    for session, query, item, level in zip(
-        *(levels[c].to_pylist() for c in ("session_id", "query_id", "item_id", "level")), strict=True
-    ):
-        if level in (5, 6):
-            assert (session, item) not in shown
-            assert (category[item] == query_category[query]) == (level == 5)
-        if level == 2:
-            assert category[item] == query_category[query]
-    # Without the intents, the engagement vote recovers every logged query's category on this world.
-    estimated = assign_feedback_levels(world.interactions, world.items)
-    assert estimated.filter(pc.less_equal(estimated["level"], 4)).equals(
-        levels.filter(pc.less_equal(levels["level"], 4))
-    )
-
-
 # --- relevance ------------------------------------------------------------------------------------
 
 
@@ -204,40 +137,30 @@ def test_relevance_from_judgments_then_intents_then_default(world):
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_parses(path):
+    from onesearch_ray.generator.job import load_job_config
     from onesearch_ray.khqe.build import load_khqe_config
-    from onesearch_ray.train.config import load_align_config, load_train_config
 
     load_khqe_config(path)
-    load_train_config(path)
+    load_job_config(path)
     load_reward_config(path)
-    if path.name == "dpo_feedback.yaml":
-        assert load_align_config(path).dpo.phases == ("log",)
-    else:
-        load_align_config(path)
 
 
 def test_reward_config_from_yaml(tmp_path):
     assert load_reward_config(REPO / "configs" / "default.yaml") == RewardConfig()
     path = tmp_path / "c.yaml"
-    path.write_text("rewards:\n  relevance_weight: 5.0\n  level_weights: [3, 2, 1, 0.5, 0.1, 0]\n")
+    path.write_text("rewards:\n  tier_weight: 5.0\n  ordered_score: 6\n")
     config = load_reward_config(path)
-    assert config.relevance_weight == 5.0 and config.level_weights == (3.0, 2.0, 1.0, 0.5, 0.1, 0.0)
-    path.write_text("rewards:\n  relevance_wieght: 5.0\n")
-    with pytest.raises(ValueError, match="unknown key 'relevance_wieght'"):
+    assert config.tier_weight == 5.0 and config.ordered_score == 6.0
+    path.write_text("rewards:\n  tier_wieght: 5.0\n")
+    with pytest.raises(ValueError, match="unknown key 'tier_wieght'"):
         load_reward_config(path)
-    with pytest.raises(ValueError, match="must not increase"):
-        RewardConfig(level_weights=(1.0, 2.0, 1.0, 0.5, 0.2, 0.0))
-    with pytest.raises(ValueError, match="6 weights"):
-        RewardConfig(level_weights=(1.0, 0.5))  # type: ignore[arg-type]
-
-
-def test_preference_reward_weights_relevance_up():
-    config = RewardConfig()
-    # Ordered (weight 2.0), calibrated r 0.5, irrelevant (grade 1): 2 + 0.5 + 10 * 0 = 2.5.
-    # Shown only (0.5), r 0.3, exact match (grade 3): 0.5 + 0.3 + 10 * 1 = 10.8.
-    rewards = preference_reward([2.0, 0.5, 1.0], [0.5, 0.3, 0.4], [1.0, 3.0, 2.0], config)
-    np.testing.assert_allclose(rewards, [2.5, 10.8, 1.0 + 0.4 + 5.0])
-    assert rewards[1] > rewards[0]  # the guard: clicks cannot buy past relevance
+    with pytest.raises(ValueError, match="ordered_score >= clicked_score"):
+        RewardConfig(ordered_score=1.0, clicked_score=2.0)
+    with pytest.raises(ValueError, match="tier_weight must be >= 0"):
+        RewardConfig(tier_weight=-1.0)
+    path.write_text("train:\n  model: {size: tiny}\n")  # the retired text-token model's section
+    with pytest.raises(ValueError, match="unknown section"):
+        load_reward_config(path)
 
 
 def test_composite_item_reward_of_v2():

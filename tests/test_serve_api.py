@@ -216,7 +216,7 @@ def test_writes_without_the_token_are_refused_off_loopback(api, served):
     writes = [
         ("/items", {"items": [{"item_id": 900777, "title": "Unwritten Lamp"}]}),
         ("/feedback", {"impression_id": impression, "item_id": 1, "action": "click"}),
-        ("/model", {"model": "cooccurrence"}),
+        ("/model", {"model": "generator-untrained"}),
     ]
     for headers in ({}, {"Authorization": "Bearer wrong-token"}):
         with httpx.Client(base_url=served[0], timeout=60, headers=headers) as anonymous:

@@ -157,36 +157,36 @@ def test_cli_errors_name_the_problem(small_track, tmp_path, capsys):
     argv = ["simulate", "--run", str(run), "--data", str(small_track), "--system", "bogus"]
     assert cli.main(argv) == 2
     assert "unknown system 'bogus'" in capsys.readouterr().err
-    assert cli.main([*argv[:-1], "sft"]) == 2
-    assert "no SFT model in this run" in capsys.readouterr().err
+    assert cli.main([*argv[:-1], "gen=generator"]) == 2
+    assert "generator directory 'generator' not found" in capsys.readouterr().err
     assert cli.main(["simulate", "--run", str(run), "--data", str(run)]) == 2
     assert "synthetic_world.json not found" in capsys.readouterr().err
 
 
-def test_cli_on_a_trained_run_reports_every_system_and_slice(trained_small_run, small_track, tmp_path):
+def test_cli_on_a_trained_run_reports_every_system_and_slice(generator_small_run, small_track, tmp_path):
     out = tmp_path / "sim"
-    model = trained_small_run / "model" / "personalization"
-    argv = ["simulate", "--run", str(trained_small_run), "--data", str(small_track), "--out", str(out)]
-    argv += ["--system", "cascade", "--system", "sft", "--system", f"again={model}"]
+    model = generator_small_run / "generator"
+    argv = ["simulate", "--run", str(generator_small_run), "--data", str(small_track), "--out", str(out)]
+    argv += ["--system", "cascade", "--system", "gen=generator", "--system", f"again={model}"]
     argv += ["--searches", "32", "--beam", "4", "--bootstrap", "200"]
     argv += ["--feedback-log", str(tmp_path / "feedback.sqlite")]
     assert cli.main(argv) == 0
     report = json.loads((out / "simulation.json").read_text())
     # The models' pages are impressions of the feedback log, the simulated clicks its events.
     logged = read_feedback(tmp_path / "feedback.sqlite")
-    assert len(set(logged["impression_id"].to_pylist())) == 2 * 32  # sft and again; not the cascade
+    assert len(set(logged["impression_id"].to_pylist())) == 2 * 32  # gen and again; not the cascade
     events = np.asarray(logged["event"].to_pylist())
-    ctr = report["slices"]["all"]["systems"]["sft"]["metrics"]["ctr"]["value"]
+    ctr = report["slices"]["all"]["systems"]["gen"]["metrics"]["ctr"]["value"]
     assert (events >= int(Event.CLICKED)).sum() == round(ctr * logged.num_rows) > 0
-    assert set(report["systems"]) == {"cascade", "sft", "again"} and report["control"] == "cascade"
+    assert set(report["systems"]) == {"cascade", "gen", "again"} and report["control"] == "cascade"
     assert set(report["slices"]) == SLICES - {"cold_start_items"}  # this run holds no item out
     for result in report["slices"].values():
-        for name in ("sft", "again"):
+        for name in ("gen", "again"):
             assert set(result["systems"][name]["vs_control"]) == set(METRICS)
     # The same model twice on the same traffic: the same numbers, a zero difference.
     overall = report["slices"]["all"]["systems"]
-    assert overall["sft"]["metrics"] == overall["again"]["metrics"]
-    assert np.isfinite(report["systems"]["sft"]["cpu_ms_per_query"])
+    assert overall["gen"]["metrics"] == overall["again"]["metrics"]
+    assert np.isfinite(report["systems"]["gen"]["cpu_ms_per_query"])
     markdown = (out / "simulation.md").read_text()
     assert "### long_tail_queries" in markdown and "| again |" in markdown
     assert (out / "simulation.png").stat().st_size > 0

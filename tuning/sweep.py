@@ -56,6 +56,7 @@ from onesearch_ray.eval.holdout import HOLDOUT_FILE, read_holdout
 from onesearch_ray.eval.metrics import relevant_items
 from onesearch_ray.eval.runner import encoded_vectors
 from onesearch_ray.eval.tracks import search_eval_inputs
+from onesearch_ray.generator.distill import DistillConfig
 from onesearch_ray.generator.job import SELECTION_METRIC, GeneratorJobConfig, load_job_config
 from onesearch_ray.generator.layout_trial import for_layout, train_on_layout
 from onesearch_ray.io import read_json, write_json
@@ -63,7 +64,6 @@ from onesearch_ray.khqe import EncodedTexts, KeyphraseLexicon, KHQEConfig, catal
 from onesearch_ray.khqe.encoder import E5_ENCODER
 from onesearch_ray.khqe.proxies import REACH_ITEMS, ProxyData, fit_and_measure, relevance_pairs
 from onesearch_ray.runs import RunDir
-from onesearch_ray.train.distill import DistillConfig
 from pipelines.common import init_ray
 from tuning.results import best_row, ranked, trial_khqe_config, write_best_config, write_results
 from tuning.space import Candidate, SearchSpace, candidates, draw, promote

@@ -17,11 +17,9 @@ from onesearch_ray.eval.metrics import (
     RELEVANT_THRESHOLD,
     SEARCH_KS,
     dedup,
-    mean_distinct_items_at_k,
     ndcg_at_k,
     next_item_metrics,
     search_metrics,
-    valid_sid_rate,
 )
 from onesearch_ray.eval.report import (
     NEXT_ITEM_TABLE_METRICS,
@@ -50,7 +48,6 @@ __all__ = [
     "PopularityBaseline",
     "dedup",
     "format_table",
-    "mean_distinct_items_at_k",
     "ndcg_at_k",
     "next_item_eval_inputs",
     "next_item_metrics",
@@ -61,6 +58,5 @@ __all__ = [
     "run_search_baselines",
     "search_eval_inputs",
     "search_metrics",
-    "valid_sid_rate",
     "write_eval_json",
 ]

@@ -9,8 +9,6 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 
-import numpy as np
-
 RELEVANT_THRESHOLD = 2.67  # mean human rating at or above which a judged item is relevant
 SEARCH_KS = (10, 50, 350)
 NEXT_ITEM_KS = (5, 10)
@@ -121,27 +119,3 @@ def next_item_metrics(
                 totals[f"NDCG@{k}"] += _discount(rank)
     n = len(targets)
     return {name: total / n if n else 0.0 for name, total in totals.items()} | {"n_rows": n}
-
-
-def _as_key(sid: Hashable | Sequence[int]) -> Hashable:
-    """A SID as a hashable key: lists and arrays become tuples of ints."""
-    if isinstance(sid, list | np.ndarray):
-        return tuple(int(code) for code in sid)
-    return sid
-
-
-def valid_sid_rate(
-    generated_sids: Iterable[Hashable | Sequence[int]], valid_set: Collection[Hashable]
-) -> float:
-    """Share of generated SIDs that exist in the catalogue (lists/arrays compare as tuples); 0.0 if none."""
-    keys = [_as_key(sid) for sid in generated_sids]
-    if not keys:
-        return 0.0
-    return sum(key in valid_set for key in keys) / len(keys)
-
-
-def mean_distinct_items_at_k(rankings: Sequence[Sequence[int]], k: int) -> float:
-    """Mean number of distinct items among the first ``k`` entries of each ranking; 0.0 if none."""
-    if not rankings:
-        return 0.0
-    return sum(len(set(ranking[:k])) for ranking in rankings) / len(rankings)

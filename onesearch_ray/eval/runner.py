@@ -1,9 +1,9 @@
 """Evaluate a trained run on a track, beside the baselines, exactly per evaluation.md.
 
-Search tracks (queries + judgments: Home Depot, synthetic): the model ranks the whole catalogue for
-each query of the split (constrained beam search, SIDs expanded to items); BM25, dense and RRF run on
-the same queries and corpus. Next-item tracks (Amazon): the model ranks from each row's history; the
-popularity, co-occurrence and dense-history baselines run beside it.
+Search tracks (queries + judgments: Home Depot, synthetic): the generator ranks the whole catalogue
+for each query of the split (planned code beams, then the item step; torch engine); BM25, dense and
+RRF run on the same queries and corpus. Next-item tracks (Amazon): the generator ranks from each
+row's history; the popularity, co-occurrence and dense-history baselines run beside it.
 """
 
 from __future__ import annotations
@@ -19,32 +19,15 @@ import numpy as np
 import pyarrow as pa
 
 from onesearch_ray.data import Track, load_track
-from onesearch_ray.decoding.beam import TransformersEngine
-from onesearch_ray.eval.generative import next_item_prompts, rank_prompts, search_prompts
-from onesearch_ray.eval.metrics import (
-    mean_distinct_items_at_k,
-    next_item_metrics,
-    relevant_items,
-    search_metrics,
-)
-from onesearch_ray.eval.tracks import (
-    DenseInputs,
-    next_item_eval_inputs,
-    run_next_item_baselines,
-    run_search_baselines,
-    search_eval_inputs,
-)
+from onesearch_ray.eval.tracks import DenseInputs, run_next_item_baselines, run_search_baselines
 from onesearch_ray.generator.catalogue import load_catalogue
 from onesearch_ray.generator.evaluate import judged_split, next_item_split, search_split
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.store import load_generator
-from onesearch_ray.khqe import EncoderConfig, SemanticIdTokenizer, catalogue_texts
+from onesearch_ray.khqe import EncoderConfig, catalogue_texts
 from onesearch_ray.khqe.cache import load_embeddings, store_embeddings
 from onesearch_ray.khqe.encoder import E5_ENCODER, TextEncoder, TextKind, make_encoder
-from onesearch_ray.model import load_model
-from onesearch_ray.prompts import PromptBuilder, PromptConfig
-from onesearch_ray.runs import is_generator_dir, latest_model_dir, served_model_dir
-from onesearch_ray.train.workflow import behavior_index, load_query_codes
+from onesearch_ray.runs import is_generator_dir, served_model_dir
 
 log = logging.getLogger(__name__)
 TRACK_KINDS = {"homedepot": "search", "synthetic": "search", "amazon18": "next_item"}
@@ -53,7 +36,6 @@ TRACK_KINDS = {"homedepot": "search", "synthetic": "search", "amazon18": "next_i
 @dataclass
 class EvalConfig:
     split: str = "test"
-    beam: int = 50
     k: int = 350
     limit: int = 0  # evaluate only the first N queries/rows (0: all)
     baselines: bool = True
@@ -62,13 +44,7 @@ class EvalConfig:
     # stand-in; embedding a large catalogue takes long (~24 min for 54,667 titles on 2 CPUs) once,
     # then its vectors are cached in the run directory
     e5: bool = False
-    model_dir: str | None = None  # a model directory to evaluate instead of the run's latest model
-
-
-def build_engine(run: Path, model_dir: Path | None = None) -> tuple[TransformersEngine, SemanticIdTokenizer]:
-    sids = SemanticIdTokenizer.load(run / "sid_tokenizer")
-    model, tokenizer = load_model(model_dir or latest_model_dir(run))
-    return TransformersEngine.for_catalogue(model, tokenizer, sids), sids
+    model_dir: str | None = None  # a generator directory to evaluate instead of the run's latest model
 
 
 def encoded_vectors(
@@ -102,52 +78,18 @@ def evaluate(
     config: EvalConfig,
     live: tuple[CodeItemGenerator, Sequence[int]] | None = None,
 ) -> dict[str, dict]:
-    """The run's served model (``runs.served_model_dir``, or ``config.model_dir``) beside the baselines.
+    """The run's served generator (``runs.served_model_dir``, or ``config.model_dir``; torch engine) on
+    a track's split, beside the baselines.
 
     ``live``: that generator as served, with its item ids, when items joined its catalogue after
     training (a cold-start hold-out added live); by default it is loaded as saved."""
+    if track_kind not in ("search", "next_item"):
+        raise ValueError(f"unknown track kind {track_kind!r} (expected search or next_item)")
     run, track = Path(run), load_track(data)
     model_dir = Path(config.model_dir) if config.model_dir else served_model_dir(run)
-    if is_generator_dir(model_dir):
-        return _evaluate_generator(run, track, track_kind, live or load_generator(model_dir), config)
-    engine, sids = build_engine(run, model_dir)
-    builder = PromptBuilder(sids, PromptConfig())
-    if track_kind == "search":
-        return _evaluate_search(run, track, engine, sids, builder, config)
-    if track_kind == "next_item":
-        return _evaluate_next_item(run, track, engine, sids, builder, config)
-    raise ValueError(f"unknown track kind {track_kind!r} (expected search or next_item)")
-
-
-def _evaluate_search(run, track: Track, engine, sids, builder, config: EvalConfig) -> dict[str, dict]:
-    query_ids, query_texts, judgments = search_eval_inputs(track, config.split)
-    # only queries with a relevant item count (evaluation.md); skip the rest before decoding
-    relevant = [i for i, q in enumerate(query_ids) if relevant_items(judgments.get(q, {}))]
-    keep = relevant[: config.limit] if config.limit else relevant
-    queries = [(query_ids[i], query_texts[i]) for i in keep]
-    prompts = search_prompts(builder, queries, load_query_codes(run), behavior_index(track))
-    started = time.perf_counter()
-    generated = rank_prompts(engine, prompts, sids, config.beam, config.k)
-    elapsed = time.perf_counter() - started
-    rankings = {qid: ranked for (qid, _), ranked in zip(queries, generated.rankings, strict=True)}
-    model = search_metrics(rankings, judgments) | {"n_skipped": len(query_ids) - len(relevant)}
-    model.update(_generation_stats(generated, sids, config, elapsed, len(prompts)))
-    results = {"model": model}
-    if config.baselines:
-        kept_ids = {qid for qid, _ in queries} if config.limit else None
-        results.update(search_baselines(run, track, config, kept_ids))
-    return results
-
-
-def _evaluate_generator(
-    run: Path,
-    track: Track,
-    track_kind: str,
-    generator: tuple[CodeItemGenerator, Sequence[int]],
-    config: EvalConfig,
-):
-    """The CPU-first generator (torch engine) on a track's split, beside the baselines."""
-    model, item_ids = generator
+    if not is_generator_dir(model_dir):
+        raise FileNotFoundError(f"{model_dir}: not a trained generator (weights.safetensors, codes.npz)")
+    model, item_ids = live or load_generator(model_dir)
     catalogue = dataclasses.replace(load_catalogue(run, track), item_ids=np.asarray(item_ids))
     beam = {"beam": model.config.search.beams[-1]}
     if track_kind == "next_item":
@@ -208,38 +150,9 @@ def _dense_inputs(run: Path, track: Track, config: EncoderConfig) -> DenseInputs
     return DenseInputs(items, queries, encoder)
 
 
-def _evaluate_next_item(run, track: Track, engine, sids, builder, config: EvalConfig) -> dict[str, dict]:
-    histories, targets, user_ids = next_item_eval_inputs(track, config.split)
-    if config.limit:
-        histories, targets, user_ids = (
-            histories[: config.limit],
-            targets[: config.limit],
-            user_ids[: config.limit],
-        )
-    prompts = next_item_prompts(builder, user_ids, histories)
-    started = time.perf_counter()
-    generated = rank_prompts(engine, prompts, sids, config.beam, max(10, config.k))
-    elapsed = time.perf_counter() - started
-    model = next_item_metrics(generated.rankings, targets)
-    model.update(_generation_stats(generated, sids, config, elapsed, len(prompts)))
-    results = {"model": model}
-    if config.baselines:
-        results.update(next_item_baselines(run, track, config))
-    return results
-
-
 def next_item_baselines(run: Path, track: Track, config: EvalConfig) -> dict[str, dict]:
     """Popularity, co-occurrence and dense history on the split (item vectors from the run's cache)."""
     vectors = encoded_vectors(run, "items", catalogue_texts(track.items), EncoderConfig(), "passage")
     if config.limit:
         log.warning("--limit applies to the model only; baselines cover the whole split")
     return run_next_item_baselines(track, config.split, item_vectors=vectors)
-
-
-def _generation_stats(generated, sids, config: EvalConfig, elapsed: float, n: int) -> dict[str, float]:
-    return {
-        "valid_sid_rate": generated.valid_sid_rate(sids),
-        f"distinct_items@{config.k}": mean_distinct_items_at_k(generated.rankings, config.k),
-        "beam": config.beam,
-        "ms_per_query": 1000 * elapsed / max(1, n),
-    }

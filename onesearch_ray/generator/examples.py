@@ -4,7 +4,7 @@
 - ``log_searches``: each train-query search of the log with a click or an order (an order weighs
   2, a click 1), the user's earlier clicks as the history.
 - ``distilled_searches``: pseudo-queries drawn from titles, labelled by the project's cascade
-  (BM25 + dense RRF, ``train.distill``), the rank-r item with gain 1 / (r + 1): the model learns
+  (BM25 + dense RRF, ``generator.distill``), the rank-r item with gain 1 / (r + 1): the model learns
   the teacher's order on queries shaped like the catalogue, not only the few thousand judged ones.
 - ``next_item_searches``: next-item rows with no query (the history is the prompt), plus sliding
   windows inside each history (prefix -> next item, at most ``WINDOWS`` per row).
@@ -24,12 +24,12 @@ import numpy as np
 from onesearch_ray.data import Track
 from onesearch_ray.data.schemas import Event
 from onesearch_ray.generator.catalogue import Catalogue
+from onesearch_ray.generator.distill import DistillConfig, distilled_queries
+from onesearch_ray.generator.leak import LeakError, held_out_query_keys, query_key
 from onesearch_ray.generator.train import Example
 from onesearch_ray.khqe import SemanticIdTokenizer
 from onesearch_ray.khqe.cache import load_embeddings, store_embeddings
 from onesearch_ray.khqe.online import RunTextEncoder
-from onesearch_ray.train.distill import DistillConfig, distilled_queries
-from onesearch_ray.train.stages import LeakError, held_out_query_keys, query_key
 
 TRAIN_SPLIT = "train"
 NEXT_ITEM_TRAIN_SPLIT = "valid"
@@ -136,6 +136,20 @@ def distilled_searches(run: Path, track: Track, catalogue: Catalogue, config: Di
             targets, gains = zip(*ranked, strict=True)
             out.append(Example(text, vector, np.array(targets), np.array(gains)))
     return out
+
+
+def next_item_selection_rows(track: Track, users: int, seed: int = 0) -> list[int]:
+    """Positions in ``track.sequences`` held out of training to select on: the last ``valid`` row
+    (table order: the newest) of each of ``users`` users drawn at random (``seed``). Its target never
+    trains and no later valid row of that user exists, so no training history holds it either."""
+    users_of, splits = (track.sequences.column(c).to_pylist() for c in ("user_id", "split"))
+    last_row: dict[str, int] = {}
+    for row, (user, split) in enumerate(zip(users_of, splits, strict=True)):
+        if split == NEXT_ITEM_TRAIN_SPLIT:
+            last_row[user] = row
+    pool = sorted(last_row)
+    picked = np.random.default_rng(seed).permutation(len(pool))[:users]
+    return sorted(last_row[pool[i]] for i in picked)
 
 
 def next_item_searches(

@@ -8,7 +8,7 @@ sequence of L code tokens then its item:
 - position rewards (TPMA): the rollout's codes and item against the clicked and ordered items';
 - the composite item reward (ordered/clicked in this search, calibrated CTR from the log's counts,
   relevance tier; ``rewards.composite_item_reward``), group-normalised and applied ungated to every
-  position (the measured form of ``train.preference.tpma_advantages``);
+  position (the measured form of ``generator.tpma.tpma_advantages``);
 - log-probabilities: each code level's softmax teacher-forced on the rollout's prefix, and the item
   step's softmax over the whole catalogue;
 - one on-policy update per batch with a k3 KL guard to the frozen start (the reference).
@@ -30,6 +30,7 @@ from onesearch_ray.data import Track
 from onesearch_ray.generator.examples import ORDER_GAIN
 from onesearch_ray.generator.model import CodeItemGenerator, PromptBatch
 from onesearch_ray.generator.search import search
+from onesearch_ray.generator.tpma import tpma_advantages, tpma_grpo_loss
 from onesearch_ray.generator.train import Example, example_prompts, item_logits
 from onesearch_ray.rewards import (
     RelevanceOracle,
@@ -40,7 +41,6 @@ from onesearch_ray.rewards import (
     lookup_counts,
     relevance_tier,
 )
-from onesearch_ray.train.preference import tpma_advantages, tpma_grpo_loss
 
 
 @dataclass

@@ -26,6 +26,7 @@ from onesearch_ray.config import parse_config, read_yaml_section
 from onesearch_ray.data import Track, load_track
 from onesearch_ray.generator.catalogue import Catalogue, build_generator, load_catalogue
 from onesearch_ray.generator.config import GeneratorConfig
+from onesearch_ray.generator.distill import DistillConfig
 from onesearch_ray.generator.evaluate import next_item_split, search_split
 from onesearch_ray.generator.examples import (
     check_no_leak,
@@ -34,6 +35,7 @@ from onesearch_ray.generator.examples import (
     judged_searches,
     log_searches,
     next_item_searches,
+    next_item_selection_rows,
 )
 from onesearch_ray.generator.grpo import GRPOConfig, ItemRewardTable, grpo_loss_of, grpo_prompts
 from onesearch_ray.generator.model import CodeItemGenerator
@@ -43,9 +45,7 @@ from onesearch_ray.generator.train import Example, TrainConfig, train
 from onesearch_ray.io import write_json
 from onesearch_ray.khqe.online import RunTextEncoder
 from onesearch_ray.rewards import RewardConfig
-from onesearch_ray.runs import GENERATOR_DIR, is_generator_dir, served_model_dir, write_latest_model
-from onesearch_ray.train.distill import DistillConfig
-from onesearch_ray.train.selection import SelectionConfig, next_item_selection_rows
+from onesearch_ray.runs import GENERATOR_DIR, served_model_dir, write_latest_model
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def selection_rows(track: Track, config: GeneratorJobConfig) -> list[int]:
     valid row of ``select_queries`` sampled users); search tracks select on valid queries: none."""
     if track.queries is not None or track.sequences is None:
         return []
-    return next_item_selection_rows(track, SelectionConfig(queries=config.select_queries))
+    return next_item_selection_rows(track, config.select_queries)
 
 
 def training_searches(
@@ -173,9 +173,7 @@ def align_on_worker(
     into ``RUN/generator-NAME`` (rank 0 saves): DPO on the ``feedback`` log's impressions, or
     without one TPMA-GRPO on the track's logged train searches."""
     track = load_track(data)
-    start = served_model_dir(run)
-    if not is_generator_dir(start):
-        raise FileNotFoundError(f"{run}: no trained generator to align (run `onesearch generator` first)")
+    start = served_model_dir(run)  # a run without a generator: FileNotFoundError
     log.info("aligning %s into %s-%s", start, MODEL_DIR, name)
     model, item_ids = load_generator(start)
     reference = copy.deepcopy(model)  # frozen: the start both losses measure against

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -34,9 +36,9 @@ from vllm.inputs.engine import embeds_input
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.sample.logits_processor import LogitsProcessor, MoveDirectionality
 
-from onesearch_ray.decoding.vllm_engine import prepare_in_process_vllm
 from onesearch_ray.generator.model import CodeItemGenerator
 
+CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
 CAPTURE = "onesearch_capture"
 CAPTURED: dict[int, torch.Tensor] = {}  # capture key -> the request's raw logits row (this process)
 
@@ -187,3 +189,68 @@ class CaptureLogitsProcessor(LogitsProcessor):
         for index, key in self.keys.items():
             CAPTURED[key] = logits[index].clone()
         return logits
+
+
+def prepare_in_process_vllm() -> bool:
+    """Set this process up for an in-process vLLM engine; returns whether CUDA is available.
+
+    Sets ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (logits processors then run in this process, where the
+    searches they serve live) and, on CPU, ``VLLM_CPU_KVCACHE_SPACE=1`` and ``HF_HUB_OFFLINE=1`` unless
+    already set; applies the two start-up workarounds below.
+    """
+    import torch
+
+    cuda = torch.cuda.is_available()
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    if not cuda:
+        for name, value in CPU_ENV.items():
+            os.environ.setdefault(name, value)
+    _tolerate_foreign_module_objects()
+    _quiet_chat_template_warmup()
+    return cuda
+
+
+def _tolerate_foreign_module_objects() -> None:
+    """Work around a vLLM 0.32 start-up crash when numba (hence llvmlite) is imported first.
+
+    On CPU, engine start-up registers kernel overrides by scanning every object of every module in
+    ``sys.modules`` with ``vars(obj).get("kernel")``. llvmlite's ffi ``lib`` (imported by numba, which
+    ``bm25s`` and so ``onesearch_ray.khqe`` import) answers ``__dict__`` with a function wrapper, and
+    the scan dies with "'_lib_fn_wrapper' object has no attribute 'get'". Shadowing ``vars`` in that
+    one vLLM module with a version that returns {} for such objects leaves everything else as is.
+    """
+    try:
+        from vllm.triton_utils import dispatcher
+    except ImportError:
+        return
+    dispatcher.vars = _tolerant_vars
+
+
+class _NoTokenizerWarmupFilter(logging.Filter):
+    """Drops vLLM's "Chat template warmup failed" warning when it failed for want of a tokenizer."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        err = record.exc_info[1] if record.exc_info else None
+        return not (
+            record.getMessage() == "Chat template warmup failed"
+            and isinstance(err, ValueError)
+            and "skip_tokenizer_init" in str(err)
+        )
+
+
+def _quiet_chat_template_warmup() -> None:
+    """Silence one known-harmless vLLM 0.32 start-up traceback, and nothing else.
+
+    ``LLM`` warms its renderer up by rendering a chat template, which needs the tokenizer that
+    ``skip_tokenizer_init`` leaves out; the ValueError is logged with its traceback as a warning,
+    though this engine never renders chat (prompts arrive as token ids). The filter sits on that one
+    vLLM logger and drops only that record.
+    """
+    logger = logging.getLogger("vllm.renderers.base")
+    if not any(isinstance(f, _NoTokenizerWarmupFilter) for f in logger.filters):
+        logger.addFilter(_NoTokenizerWarmupFilter())
+
+
+def _tolerant_vars(obj: Any) -> Any:
+    namespace = vars(obj)
+    return namespace if hasattr(namespace, "get") else {}

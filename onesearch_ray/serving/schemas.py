@@ -14,7 +14,6 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 MAX_QUERY_CHARS = 512
 MAX_K = 350
 MAX_BEAM = 512
-DEFAULT_BEAM = 50
 MAX_HISTORY = 1000
 MAX_USERS_PAGE = 1000
 MAX_ADD_ITEMS = 10_000  # items one /items request takes
@@ -63,22 +62,17 @@ class SearchRequest(BaseModel):
     k: Int = Field(default=10, ge=1, le=MAX_K, description="items to return")
     beam: Beam | None = Field(
         default=None,
-        description="beam width of the constrained search. The generator: code prefixes kept at its last "
-        "code level before the item step (default: the model's own setting). A SID decoder: SIDs kept, "
-        f"default max(k, {DEFAULT_BEAM}), raised to k when smaller. The response says which beam ran",
+        description="beam width of the constrained search: code prefixes kept at the generator's last "
+        "code level before the item step (default: the model's own setting). The response says which "
+        "beam ran",
     )
-
-    @property
-    def effective_beam(self) -> int:
-        return max(self.k, self.beam if self.beam is not None else DEFAULT_BEAM)
 
 
 class SearchHit(BaseModel):
     item_id: int
     title: str
     score: float = Field(
-        description="the model's score (the generator's item-step logit, a SID decoder's SID "
-        "log-probability), or the BM25 score on /search/bm25"
+        description="the model's score (the generator's item-step logit), or the BM25 score on /search/bm25"
     )
     sid: str
 

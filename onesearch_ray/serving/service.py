@@ -1,17 +1,17 @@
 """The search service behind the HTTP API: request -> the served model -> items.
 
 Pure Python (no Ray): ``serve_apps/search_app.py`` wraps it in a Ray Serve deployment. It serves a
-model of the run (``serving.models``): the CPU-first generator ``RUN/generator`` when the run has
-one, else its latest SID decoder (``RUN/model/*``). The catalogue is live: ``add_items`` encodes new
-items with the frozen KHQE codebooks, puts each on the trained SID that describes it best
-(``SemanticIdTokenizer.add_items``), swaps in a new trie version and hands the items to the model
-(the generator scores them by their own vectors and title terms at once). The model is live too:
+generator of the run (``serving.models``): the run's latest, ``RUN/generator`` or an alignment of it
+(``RUN/generator-NAME``). The catalogue is live: ``add_items`` encodes new items with the frozen KHQE
+codebooks, puts each on the trained SID that describes it best (``SemanticIdTokenizer.add_items``),
+swaps in a new trie version and hands the items to the model, which scores them by their own vectors
+and title terms at once. The model is live too:
 ``swap_model`` lets the searches running finish, holds new ones back while it loads another model of
 the run, then lets them run on it: none fails.
 
 With a feedback log every search is recorded as an impression (what was shown, for which search and
 model) and ``record_feedback`` stores clicks and orders against it: the data
-``onesearch train --stage dpo --feedback LOG`` learns from.
+``onesearch generator --feedback LOG`` learns from.
 """
 
 from __future__ import annotations
@@ -38,25 +38,14 @@ from onesearch_ray.eval.baselines import BM25Retriever
 from onesearch_ray.eval.holdout import HOLDOUT_FILE, read_holdout
 from onesearch_ray.khqe import SemanticIdTokenizer, item_text
 from onesearch_ray.khqe.online import RunTextEncoder
-from onesearch_ray.model import check_model_dir, load_tokenizer
-from onesearch_ray.prompts import SidVocabulary
 from onesearch_ray.rewards.feedback_log import (
     FeedbackLog,
     ItemNotShownError,
     ShownItem,
     UnknownImpressionError,
 )
-from onesearch_ray.runs import is_generator_dir, served_model_dir
-from onesearch_ray.serving.models import (
-    BadRequestError,
-    EngineFactory,
-    GeneratorModel,
-    NewItems,
-    Search,
-    ServedModel,
-    SidModel,
-    model_dirs,
-)
+from onesearch_ray.runs import served_model_dir
+from onesearch_ray.serving.models import GeneratorModel, NewItems, Search, ServedModel, model_dirs
 from onesearch_ray.serving.schemas import (
     MAX_ADD_ITEMS,
     AddItemsRequest,
@@ -73,7 +62,7 @@ from onesearch_ray.serving.schemas import (
 
 log = logging.getLogger(__name__)
 BM25_MODEL = "bm25"  # the model name impressions of /search/bm25 carry
-__all__ = ["BadRequestError", "ConflictError", "NotFoundError", "SearchService"]
+__all__ = ["ConflictError", "NotFoundError", "SearchService"]
 
 
 class NotFoundError(LookupError):
@@ -112,15 +101,10 @@ class SearchService:
         data: str | Path | None = None,
         model_dir: str | Path | None = None,
         feedback_log: FeedbackLog | None = None,
-        engine_factory: EngineFactory | None = None,
     ) -> None:
-        """``engine``: "vllm", "vllm-compiled" or "transformers" (the reference); ``engine_factory``
-        replaces it for SID decoders (default ``serving.engines.make_engine(engine)``)."""
-        from onesearch_ray.serving.engines import make_engine
-
+        """``engine``: one of ``serving.models.ENGINES`` ("vllm", "vllm-compiled", "transformers")."""
         self.run = Path(run)
         self.engine = engine
-        self.engine_factory = engine_factory or make_engine(engine)
         self.sids = SemanticIdTokenizer.load(self.run / "sid_tokenizer")
         self.trie = SidTrie.of_catalogue(self.sids)
         self.text_encoder = RunTextEncoder.from_run(self.run)
@@ -139,9 +123,7 @@ class SearchService:
         self._swap_gate = _SwapGate()
 
     def _load(self, directory: Path) -> ServedModel:
-        if is_generator_dir(directory):
-            return GeneratorModel(directory, self.engine, self.text_encoder, self.hit, self.added)
-        return SidModel(directory, self.engine_factory, self.sids, self.text_encoder, self.hit, self.trie)
+        return GeneratorModel(directory, self.engine, self.text_encoder, self.hit, self.added)
 
     @property
     def model_dir(self) -> Path:
@@ -156,7 +138,7 @@ class SearchService:
     # ---- search ---------------------------------------------------------------------------
     def search(self, requests: list[SearchRequest]) -> list[SearchResponse | Exception]:
         """A batch of requests, decoded together. A request that cannot be served (unknown user, bad
-        history, a beam the engine cannot hold) gets its error in its slot; the others are answered."""
+        history) gets its error in its slot; the others are answered."""
         with self._swap_gate.searching():  # a model swap waits for this batch and holds the next back
             return self._search(requests)
 
@@ -178,9 +160,6 @@ class SearchService:
         found = model.search(searches) if searches else []
         elapsed = 1000 * (time.perf_counter() - started)
         for slot, search, items in zip(slots, searches, found, strict=True):
-            if isinstance(items, Exception):
-                results[slot] = items
-                continue
             results[slot] = SearchResponse(
                 items=items,
                 timing_ms=elapsed,
@@ -266,7 +245,6 @@ class SearchService:
                 f"unknown model {name!r} (this run has: {', '.join(sorted(set(by_name.values())))})"
             )
         directory = self.run / by_name[name]
-        self._check_swappable(directory)
         # the catalogue may not change while the next model loads with it; no search may run meanwhile
         with self._update_lock, self._swap_gate.swapping():
             self.model = None  # two vLLM engines in one process must not overlap: drop the old first
@@ -279,18 +257,6 @@ class SearchService:
             self._model_dir = directory
         log.info("now serving %s", directory)
         return ModelInfo(model=self.model_name, available=self.available_models())
-
-    def _check_swappable(self, directory: Path) -> None:
-        """A SID decoder must share the serving one's SID token ids (else it is not of this run)."""
-        if is_generator_dir(directory) or not isinstance(self.model, SidModel):
-            return
-        check_model_dir(directory)  # names a missing or corrupt file before any engine loads it
-        vocabulary = SidVocabulary.from_tokenizers(load_tokenizer(directory), self.sids)
-        if not self.model.same_vocabulary(vocabulary):
-            raise ConflictError(
-                f"model {directory.name!r} has other SID token ids than the serving model: "
-                "not a model of this run"
-            )
 
     # ---- live catalogue --------------------------------------------------------------------
     def add_items(self, request: AddItemsRequest) -> AddItemsResponse:

@@ -1,9 +1,9 @@
 """Systems named on the command line -> builders of :class:`SearchSystem` for one run.
 
 ``cascade`` (RRF + personalised re-rank), ``rrf`` (without the re-rank), ``random``, ``oracle``,
-``sft`` (the run's last SFT stage, ``RUN/model/<stage>``), ``NAME=MODEL_DIR`` (any model directory,
-e.g. ``grpo=generator-grpo``; a relative path is tried as given, then inside the run) and
-``NAME=URL`` (a running search API over HTTP, its pages' clicks and orders sent to its ``/feedback``).
+``NAME=MODEL_DIR`` (a generator directory, e.g. ``grpo=generator-grpo``; a relative path is tried as
+given, then inside the run) and ``NAME=URL`` (a running search API over HTTP, its pages' clicks and
+orders sent to its ``/feedback``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from onesearch_ray.runs import is_generator_dir
+from onesearch_ray.serving.models import ENGINES, model_dirs
 from onesearch_ray.sim.session import SimulationConfig
 from onesearch_ray.sim.systems import (
     CascadeSystem,
@@ -25,16 +27,14 @@ from onesearch_ray.sim.systems import (
 )
 from onesearch_ray.sim.tune import tune_rerank
 from onesearch_ray.sim.world import World
-from onesearch_ray.train.stages import STAGES
 
 log = logging.getLogger(__name__)
-NAMED_SYSTEMS = ("cascade", "rrf", "random", "oracle", "sft")
-_NOT_ALIGNED = (*STAGES, "init")  # model directories that are SFT (or its starting point)
+NAMED_SYSTEMS = ("cascade", "rrf", "random", "oracle")
 
 
 @dataclass(frozen=True)
 class SystemOptions:
-    engine: str = "transformers"  # the trained models' decoding engine (serving.engines.ENGINES)
+    engine: str = "transformers"  # the generators' engine (serving.models.ENGINES)
     beam: int = 50
     seed: int = 0  # the random system's stream
     rerank: RerankConfig = field(default_factory=RerankConfig)
@@ -43,8 +43,6 @@ class SystemOptions:
     write_token: str | None = None  # NAME=URL systems: the API's write token, for /feedback
 
     def __post_init__(self) -> None:
-        from onesearch_ray.serving.engines import ENGINES
-
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r} (one of {', '.join(ENGINES)})")
         if self.beam < 1:
@@ -52,21 +50,8 @@ class SystemOptions:
 
 
 def default_systems(run: Path) -> list[str]:
-    """The cascade (control), the SFT model, and every other model directory of the run (RL stages)."""
-    models = run / "model"
-    aligned = [
-        f"{d.name}={d}"
-        for d in sorted(models.iterdir() if models.is_dir() else [])
-        if d.is_dir() and d.name not in _NOT_ALIGNED and (d / "config.json").is_file()
-    ]
-    return ["cascade", "sft", *aligned]
-
-
-def sft_model_dir(run: Path) -> Path:
-    for stage in reversed(STAGES):
-        if (run / "model" / stage / "config.json").is_file():
-            return run / "model" / stage
-    raise FileNotFoundError(f"{run / 'model'}: no SFT model in this run (run `onesearch train` first)")
+    """The cascade (control) and every generator of the run (``RUN/generator``, its alignments)."""
+    return ["cascade", *(f"{d.name}={d}" for d in model_dirs(run))]
 
 
 def system_builders(
@@ -95,8 +80,6 @@ def _builder(
         if path.startswith(("http://", "https://")):
             return name, lambda: HttpSystem(name, path, options.beam, options.write_token)
         return name, _service_builder(name, _model_dir(path, run), run, world, options)
-    if spec == "sft":
-        return spec, _service_builder(spec, sft_model_dir(run), run, world, options)
     if spec == "rrf":
         return spec, lambda: _cascade(spec, run, world, None)
     if spec == "cascade":
@@ -111,9 +94,9 @@ def _builder(
 
 def _model_dir(path: str, run: Path) -> Path:
     for candidate in (Path(path), run / path):
-        if (candidate / "config.json").is_file():
+        if is_generator_dir(candidate):
             return candidate
-    raise FileNotFoundError(f"model directory {path!r} not found (as given, or inside {run})")
+    raise FileNotFoundError(f"generator directory {path!r} not found (as given, or inside {run})")
 
 
 def _cascade(

@@ -8,17 +8,16 @@ item a few pseudo-queries are drawn from its title (round robin over three kinds
   own attribute values (brand, colour, ...), e.g. "ironclad impact driver";
 - ``ngram``: one lexicon phrase found in the title (a train-query n-gram, what users type; or an
   attribute value that users type too);
-- ``span``: a short contiguous span of the title (``stages.title_spans``).
+- ``span``: a short contiguous span of the title (:func:`title_spans`).
 
 Each distinct pseudo-query is labelled by reciprocal-rank fusion of BM25 and dense retrieval over the
 whole catalogue (``eval.baselines``: the "rrf" baseline, with the run's cached raw item vectors and
-the run's text encoder for the queries), and its top-k items become co-occurrence pairs, the rank-r
-item repeated ``round(rank_repeats / (r + 1))`` times (at least once): a 1/(rank+1) weight realised
-as pair frequency, so a resumed run sees the same data and the loss stays a plain mean. The source
-item only seeds the text; it is a target only if the cascade ranks it. Items held out of the run
+the run's text encoder for the queries); its top-k items become the targets of one training search
+(``generator.examples.distilled_searches``: the rank-r item with gain 1 / (r + 1)). The source item
+only seeds the text; it is a target only if the cascade ranks it. Items held out of the run
 (``encode --holdout-cold``: no SID) neither seed pseudo-queries nor are ranked.
 
-No valid/test text: a pseudo-query whose :func:`~onesearch_ray.train.stages.query_key` equals a
+No valid/test text: a pseudo-query whose :func:`~onesearch_ray.generator.leak.query_key` equals a
 valid or test query's is dropped (as is one equal to a train query: the human label covers it).
 Labelling is the slow part (encoder + BM25 + faiss per pseudo-query), so the labelled table is cached
 in ``RUN/distill/pseudo_queries.parquet`` with a digest of everything it depends on.
@@ -32,7 +31,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,15 +41,14 @@ import pyarrow.parquet as pq
 
 from onesearch_ray.config import require_non_negative
 from onesearch_ray.eval.baselines import BM25Retriever, DenseRetriever, rrf_fuse
+from onesearch_ray.generator.leak import query_key
 from onesearch_ray.io import write_parquet
 from onesearch_ray.khqe import SemanticIdTokenizer
 from onesearch_ray.khqe.build import EncodedTexts, catalogue_texts, enhance
 from onesearch_ray.khqe.cache import load_embeddings
 from onesearch_ray.khqe.keywords import KeyphraseLexicon, normalize_text
 from onesearch_ray.khqe.online import RunTextEncoder
-from onesearch_ray.prompts import PromptBuilder
 from onesearch_ray.runs import texts_digest
-from onesearch_ray.train.stages import Pairs, query_key, title_spans
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +59,7 @@ _DIGEST_KEY = b"onesearch.distill.digest"
 
 @dataclass
 class DistillConfig:
-    """YAML ``train.distill``: cascade-distilled pseudo-queries in the co-occurrence stage."""
+    """YAML ``generator.distill``: cascade-distilled pseudo-queries among the training searches."""
 
     pseudo_queries_per_item: int = 0  # 0: distillation off
     # labelling costs ~10-35 ms a pseudo-query on 2 cores: a cap (a reproducible random subset) keeps a
@@ -69,27 +67,18 @@ class DistillConfig:
     max_pseudo_queries: int = 0
     top_k: int = 5  # cascade items per pseudo-query that become targets
     depth: int = 100  # BM25 and dense lists fused (items outside both top-100 cannot reach a top 10)
-    rank_repeats: int = 4  # the rank-r target appears round(rank_repeats / (r + 1)) times, at least once
-    human_repeats: int = 8  # each human-labelled train pair appears this often (2x a top-ranked label)
     batch_size: int = 2048  # pseudo-queries encoded, retrieved and fused per batch
     seed: int = 0
 
     def __post_init__(self) -> None:
         require_non_negative(
             self,
-            (
-                "pseudo_queries_per_item",
-                "max_pseudo_queries",
-                "top_k",
-                "depth",
-                "rank_repeats",
-                "human_repeats",
-            ),
-            prefix="train.distill.",
+            ("pseudo_queries_per_item", "max_pseudo_queries", "top_k", "depth"),
+            prefix="generator.distill.",
         )
         if self.enabled and (self.top_k < 1 or self.depth < self.top_k or self.batch_size < 1):
             raise ValueError(
-                f"train.distill: need top_k >= 1, depth >= top_k and batch_size >= 1 "
+                f"generator.distill: need top_k >= 1, depth >= top_k and batch_size >= 1 "
                 f"(got top_k={self.top_k}, depth={self.depth}, batch_size={self.batch_size})"
             )
 
@@ -98,9 +87,19 @@ class DistillConfig:
         return self.pseudo_queries_per_item > 0
 
 
-def rank_repeats(rank: int, top: int) -> int:
-    """How often the rank-``rank`` (0-based) label is repeated: ~ top / (rank + 1), at least once."""
-    return max(1, round(top / (rank + 1)))
+def title_spans(title: str, count: int, seed: int, lengths: tuple[int, int] = (2, 4)) -> list[str]:
+    """``count`` short contiguous word spans of a title, reproducible from ``seed``: stand-ins for
+    the short queries that find the item (search queries are mostly title fragments)."""
+    words = title.split()
+    if len(words) <= lengths[0]:
+        return []
+    rng = np.random.default_rng(seed)
+    spans = []
+    for _ in range(count):
+        length = int(rng.integers(lengths[0], min(lengths[1], len(words) - 1) + 1))
+        start = int(rng.integers(0, len(words) - length + 1))
+        spans.append(" ".join(words[start : start + length]))
+    return spans
 
 
 def item_attribute_values(items: pa.Table) -> list[list[str]]:
@@ -225,27 +224,6 @@ def label_pseudo_queries(
     )
 
 
-def distillation_pairs(
-    labelled: pa.Table,
-    builder: PromptBuilder,
-    codes_of: Callable[[int], tuple[int, ...] | None],
-    repeats: int,
-) -> Pairs:
-    """Search prompt of each pseudo-query -> each labelled item's SID, rank-weighted by repetition.
-
-    Items without a SID (held out of the codebooks) are skipped; the others keep their cascade rank."""
-    pairs: Pairs = []
-    for query, query_codes, labels in zip(
-        *(labelled.column(c).to_pylist() for c in ("query", "query_codes", "labels")), strict=True
-    ):
-        prompt = builder.search_prompt(query, query_codes, None)
-        for rank, item in enumerate(labels):
-            codes = codes_of(item)
-            if codes is not None:
-                pairs.extend([(prompt, builder.target(codes))] * rank_repeats(rank, repeats))
-    return pairs
-
-
 def cache_digest(
     items: pa.Table,
     lexicon: KeyphraseLexicon | None,
@@ -254,9 +232,8 @@ def cache_digest(
     config: DistillConfig,
     encoder_name: str,
 ) -> str:
-    """Hash of everything the labelled table depends on (repeat counts are applied later)."""
-    label_config = {k: v for k, v in asdict(config).items() if k not in ("rank_repeats", "human_repeats")}
-    digest = hashlib.sha256(json.dumps([label_config, encoder_name], sort_keys=True).encode())
+    """Hash of everything the labelled table depends on."""
+    digest = hashlib.sha256(json.dumps([asdict(config), encoder_name], sort_keys=True).encode())
     digest.update(texts_digest(items.column("title").to_pylist()).encode())
     digest.update(np.asarray(items.column("item_id").to_numpy(), np.int64).tobytes())
     phrases = sorted(lexicon.phrases.items()) if lexicon is not None else []
