@@ -47,6 +47,10 @@ def ray_cluster(tmp_path_factory):
     command = [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", f"--temp-dir={temp_dir}"]
     command += [f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--disable-usage-stats"]
     command += ["--include-dashboard=true"]
+    # Ports of its own for the agents: the defaults (e.g. 52365 for the job agent) are taken when
+    # another Ray cluster runs on the machine, and `ray job submit` then finds no agent.
+    for agent in ("dashboard-agent-listen", "dashboard-agent-grpc", "runtime-env-agent", "metrics-export"):
+        command.append(f"--{agent}-port={_free_port()}")
     with log.open("wb") as out:
         head = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
     try:
