@@ -190,3 +190,14 @@ def test_cli_on_a_trained_run_reports_every_system_and_slice(generator_small_run
     markdown = (out / "simulation.md").read_text()
     assert "### long_tail_queries" in markdown and "| again |" in markdown
     assert (out / "simulation.png").stat().st_size > 0
+
+
+def test_cpu_used_never_takes_off_a_child_that_ended() -> None:
+    """A child's CPU counts while it lives; one that exits (or whose pid is reused) never makes the
+    total negative (a search's CPU once came out at -213 ms)."""
+    from onesearch_ray.sim.session import cpu_used
+
+    before = {1: 10.0, 2: 500.0, 3: 40.0}
+    after = {1: 10.5, 3: 1.0, 4: 0.25}  # 2 ended; 3 is a new process on a reused pid; 4 is new
+    assert cpu_used(before, after) == pytest.approx(0.5 + 1.0 + 0.25)
+    assert cpu_used(before, before) == 0.0

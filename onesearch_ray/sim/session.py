@@ -139,17 +139,28 @@ class SystemRun:
     wall_seconds: float
 
 
-def process_cpu_seconds() -> float:
-    """CPU time (user + system) of this process and of its live child processes (an engine
-    that decodes in a child, as vLLM's engine core does, is counted)."""
+def cpu_times_by_process() -> dict[int, float]:
+    """CPU time (user + system) of this process and of each of its live child processes, by pid (an
+    engine that decodes in a child, as vLLM's engine core can, is counted): see :func:`cpu_used`."""
     process = psutil.Process(os.getpid())
-    total = sum(process.cpu_times()[:2])
+    times = {process.pid: sum(process.cpu_times()[:2])}
     for child in process.children(recursive=True):
         try:
-            total += sum(child.cpu_times()[:2])
+            times[child.pid] = sum(child.cpu_times()[:2])
         except psutil.NoSuchProcess:
             continue
-    return total
+    return times
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds between two :func:`cpu_times_by_process` snapshots: each process's own increase (a
+    child started meanwhile counts whole, as does one that took the pid of a child that ended; one
+    that ended meanwhile drops out, so that its whole past never comes off the sum)."""
+    used = 0.0
+    for pid, seconds in after.items():
+        earlier = before.get(pid, 0.0)
+        used += seconds - earlier if seconds >= earlier else seconds
+    return used
 
 
 def run_system(system: SearchSystem, world: World, traffic: Traffic, config: SimulationConfig) -> SystemRun:
@@ -160,9 +171,9 @@ def run_system(system: SearchSystem, world: World, traffic: Traffic, config: Sim
     for start in range(0, len(traffic), config.batch_size):
         rows = range(start, min(start + config.batch_size, len(traffic)))
         requests = traffic.requests(world, rows)
-        cpu_start, wall_start = process_cpu_seconds(), time.perf_counter()
+        cpu_start, wall_start = cpu_times_by_process(), time.perf_counter()
         pages = system.search(requests, config.page_size)
-        cpu += process_cpu_seconds() - cpu_start
+        cpu += cpu_used(cpu_start, cpu_times_by_process())
         wall += time.perf_counter() - wall_start
         unknown = {int(item) for page in pages for item in page} - world.item_set
         if unknown:
