@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from onesearch_ray.catalogue import Snapshot
 from onesearch_ray.data import load_track
 from onesearch_ray.eval.coldstart import ColdStartConfig, cold_start_markdown, cold_start_report
 from onesearch_ray.eval.holdout import HOLDOUT_FILE
@@ -51,11 +52,14 @@ def run_eval(run: str | Path, track: str, data: str | Path, config: EvalConfig) 
     return results
 
 
-def cold_start(run: Path, data: str | Path, config: EvalConfig) -> tuple[CodeItemGenerator, list[int]] | None:
+def cold_start(
+    run: Path, data: str | Path, config: EvalConfig
+) -> tuple[CodeItemGenerator, list[int], Snapshot] | None:
     """A run that holds items out (``onesearch encode --holdout-cold``) serves them as new items: they
     join the generator live, as through ``POST /items``, before anything is scored (else the model
     could never show them while the baselines index them), and the cold-start report is written
-    (``RUN/cold_start.json`` and ``.md``). Returns the generator as served then, with its item ids."""
+    (``RUN/cold_start.json`` and ``.md``). Returns the generator as served then: its item ids and the
+    live catalogue it searches."""
     model_dir = Path(config.model_dir) if config.model_dir else served_model_dir(run)
     if not (run / HOLDOUT_FILE).is_file() or not is_generator_dir(model_dir):
         return None
@@ -67,7 +71,7 @@ def cold_start(run: Path, data: str | Path, config: EvalConfig) -> tuple[CodeIte
     with atomic_path(run / "cold_start.md") as tmp:
         tmp.write_text(markdown)
     print(markdown)
-    return service.model.model, service.model.item_ids
+    return service.model.model, service.model.item_ids, service.catalogue.snapshot
 
 
 def build_parser() -> argparse.ArgumentParser:

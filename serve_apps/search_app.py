@@ -49,7 +49,7 @@ from onesearch_ray.serving.schemas import (
     SearchResponse,
     UserSummary,
 )
-from onesearch_ray.serving.service import ConflictError, NotFoundError, SearchService
+from onesearch_ray.serving.service import ADD_LOG, ConflictError, NotFoundError, SearchService
 
 log = logging.getLogger("onesearch.serve")
 api = FastAPI(title="OneSearch-Ray", description="End-to-end generative e-commerce search", version="0.2.0")
@@ -102,7 +102,9 @@ class SearchDeployment:
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         log_path = Path(feedback_log) if feedback_log else Path(run) / "feedback.sqlite"
-        self.service = SearchService(run, engine, data, feedback_log=FeedbackLog(log_path))
+        self.service = SearchService(
+            run, engine, data, feedback_log=FeedbackLog(log_path), add_log=Path(run) / ADD_LOG
+        )
         if held_out:  # the whole catalogue is served: a cold-start hold-out joins as new items
             self.service.add_held_out()
         self.write_token = write_token or os.environ.get(TOKEN_ENV) or None
@@ -213,8 +215,8 @@ class SearchDeployment:
     async def healthz(self) -> Health:
         return Health(
             status="ok",
-            items=self.service.sids.n_items,
-            trie_version=self.service.trie.version,
+            items=self.service.n_items,
+            trie_version=self.service.catalogue_version,
             model=self.service.model_name,
         )
 

@@ -12,6 +12,8 @@ import pytest
 import torch
 import yaml
 
+from onesearch_ray.catalogue import LiveCatalogue, NewItems, build_segment
+from onesearch_ray.catalogue.lexical import _STEMMER, LexicalIndex
 from onesearch_ray.data import Track, load_track
 from onesearch_ray.eval.metrics import search_metrics
 from onesearch_ray.eval.tracks import search_eval_inputs
@@ -26,9 +28,9 @@ from onesearch_ray.generator.examples import (
     next_item_searches,
     next_item_selection_rows,
 )
+from onesearch_ray.generator.items import model_catalogue
 from onesearch_ray.generator.job import GeneratorJobConfig, selection_rows, split_metrics, training_searches
 from onesearch_ray.generator.leak import LeakError
-from onesearch_ray.generator.lexical import _STEMMER, LexicalIndex
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.prompts import build_prompts
 from onesearch_ray.generator.store import load_generator, save_generator
@@ -53,6 +55,27 @@ TITLES = [
 ]
 
 
+def served_lexical_scores(index: LexicalIndex, query: str) -> np.ndarray:
+    """(items,) the lexical term as a search computes it (the live catalogue's postings of the
+    query's terms), untrained weights (IDF), over every item."""
+    n = index.n_items
+    segment = build_segment(
+        np.arange(n),
+        np.zeros((n, 1), np.float32),
+        np.zeros(n),
+        np.zeros((n, 1)),
+        [""] * n,
+        index.saturation,
+        (1,),
+    )
+    snapshot = LiveCatalogue(segment, index, index.idf()).snapshot
+    terms = snapshot.query_terms([query])[0]
+    ids, scores = snapshot.top_items(0, np.array([0]), np.zeros(1), np.zeros(1, np.float32), terms, k=n)
+    out = np.zeros(n, dtype=np.float32)
+    out[ids] = scores
+    return out
+
+
 def tiny_model(titles: list[str] = TITLES, dim: int = 8) -> CodeItemGenerator:
     vectors = np.random.default_rng(0).normal(size=(len(titles), dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -74,16 +97,14 @@ def test_untrained_lexical_term_is_lucene_bm25():
             [query], stopwords="en", stemmer=_STEMMER, return_ids=False, show_progress=False
         )[0]
         expected = reference.get_scores(tokens)
-        ours = index.scores(index.query_terms([query])[0], index.idf())
-        np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(served_lexical_scores(index, query), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_lexical_term_on_hand_made_cases():
     index = LexicalIndex.build(TITLES)
-    idf = index.idf()
 
     def scores(query: str) -> np.ndarray:
-        return index.scores(index.query_terms([query])[0], idf)
+        return served_lexical_scores(index, query)
 
     assert np.argmax(scores("cordless drill")) == 0  # the only title with both terms
     assert scores("drills")[1] > 0  # stemmed: "drills" matches "drill"
@@ -213,15 +234,44 @@ def test_next_item_selection_holds_out_each_sampled_users_last_valid_row():
 
 def test_new_item_is_found_for_its_own_title(encoded_small_run, catalogue):
     model = build_generator(catalogue, GeneratorConfig(search=SearchConfig(beams=(8,))))
+    sids = SemanticIdTokenizer.load(encoded_small_run / "sid_tokenizer")
+    items = model_catalogue(
+        model,
+        catalogue.item_ids,
+        sids.item_codes(catalogue.item_ids),
+        sids.layout.level_sizes,
+        catalogue.titles,
+    )
     titles = ["Zanzibar Titanium Espresso Grinder, Matte Teal", "Nordhem Walnut Bookshelf Ladder, 5 Tier"]
     encoder = SentenceTransformerEncoder()
     vectors = encoder.encode(titles, "passage")
+    new_ids = np.array([10_000_001, 10_000_002])
+    items.add(NewItems(new_ids, titles, vectors, sids.nearest_existing_sids(vectors)))
+    found = rank(model, titles, encoder.encode(titles, "query"), k=10, items=items.snapshot)
+    assert found[0][0] == new_ids[0] and found[1][0] == new_ids[1]
+
+
+def test_bounded_search_keeps_at_most_max_items_and_is_unchanged_under_the_budget(
+    encoded_small_run, catalogue
+):
+    model = build_generator(catalogue, GeneratorConfig(search=SearchConfig(beams=(8,))))
     sids = SemanticIdTokenizer.load(encoded_small_run / "sid_tokenizer")
-    new_ids = [10_000_001, 10_000_002]
-    codes = sids.add_items(new_ids, vectors)[:, : model.codes.levels]
-    model.add_items(vectors, titles, codes)
-    rows = rank(model, titles, encoder.encode(titles, "query"), k=10)
-    assert rows[0][0] == catalogue.item_ids.size and rows[1][0] == catalogue.item_ids.size + 1
+    items = model_catalogue(
+        model,
+        catalogue.item_ids,
+        sids.item_codes(catalogue.item_ids),
+        sids.layout.level_sizes,
+        catalogue.titles,
+    ).snapshot
+    assert len(items.level_sizes) == model.codes.levels + 1  # one SID level below the decoded ones
+    texts, vectors = ["grey cotton jacket", "black sofa"], catalogue.item_vectors[:2]
+    unbounded = rank(model, texts, vectors, 400, items=items)
+    own_items = model_catalogue(model, item_ids=catalogue.item_ids).snapshot  # decoded levels only
+    assert unbounded == rank(model, texts, vectors, 400, items=own_items)  # under the budget: the same
+    bounded = rank(model, texts, vectors, 400, SearchConfig(beams=(8,), max_items=40), items=items)
+    largest = int(np.diff(items.segments[0].levels[1].bounds).max())
+    for wide, narrow in zip(unbounded, bounded, strict=True):
+        assert 0 < len(narrow) < len(wide) and len(narrow) <= max(40, largest)
 
 
 def test_save_and_load_give_the_same_searches(tmp_path, catalogue):

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
+from onesearch_ray.catalogue.lexical import LexicalIndex
 from onesearch_ray.generator.codes import CodeTree
 from onesearch_ray.generator.config import GeneratorConfig, SearchConfig
-from onesearch_ray.generator.lexical import LexicalIndex
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.prompts import build_prompts
 from onesearch_ray.generator.search import search

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from onesearch_ray.catalogue import Snapshot
 from onesearch_ray.data import Track, load_track
 from onesearch_ray.eval.tracks import DenseInputs, run_next_item_baselines, run_search_baselines
 from onesearch_ray.generator.catalogue import load_catalogue
@@ -76,20 +77,21 @@ def evaluate(
     data: str | Path,
     track_kind: str,
     config: EvalConfig,
-    live: tuple[CodeItemGenerator, Sequence[int]] | None = None,
+    live: tuple[CodeItemGenerator, Sequence[int], Snapshot] | None = None,
 ) -> dict[str, dict]:
     """The run's served generator (``runs.served_model_dir``, or ``config.model_dir``; torch engine) on
     a track's split, beside the baselines.
 
-    ``live``: that generator as served, with its item ids, when items joined its catalogue after
-    training (a cold-start hold-out added live); by default it is loaded as saved."""
+    ``live``: that generator as served (its item ids, the live catalogue's snapshot it searches) when
+    items joined the catalogue after training (a cold-start hold-out added live); by default it is
+    loaded as saved and searches its own items."""
     if track_kind not in ("search", "next_item"):
         raise ValueError(f"unknown track kind {track_kind!r} (expected search or next_item)")
     run, track = Path(run), load_track(data)
     model_dir = Path(config.model_dir) if config.model_dir else served_model_dir(run)
     if not is_generator_dir(model_dir):
         raise FileNotFoundError(f"{model_dir}: not a trained generator (weights.safetensors, codes.npz)")
-    model, item_ids = live or load_generator(model_dir)
+    model, item_ids, items = live or (*load_generator(model_dir), None)
     catalogue = dataclasses.replace(load_catalogue(run, track), item_ids=np.asarray(item_ids))
     beam = {"beam": model.config.search.beams[-1]}
     if track_kind == "next_item":
@@ -98,12 +100,12 @@ def evaluate(
             rows = np.flatnonzero(np.asarray(track.sequences["split"].to_pylist()) == config.split)[
                 : config.limit
             ]
-        metrics = next_item_split(model, catalogue, track, config.split, config.k, rows=rows)
+        metrics = next_item_split(model, catalogue, track, config.split, config.k, rows=rows, items=items)
         results = {"model": metrics | beam}
         if config.baselines:
             results.update(next_item_baselines(run, track, config))
         return results
-    metrics = search_split(model, catalogue, track, config.split, config.k, limit=config.limit)
+    metrics = search_split(model, catalogue, track, config.split, config.k, limit=config.limit, items=items)
     results = {"model": metrics | beam}
     if config.baselines:
         kept_ids = (

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from onesearch_ray.catalogue.lexical import LexicalIndex
 from onesearch_ray.data import Track
 from onesearch_ray.generator.codes import CodeTree
 from onesearch_ray.generator.config import GeneratorConfig
-from onesearch_ray.generator.lexical import LexicalIndex
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.prompts import normalise
 from onesearch_ray.khqe import SemanticIdTokenizer

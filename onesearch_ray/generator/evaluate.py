@@ -7,11 +7,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from onesearch_ray.catalogue import Snapshot
 from onesearch_ray.data import Track
 from onesearch_ray.eval.metrics import next_item_metrics, relevant_items, search_metrics
 from onesearch_ray.eval.tracks import search_eval_inputs
 from onesearch_ray.generator.catalogue import Catalogue
 from onesearch_ray.generator.config import SearchConfig
+from onesearch_ray.generator.items import model_catalogue
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.prompts import build_prompts
 from onesearch_ray.generator.search import Decoder, search
@@ -27,13 +29,16 @@ def rank(
     config: SearchConfig | None = None,
     histories: Sequence[Sequence[int]] | None = None,
     decoder: Decoder | None = None,
+    items: Snapshot | None = None,
 ) -> list[list[int]]:
-    """The top-``k`` catalogue rows of each search, in batches (``decoder``: the torch engine if None)."""
+    """The top-``k`` items of each search, in batches: ids of ``items`` (the catalogue snapshot searched;
+    default: the model's own rows). ``histories``: model rows; ``decoder``: the torch engine if None."""
+    items = items or model_catalogue(model).snapshot
     out: list[list[int]] = []
     for start in range(0, len(texts), BATCH):
         end = start + BATCH
         prompts = build_prompts(
-            model.lexical,
+            items,
             model.config.hash_buckets,
             texts[start:end],
             query_vectors[start:end],
@@ -41,7 +46,8 @@ def rank(
             None if histories is None else histories[start:end],
             model.config.history,
         )
-        out.extend([row for row, _ in ranking] for ranking in search(model, prompts, k, config, decoder))
+        rankings = search(model, prompts, k, config, decoder, items)
+        out.extend([item for item, _ in ranking] for ranking in rankings)
     return out
 
 
@@ -70,14 +76,17 @@ def search_split(
     config: SearchConfig | None = None,
     limit: int = 0,
     decoder: Decoder | None = None,
+    items: Snapshot | None = None,
 ) -> dict:
     """Metrics of ``split``'s queries that have a relevant item (the first ``limit`` when set),
-    plus ``ms_per_query`` (prompt building and search, query vectors cached)."""
+    plus ``ms_per_query`` (prompt building and search, query vectors cached). ``items``: the
+    catalogue searched (default: the model's items, under ``catalogue``'s ids)."""
     query_ids, texts, vectors, judgments = judged_split(catalogue, track, split, limit)
+    items = items or model_catalogue(model, item_ids=catalogue.item_ids).snapshot
     started = time.perf_counter()
-    rows = rank(model, texts, vectors, k, config, decoder=decoder)
+    ranked = rank(model, texts, vectors, k, config, decoder=decoder, items=items)
     elapsed = time.perf_counter() - started
-    rankings = {qid: catalogue.item_ids[r].tolist() for qid, r in zip(query_ids, rows, strict=True)}
+    rankings = dict(zip(query_ids, ranked, strict=True))
     return search_metrics(rankings, judgments) | {"ms_per_query": 1000 * elapsed / len(query_ids)}
 
 
@@ -89,6 +98,7 @@ def next_item_split(
     k: int = 350,
     rows: Sequence[int] | None = None,
     decoder: Decoder | None = None,
+    items: Snapshot | None = None,
 ) -> dict:
     """Next-item metrics of ``split``'s sequence rows (or of the rows at positions ``rows``): each row
     is a search without query text, its history as the behaviour views; plus ``ms_per_query``."""
@@ -104,9 +114,11 @@ def next_item_split(
         [row_of_item[i] for i in h if i in row_of_item] for h in table["history_item_ids"].to_pylist()
     ]
     empty = np.zeros((len(histories), catalogue.item_vectors.shape[1]), dtype=np.float32)
+    items = items or model_catalogue(model, item_ids=catalogue.item_ids).snapshot
     started = time.perf_counter()
-    ranked = rank(model, [""] * len(histories), empty, max(k, 10), histories=histories, decoder=decoder)
+    rankings = rank(
+        model, [""] * len(histories), empty, max(k, 10), histories=histories, decoder=decoder, items=items
+    )
     elapsed = time.perf_counter() - started
-    rankings = [catalogue.item_ids[r].tolist() for r in ranked]
     metrics = next_item_metrics(rankings, table["item_id"].to_pylist())
     return metrics | {"ms_per_query": 1000 * elapsed / len(rankings)}

@@ -11,7 +11,8 @@ untrained model already searches (code scores are ``<query, residual centroid>``
   where ``v_i`` is the item's own text vector and ``w`` the model's term weights (IDF at start).
 
 A new item needs nothing trained: its row is its text vector (offset and bias 0) and its title's
-terms, its codes come from the frozen codebooks.
+terms, its codes come from the frozen codebooks; it joins the live catalogue the item step reads
+(``generator.items``, ``onesearch_ray.catalogue``), not the model.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import torch
 from torch import nn
 from transformers import Qwen3Config, Qwen3Model
 
+from onesearch_ray.catalogue.lexical import LexicalIndex
 from onesearch_ray.generator.codes import CodeTree
 from onesearch_ray.generator.config import GeneratorConfig
-from onesearch_ray.generator.lexical import LexicalIndex
 
 
 @dataclass
@@ -155,11 +156,6 @@ class CodeItemGenerator(nn.Module):
         scores = torch.sparse.mm(self._saturation(), (indicator * self.term_weight).T).T
         return self.log_lexical_scale.exp() * scores
 
-    def lexical_scores(self, terms: np.ndarray) -> np.ndarray:
-        """(items,) one search's lexical logits over the catalogue, without autograd (serving)."""
-        weights = self.term_weight.detach().numpy()
-        return float(self.log_lexical_scale.exp()) * self.lexical.scores(terms, weights)
-
     def _saturation(self) -> torch.Tensor:
         cached = getattr(self, "_saturation_tensor", None)
         if cached is None or cached.shape[0] != self.lexical.n_items:
@@ -169,25 +165,6 @@ class CodeItemGenerator(nn.Module):
             cached = torch.sparse_coo_tensor(indices, values, coo.shape, check_invariants=False).coalesce()
             self._saturation_tensor = cached
         return cached
-
-    # --- cold start ----------------------------------------------------------------------------
-
-    def add_items(self, vectors: np.ndarray, titles: list[str], codes: np.ndarray) -> None:
-        """Make new items searchable at once: their own vectors and terms, codes from frozen codebooks."""
-        vectors = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
-        if vectors.shape[1] != self.item_vectors.shape[1] or not len(vectors) == len(titles) == len(codes):
-            raise ValueError(
-                "add_items: one vector of the model's dimension, one title and one code row per item"
-            )
-        old_terms = self.lexical.n_terms
-        self.lexical.add_titles(titles)
-        self.codes.add_items(codes)
-        with torch.no_grad():
-            self.item_vectors = torch.cat([self.item_vectors, vectors])
-            self.item_offset = nn.Parameter(torch.cat([self.item_offset, torch.zeros_like(vectors)]))
-            self.item_bias = nn.Parameter(torch.cat([self.item_bias, torch.zeros(len(vectors))]))
-            new_idf = torch.as_tensor(self.lexical.idf()[old_terms:])
-            self.term_weight = nn.Parameter(torch.cat([self.term_weight, new_idf]))
 
 
 def _zero_linear(n_in: int, n_out: int) -> nn.Linear:

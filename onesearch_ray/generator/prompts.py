@@ -9,12 +9,20 @@ simply has no history rows, and the behaviour slots then hold the model's "absen
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from onesearch_ray.generator.lexical import LexicalIndex, hashed_terms, tokenize
+from onesearch_ray.catalogue.lexical import hashed_terms, tokenize
 from onesearch_ray.generator.model import PromptBatch
+
+
+class Vocabulary(Protocol):
+    """What maps query texts to term ids: the model's ``LexicalIndex`` or a live catalogue snapshot."""
+
+    def query_terms(self, texts: Sequence[str]) -> list[np.ndarray]: ...
+
 
 HISTORY_QUERY_WINDOW = 3
 MAX_QUERY_CHARS = 1000  # a longer "query" is cut here before tokenising (huge inputs stay cheap)
@@ -27,7 +35,7 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
 
 
 def build_prompts(
-    lexical: LexicalIndex,
+    lexical: Vocabulary,
     hash_buckets: int,
     query_texts: Sequence[str],
     query_vectors: np.ndarray,

@@ -2,10 +2,14 @@
 
 For each search: the decoder reads the prompt once; at each code level the trie-allowed codes of
 every kept prefix are scored (log-probabilities summed along the prefix), each candidate prefix is
-*planned* with the best lexical score of an item under it (``SearchConfig.plan_weight``, PAG), and
-the best ``beams[level]`` prefixes are kept. The item step then scores every item under the kept
-prefixes in one matrix product (dense + lexical + bias), adds ``code_weight`` times the item's
-prefix log-probability (BeamFusion), and returns the top ``k`` catalogue rows with their scores.
+*planned* with a bound on the best lexical score of an item under it (``SearchConfig.plan_weight``,
+PAG; the catalogue's block-max per group, no item read), and the best ``beams[level]`` prefixes
+are kept. When they hold more than ``max_items`` items, deeper SID levels of the catalogue's index
+are planned the same way by the untrained code geometry until the kept items fit (``_refine``).
+The item step then scores only the items under the kept prefixes, read as contiguous slices of the
+catalogue's snapshot (dense + lexical postings + bias), adds ``code_weight`` times the item's prefix
+log-probability (BeamFusion), and returns the top ``k`` items with their scores. The cost of a
+search is set by what the codes keep, not by the catalogue's size.
 
 The decoder itself runs in a :class:`Decoder`: :class:`TorchDecoder` (the reference, the model's own
 forward) or ``generator.vllm_decoder.VLLMDecoder`` (vLLM with prompt embeddings); everything else
@@ -19,10 +23,12 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from onesearch_ray.catalogue import Snapshot
 from onesearch_ray.generator.config import SearchConfig
+from onesearch_ray.generator.items import model_catalogue
 from onesearch_ray.generator.model import CodeItemGenerator, PromptBatch
 
-Ranking = list[tuple[int, float]]  # (catalogue row, score), best first
+Ranking = list[tuple[int, float]]  # (item id, or model row, and score), best first
 
 
 class Decoder(Protocol):
@@ -50,38 +56,48 @@ def search(
     k: int,
     config: SearchConfig | None = None,
     decoder: Decoder | None = None,
+    catalogue: Snapshot | None = None,
 ) -> list[Ranking]:
-    """Top-``k`` catalogue rows per search (fewer when the kept prefixes hold fewer items)."""
+    """Top-``k`` items per search (fewer when the kept prefixes hold fewer items): catalogue item ids
+    with their scores; without ``catalogue`` the model's own rows (a training-time search)."""
     config = config or model.config.search
     config.validate(model.codes.levels)
     model.eval()
     decoder = decoder or TorchDecoder(model)
+    catalogue = catalogue or model_catalogue(model).snapshot
     queries = prompts.query_vectors
     prompt = model.prompt_embeddings(prompts)
     code_part, correction = decoder.last_outputs(prompt, 0)
-    # the dense part for the whole batch and catalogue in one product: far cheaper than one
-    # gather of the kept items' rows per search (64 ms -> ~1 ms a query on Home Depot)
-    dense = model.dense_logits(queries + correction).numpy()
+    item_queries = (model.log_dense_scale.exp() * (queries + correction)).numpy()
     first_logits = model.code_query_logits(0, queries) + code_part
+    code_scale = float(model.log_code_scale.exp())
     trie = _trie(model)
     out = []
     for b in range(len(prompts)):
-        lexical = model.lexical_scores(prompts.lexical_terms[b])
+        terms = prompts.lexical_terms[b]
         prefixes, log_probs = _plan(
-            model, decoder, trie, config, prompt[b : b + 1], queries[b], first_logits[b], lexical
+            model, decoder, trie, config, prompt[b : b + 1], queries[b], first_logits[b], catalogue, terms
         )
-        groups = model.codes.groups(model.codes.levels - 1)
-        kept = groups.index_of(trie.prefix_keys(prefixes))
-        rows, position = groups.rows_of(kept)
-        scores = dense[b, rows]
-        scores = scores + lexical[rows] + config.code_weight * log_probs[position]
-        top = _top(scores, k)
-        out.append(list(zip(rows[top].tolist(), scores[top].astype(float).tolist(), strict=True)))
+        level, keys, log_probs = _refine(
+            catalogue,
+            config,
+            model.codes.levels - 1,
+            trie.prefix_keys(prefixes),
+            log_probs,
+            code_scale * queries[b].numpy(),
+            terms,
+        )
+        ids, scores = catalogue.top_items(
+            level, keys, config.code_weight * log_probs, item_queries[b], terms, k
+        )
+        out.append(list(zip(ids.tolist(), scores.astype(float).tolist(), strict=True)))
     return out
 
 
-def _plan(model, decoder: Decoder, trie, config: SearchConfig, prompt, query_vector, first_logits, lexical):
-    """The kept prefixes (n, levels) and their code log-probabilities after the last level."""
+def _plan(
+    model, decoder: Decoder, trie, config: SearchConfig, prompt, query_vector, first_logits, catalogue, terms
+):
+    """The kept prefixes (n, levels) and their code log-probabilities after the last decoded level."""
     prefixes = np.zeros((1, 0), dtype=np.int64)
     log_probs = np.zeros(1, dtype=np.float32)
     for level in range(model.codes.levels):
@@ -96,24 +112,56 @@ def _plan(model, decoder: Decoder, trie, config: SearchConfig, prompt, query_vec
         total = log_probs[:, None] + step
         parent, code = np.nonzero(np.isfinite(total))
         candidates = np.hstack([prefixes[parent], code[:, None]])
-        groups = model.codes.groups(level)
-        best_lexical = groups.group_max(lexical)[groups.index_of(trie.prefix_keys(candidates))]
-        planned = total[parent, code] + config.plan_weight * best_lexical
+        bound = catalogue.lexical_bound(level, trie.prefix_keys(candidates), terms)
+        planned = total[parent, code] + config.plan_weight * np.maximum(bound, _ABSENT)
         keep = np.argsort(-planned, kind="stable")[: config.beams[level]]
         prefixes, log_probs = candidates[keep], total[parent[keep], code[keep]]
     return prefixes, log_probs
 
 
-def _top(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` best scores, best first (a partition, then a sort of those k only)."""
-    best = np.argpartition(-scores, k)[:k] if len(scores) > k else np.arange(len(scores))
-    return best[np.argsort(-scores[best], kind="stable")]
+def _refine(
+    catalogue: Snapshot,
+    config: SearchConfig,
+    level: int,
+    keys: np.ndarray,
+    log_probs: np.ndarray,
+    scaled_query: np.ndarray,
+    terms: np.ndarray,
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """While the kept prefixes hold more than ``config.max_items`` items and the catalogue is indexed
+    deeper: score each kept prefix's children by the untrained code head (``code_scale * <q,
+    residual centroid>``, normalised within the parent) plus the planning bound, and keep the best
+    children that fit the budget (at least one). Returns the level, keys and log-probabilities kept."""
+    while (
+        level + 1 < len(catalogue.level_sizes) and catalogue.group_sizes(level, keys).sum() > config.max_items
+    ):
+        order = np.argsort(keys)
+        keys, log_probs = keys[order], log_probs[order]
+        size = catalogue.level_sizes[level + 1]
+        children = catalogue.children(level, keys)
+        parent = np.searchsorted(keys, children // size)
+        logits = catalogue.centroids[level + 1][children % size] @ scaled_query
+        firsts = np.flatnonzero(np.r_[True, parent[1:] != parent[:-1]])
+        norm = np.logaddexp.reduceat(logits.astype(np.float64), firsts)
+        total = log_probs[parent] + logits - np.repeat(norm, np.diff(np.r_[firsts, len(parent)]))
+        bound = catalogue.lexical_bound(level + 1, children, terms)
+        planned = total + config.plan_weight * np.maximum(bound, _ABSENT)
+        ranked = np.argsort(-planned, kind="stable")
+        fits = np.searchsorted(
+            np.cumsum(catalogue.group_sizes(level + 1, children[ranked])), config.max_items, "right"
+        )
+        keep = ranked[: max(1, int(fits))]
+        level, keys, log_probs = level + 1, children[keep], total[keep].astype(np.float32)
+    return level, keys, log_probs
+
+
+_ABSENT = -1e6  # the bound of a prefix no item holds: never planned ahead of one that has items
 
 
 def _trie(model: CodeItemGenerator):
-    """The model's code trie, rebuilt when items were added."""
+    """The model's code trie: the prefixes it can generate (items added later join existing SIDs,
+    so it never changes after training)."""
     cached = getattr(model, "_trie_cache", None)
-    if cached is None or cached[0] != len(model.codes.item_codes):
-        cached = (len(model.codes.item_codes), model.codes.trie())
-        model._trie_cache = cached
-    return cached[1]
+    if cached is None:
+        cached = model._trie_cache = model.codes.trie()
+    return cached

@@ -17,9 +17,9 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from onesearch_ray.catalogue.lexical import LexicalIndex
 from onesearch_ray.generator.codes import CodeTree
 from onesearch_ray.generator.config import GeneratorConfig
-from onesearch_ray.generator.lexical import LexicalIndex
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.io import atomic_dir, read_json, write_json
 

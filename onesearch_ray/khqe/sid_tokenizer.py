@@ -21,6 +21,7 @@ a free tail) would be one the model never generates. Saved without pickle: JSON 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import string
 from collections.abc import Sequence
@@ -185,6 +186,15 @@ class SemanticIdTokenizer:
         keep = ~np.isin(self._table.item_ids, np.asarray(item_ids, np.int64))
         self._table = SidTable(self._table.item_ids[keep], self._table.codes[keep], self._table.errors[keep])
         self._rebuild_index()
+
+    @property
+    def codebooks_digest(self) -> str:
+        """SHA-256 of the frozen codebooks: codes made under other codebooks do not mean the same."""
+        digest = hashlib.sha256()
+        for name, array in sorted(self.quantizer.to_arrays().items()):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
 
     # ---- SID <-> tokens <-> items ---------------------------------------------------------
     @property

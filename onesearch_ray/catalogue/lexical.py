@@ -1,12 +1,12 @@
-"""The generator's lexical view: the catalogue's term statistics, owned by the model.
+"""The catalogue's lexical view: BM25's term statistics of the trained catalogue.
 
 ``LexicalIndex`` holds what BM25 needs (a term vocabulary, each item's saturated term frequencies
-as one sparse items x terms matrix, the terms' IDF) so that the generator scores the lexical match
-of a query and every item in one sparse product: ``score(q, i) = sum_t weight_t * sat(i, t)`` over
-the query's terms, with ``weight`` the model's own learned term weights (initialised at the IDF, so
-the untrained term IS Lucene BM25). Tokenisation is BM25's (bm25s: lower case, English stopwords,
-Snowball stemmer). New items (cold start) extend the matrix with the frozen length statistics; a
-term no item had before joins the vocabulary with the IDF it has at that moment.
+as one sparse items x terms matrix, the terms' IDF). The generator owns one and scores
+``score(q, i) = sum_t weight_t * sat(i, t)`` over the query's terms, with ``weight`` its own learned
+term weights (initialised at the IDF, so the untrained term IS Lucene BM25): in training as one
+sparse product over the catalogue, in search from the live catalogue's postings of the query's
+terms (``catalogue.segment``). Tokenisation is BM25's (bm25s: lower case, English stopwords,
+Snowball stemmer). Items added live keep these length statistics (``catalogue.live``).
 """
 
 from __future__ import annotations
@@ -87,9 +87,6 @@ class LexicalIndex:
         self.document_frequency = np.bincount(self.saturation.indices, minlength=width).astype(np.float64)
         self.n_items += len(tokens)
 
-    def add_titles(self, titles: Sequence[str]) -> None:
-        self.add_documents(tokenize(titles))
-
     @property
     def n_terms(self) -> int:
         return len(self.vocabulary)
@@ -105,19 +102,6 @@ class LexicalIndex:
             np.unique([self.vocabulary[t] for t in doc if t in self.vocabulary]).astype(np.int64)
             for doc in tokenize(texts)
         ]
-
-    def scores(self, term_ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """(items,) lexical score of one query over the whole catalogue (weights: per term)."""
-        if len(term_ids) == 0:
-            return np.zeros(self.n_items, dtype=np.float32)
-        return np.asarray(self._by_term()[:, term_ids] @ weights[term_ids], dtype=np.float32).ravel()
-
-    def _by_term(self) -> sp.csc_matrix:
-        """The matrix stored by term: a query reads a few columns, which CSR slices ~50x slower."""
-        cached = self.__dict__.get("_csc")
-        if cached is None or cached.shape != self.saturation.shape:
-            cached = self.__dict__["_csc"] = self.saturation.tocsc()
-        return cached
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         terms = sorted(self.vocabulary, key=self.vocabulary.__getitem__)

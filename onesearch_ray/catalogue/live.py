@@ -1,0 +1,236 @@
+"""The live catalogue: segments a search reads as one snapshot, adds that cost what they add.
+
+A :class:`Snapshot` is immutable: the segments, the term weights and the vocabulary size at the
+moment it was published. A search takes ``catalogue.snapshot`` once and reads only that, so it never
+sees a half-added batch. ``add`` builds a segment of the new items alone (cost in proportion to them),
+then publishes a new snapshot; small segments merge as they pile up (the newest two while the older
+is at most twice the newer: log-many segments, each item re-sorted log-many times). The base segment
+(the trained catalogue) is never merged into.
+
+Lexical terms: the vocabulary only grows; a term first seen in an added title gets its IDF at that
+moment as its weight (known terms keep the model's learned weights), the length statistics stay the
+base's, as in ``generator.lexical.LexicalIndex``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import scipy.sparse as sp
+
+from onesearch_ray.catalogue.lexical import LexicalIndex, tokenize
+from onesearch_ray.catalogue.segment import Segment, build_segment, merge_segments
+
+
+@dataclass(frozen=True)
+class NewItems:
+    """Items added live: ids, titles, raw text vectors and full KHQE SIDs (codes)."""
+
+    item_ids: np.ndarray
+    titles: list[str]
+    vectors: np.ndarray
+    codes: np.ndarray
+
+    def __post_init__(self) -> None:
+        if not len(self.item_ids) == len(self.titles) == len(self.vectors) == len(self.codes):
+            raise ValueError("new items: one title, vector and code row per item id")
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    segments: tuple[Segment, ...]
+    term_weights: np.ndarray  # (terms,) lexical weight of each term (scales folded in)
+    vocabulary: dict[str, int]  # shared and append-only: ids >= len(term_weights) are ignored here
+    version: int
+    centroids: tuple[np.ndarray, ...] = ()  # per index level: (level size, dim) residual centroids
+
+    @property
+    def n_items(self) -> int:
+        return sum(len(s) for s in self.segments)
+
+    @property
+    def level_sizes(self) -> tuple[int, ...]:
+        return self.segments[0].level_sizes
+
+    def query_terms(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Each text's known term ids (each once), as ``LexicalIndex.query_terms``."""
+        known = len(self.term_weights)
+        out = []
+        for doc in tokenize(texts):
+            ids = [self.vocabulary.get(t, known) for t in doc]
+            out.append(np.unique([i for i in ids if i < known]).astype(np.int64))
+        return out
+
+    def group_sizes(self, level: int, keys: np.ndarray) -> np.ndarray:
+        return sum(s.group_sizes(level, keys) for s in self.segments)
+
+    def lexical_bound(self, level: int, keys: np.ndarray, terms: np.ndarray) -> np.ndarray:
+        """Per key, the best lexical score any item under it can have (block-max bound)."""
+        weights = self.term_weights[terms]
+        return np.max([s.lexical_bound(level, keys, terms, weights) for s in self.segments], axis=0)
+
+    def children(self, level: int, parents: np.ndarray) -> np.ndarray:
+        """The keys at ``level + 1`` under ``parents`` that hold an item, sorted."""
+        return np.unique(np.concatenate([s.children(level, parents) for s in self.segments]))
+
+    def top_items(
+        self, level: int, keys: np.ndarray, bonus: np.ndarray, query: np.ndarray, terms: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best (item ids, scores) under ``keys`` at index level ``level``, best first."""
+        weights = self.term_weights[terms]
+        ids, scores = [], []
+        for segment in self.segments:
+            rows, segment_scores = segment.candidates(level, keys, bonus, query, terms, weights)
+            ids.append(segment.item_ids[rows])
+            scores.append(segment_scores)
+        all_ids, all_scores = np.concatenate(ids), np.concatenate(scores)
+        best = _top(all_scores, k)
+        return all_ids[best], all_scores[best]
+
+    def locate(self, item_ids: Sequence[int]) -> list[tuple[Segment, int] | None]:
+        """For each id: (its segment, its row), or None when the catalogue does not hold it."""
+        wanted = np.asarray(item_ids, dtype=np.int64)
+        found: list[tuple[Segment, int] | None] = [None] * len(wanted)
+        for segment in self.segments:
+            rows, present = segment.rows_of(wanted)
+            for slot in np.flatnonzero(present).tolist():
+                found[slot] = (segment, int(rows[slot]))
+        return found
+
+    def has(self, item_id: int) -> bool:
+        return self.locate([item_id])[0] is not None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self.segments) + self.term_weights.nbytes
+
+
+class LiveCatalogue:
+    """The searchable catalogue: a trained base segment plus the items added since, one snapshot at a
+    time. ``lexical`` supplies the base's vocabulary and length statistics (never mutated here)."""
+
+    def __init__(
+        self,
+        base: Segment,
+        lexical: LexicalIndex,
+        term_weights: np.ndarray,
+        lexical_scale: float = 1.0,
+        vector_dtype: str = "float32",
+        centroids: tuple[np.ndarray, ...] = (),
+    ) -> None:
+        """``term_weights``: the model's weight of each of ``lexical``'s terms; ``lexical_scale`` multiplies
+        every lexical score; ``vector_dtype`` stores added items' dense rows (float16 halves them);
+        ``centroids``: each index level's residual centroids (the geometry that plans deeper levels)."""
+        if len(term_weights) != lexical.n_terms:
+            raise ValueError(f"{len(term_weights)} term weights for a vocabulary of {lexical.n_terms}")
+        self.lexical_stats = (lexical.average_length, lexical.k1, lexical.b)
+        self.vector_dtype = np.dtype(vector_dtype)
+        self._lock = threading.Lock()
+        self._document_frequency = lexical.document_frequency.astype(np.float64)
+        self._weights = np.asarray(term_weights, np.float32)  # unscaled: learned, then IDFs of new terms
+        self._learned_terms = len(term_weights)
+        self._scale = float(lexical_scale)
+        self._snapshot = Snapshot(
+            (base,), self._weights * self._scale, dict(lexical.vocabulary), 0, tuple(centroids)
+        )
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    @property
+    def learned_weights(self) -> np.ndarray:
+        """The base's own term weights (unscaled), as given: what ``rebase`` replaces."""
+        return self._weights[: self._learned_terms]
+
+    @property
+    def lexical_scale(self) -> float:
+        return self._scale
+
+    def add(self, items: NewItems) -> Snapshot:
+        """Make ``items`` searchable (they score by their own vectors and title terms, bias 0)."""
+        if len(items.item_ids) == 0:
+            return self._snapshot
+        with self._lock:
+            current = self._snapshot
+            taken = [
+                i for i, where in zip(items.item_ids, current.locate(items.item_ids), strict=True) if where
+            ]
+            if taken:
+                raise ValueError(f"items {taken[:5]} are already in the catalogue")
+            saturation, frequency, weights = self._lexical_rows(current, items.titles)
+            segment = build_segment(
+                items.item_ids,
+                np.asarray(items.vectors, dtype=self.vector_dtype),
+                np.zeros(len(items.item_ids), np.float32),
+                items.codes,
+                items.titles,
+                saturation,
+                current.level_sizes,
+            )
+            segments = _merged([*current.segments, segment])
+            self._document_frequency, self._weights = frequency, weights  # only once all is built
+            self._snapshot = replace(
+                current, segments=segments, term_weights=weights * self._scale, version=current.version + 1
+            )
+            return self._snapshot
+
+    def rebase(self, base: Segment, term_weights: np.ndarray, lexical_scale: float) -> Snapshot:
+        """Serve the same added items over another base: a swapped-in model of the same run (same
+        items, vocabulary and SIDs; its own trained rows, term weights and scale)."""
+        if len(term_weights) != self._learned_terms or len(base) != len(self._snapshot.segments[0]):
+            raise ValueError("rebase: the new base must hold the same items and terms as the old one")
+        with self._lock:
+            current = self._snapshot
+            self._weights = self._weights.copy()
+            self._weights[: self._learned_terms] = term_weights
+            self._scale = float(lexical_scale)
+            self._snapshot = replace(
+                current,
+                segments=(base, *current.segments[1:]),
+                term_weights=self._weights * self._scale,
+                version=current.version + 1,
+            )
+            return self._snapshot
+
+    def _lexical_rows(
+        self, current: Snapshot, titles: Sequence[str]
+    ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+        """The new titles' saturation rows, the document frequencies with them, and the term weights
+        with each term none had before at its IDF (new ids join the shared vocabulary at once: a
+        reader ignores ids its snapshot has no weight for)."""
+        average_length, k1, b = self.lexical_stats
+        vocabulary = current.vocabulary
+        rows, cols, values = [], [], []
+        for row, doc in enumerate(tokenize(titles)):
+            terms, counts = np.unique(
+                [vocabulary.setdefault(t, len(vocabulary)) for t in doc], return_counts=True
+            )
+            norm = k1 * (1 - b + b * len(doc) / average_length)
+            rows += [row] * len(terms)
+            cols += terms.tolist()
+            values += (counts / (counts + norm)).tolist()
+        width = len(vocabulary)
+        saturation = sp.csr_matrix((values, (rows, cols)), shape=(len(titles), width), dtype=np.float32)
+        frequency = np.zeros(width)
+        frequency[: len(self._document_frequency)] = self._document_frequency
+        frequency += np.bincount(saturation.indices, minlength=width)
+        new = frequency[len(self._weights) :]
+        idf = np.log1p((current.n_items + len(titles) - new + 0.5) / (new + 0.5)).astype(np.float32)
+        return saturation, frequency, np.concatenate([self._weights, idf])
+
+
+def _merged(segments: list[Segment]) -> tuple[Segment, ...]:
+    """Merge the newest two added segments while the older is at most twice the newer."""
+    while len(segments) > 2 and len(segments[-2]) <= 2 * len(segments[-1]):
+        segments[-2:] = [merge_segments(segments[-2:])]
+    return tuple(segments)
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` best scores, best first (a partition, then a sort of those k only)."""
+    best = np.argpartition(-scores, k)[:k] if len(scores) > k else np.arange(len(scores))
+    return best[np.argsort(-scores[best], kind="stable")]

@@ -1,0 +1,248 @@
+"""A segment: an immutable block of catalogue items, stored grouped by code prefix.
+
+Rows are sorted by the items' prefix key over the index levels, so the items under any prefix are
+one contiguous slice at every level (faiss's inverted lists are the same structure): the item step
+reads the kept prefixes' slices and nothing else. Per row a segment holds the item id, its dense row
+(text vector plus any trained offset) and bias, its full SID and title; its lexical saturations by
+term (postings, CSC: a query reads its own terms' columns only); and per level the largest
+saturation of each term in each group (block-max), the bound planning uses without reading items.
+
+Scores are model-agnostic: ``<query, row> + bias + sum_t weight_t * sat(row, t) + bonus(prefix)``,
+with the model's scales already folded into ``query`` and ``weight``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+MAX_KEY_SPACE = 1 << 40  # prefix keys are int64; planning allocates per candidate, never per key
+
+
+@dataclass(frozen=True, eq=False)
+class LevelGroups:
+    """One index level: group j holds rows ``bounds[j]:bounds[j + 1]`` and has key ``keys[j]``."""
+
+    keys: np.ndarray  # (groups,) sorted unique prefix keys
+    bounds: np.ndarray  # (groups + 1,)
+    block_max: sp.csc_matrix  # (groups, terms) the largest saturation of each term in each group
+
+    def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each key: its group index and whether this segment has that group."""
+        index = np.searchsorted(self.keys, keys)
+        present = index < len(self.keys)
+        present[present] = self.keys[index[present]] == keys[present]
+        return np.where(present, index, 0), present
+
+
+@dataclass(frozen=True, eq=False)
+class Segment:
+    item_ids: np.ndarray  # (n,) int64
+    vectors: np.ndarray  # (n, dim) float32 or float16: the item step's dense rows
+    bias: np.ndarray  # (n,) float32
+    codes: np.ndarray  # (n, sid positions) int32: full SIDs (the index levels first)
+    titles: np.ndarray  # (n,) str
+    saturation: sp.csr_matrix  # (n, terms) BM25-saturated term frequencies, by row
+    postings: sp.csc_matrix  # the same by term, row indices sorted
+    levels: tuple[LevelGroups, ...]
+    level_sizes: tuple[int, ...]  # codebook size of each index level
+    id_order: np.ndarray  # argsort of item_ids (lookup by id)
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the segment's arrays (titles counted as their characters)."""
+        sparse = [self.saturation, self.postings, *(level.block_max for level in self.levels)]
+        arrays = [self.item_ids, self.vectors, self.bias, self.codes, self.id_order]
+        arrays += [a for level in self.levels for a in (level.keys, level.bounds)]
+        return (
+            sum(a.nbytes for a in arrays)
+            + sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in sparse)
+            + int(sum(len(t) for t in self.titles))
+        )
+
+    def rows_of(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each id: its row here and whether this segment holds it."""
+        position = np.searchsorted(self.item_ids, item_ids, sorter=self.id_order)
+        position = np.minimum(position, len(self.item_ids) - 1)
+        rows = self.id_order[position] if len(self.item_ids) else position
+        present = (self.item_ids[rows] == item_ids) if len(self.item_ids) else np.zeros(len(item_ids), bool)
+        return rows, present
+
+    # ---- planning: per-group facts, no item read ------------------------------------------
+    def group_sizes(self, level: int, keys: np.ndarray) -> np.ndarray:
+        groups = self.levels[level]
+        index, present = groups.find(keys)
+        return np.where(present, groups.bounds[index + 1] - groups.bounds[index], 0)
+
+    def lexical_bound(
+        self, level: int, keys: np.ndarray, terms: np.ndarray, weights: np.ndarray
+    ) -> np.ndarray:
+        """Per key, an upper bound of any of its items' lexical score (block-max); -inf where absent."""
+        groups = self.levels[level]
+        index, present = groups.find(keys)
+        usable = terms < groups.block_max.shape[1]
+        bound = np.zeros(len(groups.keys), dtype=np.float32)
+        if usable.any():
+            columns = groups.block_max[:, terms[usable]]
+            bound = np.asarray(columns @ np.maximum(weights[usable], 0), dtype=np.float32).ravel()
+        return np.where(present, bound[index], -np.inf).astype(np.float32)
+
+    def children(self, level: int, parents: np.ndarray) -> np.ndarray:
+        """The keys at ``level + 1`` present here under each parent key at ``level``."""
+        keys = self.levels[level + 1].keys
+        size = self.level_sizes[level + 1]
+        lo = np.searchsorted(keys, parents * size)
+        hi = np.searchsorted(keys, (parents + 1) * size)
+        return keys[_ranges(lo, hi)]
+
+    # ---- the item step: the kept groups' rows only ----------------------------------------
+    def candidates(
+        self,
+        level: int,
+        keys: np.ndarray,
+        bonus: np.ndarray,
+        query: np.ndarray,
+        terms: np.ndarray,
+        weights: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, scores) of every item under ``keys`` (at index level ``level``); ``bonus`` per key."""
+        groups = self.levels[level]
+        index, present = groups.find(keys)
+        starts, ends = groups.bounds[index[present]], groups.bounds[index[present] + 1]
+        bonus = bonus[present]
+        order = np.argsort(starts, kind="stable")
+        starts, ends, bonus = starts[order], ends[order], bonus[order]
+        lengths = ends - starts
+        offsets = np.cumsum(lengths) - lengths
+        scores = np.repeat(bonus.astype(np.float32), lengths)
+        for start, end, offset in _contiguous(starts, ends, offsets):
+            scores[offset : offset + end - start] += self.bias[start:end]
+            rows = self.vectors[start:end]
+            scores[offset : offset + end - start] += rows.astype(np.float32, copy=False) @ query
+        self._add_lexical(scores, starts, ends, offsets, terms, weights)
+        return _ranges(starts, ends), scores
+
+    def _add_lexical(self, scores, starts, ends, offsets, terms, weights) -> None:
+        """Adds each term's contribution from its postings inside the given row ranges."""
+        postings = self.postings
+        for term, weight in zip(terms.tolist(), weights.tolist(), strict=True):
+            if term >= postings.shape[1] or weight == 0:
+                continue
+            first, last = postings.indptr[term], postings.indptr[term + 1]
+            rows = postings.indices[first:last]
+            lo, hi = np.searchsorted(rows, starts), np.searchsorted(rows, ends)
+            which = np.repeat(np.arange(len(starts)), hi - lo)
+            hits = _ranges(lo, hi)
+            if len(hits):
+                local = rows[hits] - starts[which] + offsets[which]
+                scores[local] += weight * postings.data[first:last][hits]
+
+
+def build_segment(
+    item_ids: np.ndarray,
+    vectors: np.ndarray,
+    bias: np.ndarray,
+    codes: np.ndarray,
+    titles: Sequence[str],
+    saturation: sp.csr_matrix,
+    level_sizes: tuple[int, ...],
+) -> Segment:
+    """A segment of the given items (any order: rows are sorted here by their index-level prefix)."""
+    item_ids = np.asarray(item_ids, dtype=np.int64)
+    codes = np.asarray(codes, dtype=np.int32).reshape(len(item_ids), -1)
+    n = len(item_ids)
+    if not len(vectors) == len(bias) == len(titles) == saturation.shape[0] == n:
+        raise ValueError("segment: one vector, bias, code row, title and lexical row per item")
+    if codes.shape[1] < len(level_sizes):
+        raise ValueError(f"segment: codes of {codes.shape[1]} positions for {len(level_sizes)} index levels")
+    if float(np.prod(level_sizes, dtype=np.float64)) > MAX_KEY_SPACE:
+        raise ValueError(f"index levels {level_sizes}: too many prefixes for 64-bit keys")
+    keys = [prefix_keys(codes, level_sizes, level) for level in range(len(level_sizes))]
+    order = np.argsort(keys[-1], kind="stable")
+    saturation = sp.csr_matrix(saturation, dtype=np.float32)[order]
+    postings = saturation.tocsc()
+    postings.sort_indices()
+    levels = tuple(_level_groups(level_keys[order], saturation) for level_keys in keys)
+    sorted_ids = item_ids[order]
+    return Segment(
+        sorted_ids,
+        np.ascontiguousarray(np.asarray(vectors)[order]),
+        np.asarray(bias, dtype=np.float32)[order],
+        codes[order],
+        np.asarray(titles, dtype=np.str_)[order] if n else np.zeros(0, np.str_),
+        saturation,
+        postings,
+        levels,
+        tuple(int(s) for s in level_sizes),
+        np.argsort(sorted_ids, kind="stable"),
+    )
+
+
+def merge_segments(segments: Sequence[Segment]) -> Segment:
+    """One segment holding the items of ``segments`` (cost in proportion to their size)."""
+    width = max(s.saturation.shape[1] for s in segments)
+    return build_segment(
+        np.concatenate([s.item_ids for s in segments]),
+        np.concatenate([s.vectors for s in segments]),
+        np.concatenate([s.bias for s in segments]),
+        np.concatenate([s.codes for s in segments]),
+        np.concatenate([s.titles for s in segments]),
+        sp.vstack([_widen(s.saturation, width) for s in segments], format="csr"),
+        segments[0].level_sizes,
+    )
+
+
+def prefix_keys(codes: np.ndarray, level_sizes: Sequence[int], level: int) -> np.ndarray:
+    """(n,) the mixed-radix key of each row's prefix of ``level + 1`` codes."""
+    keys = np.zeros(len(codes), dtype=np.int64)
+    for depth in range(level + 1):
+        keys = keys * int(level_sizes[depth]) + codes[:, depth]
+    return keys
+
+
+def _level_groups(keys: np.ndarray, saturation: sp.csr_matrix) -> LevelGroups:
+    unique, starts = np.unique(keys, return_index=True)
+    bounds = np.append(starts, len(keys)).astype(np.int64)
+    coo = saturation.tocoo()
+    group_of_row = np.repeat(np.arange(len(unique)), np.diff(bounds))
+    cells = group_of_row[coo.row].astype(np.int64) * saturation.shape[1] + coo.col
+    order = np.argsort(cells, kind="stable")
+    cells, values = cells[order], coo.data[order]
+    first = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]]) if len(cells) else np.zeros(0, np.int64)
+    maxima = np.maximum.reduceat(values, first) if len(first) else values
+    block_max = sp.csc_matrix(
+        (maxima, (cells[first] // saturation.shape[1], cells[first] % saturation.shape[1])),
+        shape=(len(unique), saturation.shape[1]),
+        dtype=np.float32,
+    )
+    return LevelGroups(unique, bounds, block_max)
+
+
+def _widen(matrix: sp.csr_matrix, width: int) -> sp.csr_matrix:
+    return sp.csr_matrix((matrix.data, matrix.indices, matrix.indptr), shape=(matrix.shape[0], width))
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The concatenation of ``arange(start, end)`` for each pair, without a Python loop."""
+    lengths = np.maximum(ends - starts, 0)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return np.arange(total, dtype=np.int64) + shift
+
+
+def _contiguous(starts: np.ndarray, ends: np.ndarray, offsets: np.ndarray):
+    """Adjacent row ranges joined (fewer, longer reads): yields (start, end, offset)."""
+    if not len(starts):
+        return
+    join = np.flatnonzero(starts[1:] != ends[:-1]) + 1
+    firsts = np.r_[0, join]
+    lasts = np.r_[join, len(starts)] - 1
+    yield from zip(starts[firsts].tolist(), ends[lasts].tolist(), offsets[firsts].tolist(), strict=True)

@@ -1,0 +1,195 @@
+"""The live catalogue (onesearch_ray.catalogue): the item step over kept groups equals brute force,
+block-max bounds bound, snapshots stay whole under concurrent adds, adds cost what they add, and
+the add log keeps every acknowledged add through a torn write."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from onesearch_ray.catalogue import AddLog, LiveCatalogue, NewItems, build_segment
+from onesearch_ray.catalogue.lexical import LexicalIndex
+from onesearch_ray.catalogue.segment import prefix_keys
+
+WORDS = "drill paint hose saw blade cordless garden red blue hammer nail screw wood steel brass".split()
+LEVELS = (4, 6)  # two index levels: 4 groups, each split in up to 6
+
+
+def random_items(n: int, seed: int, first_id: int = 0, dim: int = 8):
+    rng = np.random.default_rng(seed)
+    titles = [" ".join(rng.choice(WORDS, size=rng.integers(1, 5))) for _ in range(n)]
+    vectors = rng.normal(size=(n, dim)).astype(np.float32)
+    codes = np.stack([rng.integers(0, size, n) for size in LEVELS], 1)
+    return np.arange(first_id, first_id + n), titles, vectors, codes
+
+
+def base_catalogue(n: int = 300) -> tuple[LiveCatalogue, LexicalIndex, dict]:
+    ids, titles, vectors, codes = random_items(n, seed=0)
+    lexical = LexicalIndex.build(titles)
+    bias = np.random.default_rng(1).normal(size=n).astype(np.float32)
+    segment = build_segment(ids, vectors, bias, codes, titles, lexical.saturation, LEVELS)
+    weights = lexical.idf() * np.random.default_rng(2).uniform(0.5, 1.5, lexical.n_terms).astype(np.float32)
+    catalogue = LiveCatalogue(segment, lexical, weights, lexical_scale=0.7)
+    truth = {"ids": ids, "vectors": vectors, "bias": bias, "codes": codes, "titles": titles}
+    return catalogue, lexical, truth
+
+
+def brute_force(catalogue, truth, level, keys, bonus, query, terms):
+    """Every item's score from first principles: dense + bias + scaled weights x saturation + bonus."""
+    lexical = LexicalIndex.build(truth["titles"])  # the base's length statistics, as the catalogue keeps
+    snapshot = catalogue.snapshot
+    scores = {}
+    item_keys = prefix_keys(truth["codes"], LEVELS, level)
+    for row, item in enumerate(truth["ids"]):
+        if item_keys[row] not in keys:
+            continue
+        sat = lexical.saturation[row].toarray().ravel()
+        lexical_score = sum(snapshot.term_weights[t] * sat[t] for t in terms if t < len(sat))
+        bonus_of = bonus[list(keys).index(item_keys[row])]
+        scores[int(item)] = float(
+            truth["vectors"][row] @ query + truth["bias"][row] + lexical_score + bonus_of
+        )
+    return scores
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_item_step_over_kept_groups_equals_brute_force(level):
+    catalogue, lexical, truth = base_catalogue()
+    snapshot = catalogue.snapshot
+    rng = np.random.default_rng(5)
+    all_keys = np.unique(prefix_keys(truth["codes"], LEVELS, level))
+    for query_text in ("cordless drill", "red paint hose", "steel", "zebra"):
+        keys = np.sort(rng.choice(all_keys, size=max(1, len(all_keys) // 2), replace=False))
+        bonus = rng.normal(size=len(keys)).astype(np.float32)
+        query = rng.normal(size=8).astype(np.float32)
+        terms = snapshot.query_terms([query_text])[0]
+        ids, scores = snapshot.top_items(level, keys, bonus, query, terms, k=1000)
+        expected = brute_force(catalogue, truth, level, keys, bonus, query, terms)
+        assert sorted(ids.tolist()) == sorted(expected)  # every item under the kept keys, once
+        for item, score in zip(ids.tolist(), scores.tolist(), strict=True):
+            assert score == pytest.approx(expected[item], rel=1e-4, abs=1e-4)
+        assert np.all(np.diff(scores) <= 0)
+        top3, _ = snapshot.top_items(level, keys, bonus, query, terms, k=3)
+        assert top3.tolist() == ids[:3].tolist()
+
+
+def test_block_max_bounds_every_items_lexical_score_and_is_exact_for_one_term():
+    catalogue, lexical, truth = base_catalogue()
+    snapshot = catalogue.snapshot
+    keys = np.unique(prefix_keys(truth["codes"], LEVELS, 1))
+    for text in ("drill", "cordless drill saw", "blue"):
+        terms = snapshot.query_terms([text])[0]
+        bound = snapshot.lexical_bound(1, keys, terms)
+        scores = brute_force(catalogue, truth, 1, keys, np.zeros(len(keys)), np.zeros(8), terms)
+        item_keys = prefix_keys(truth["codes"], LEVELS, 1)
+        bias = dict(zip(truth["ids"].tolist(), truth["bias"].tolist(), strict=True))
+        for j, key in enumerate(keys):
+            members = [int(i) for i, k in zip(truth["ids"], item_keys, strict=True) if k == key]
+            best = max(scores[i] - bias[i] for i in members)
+            assert bound[j] >= best - 1e-5
+            if len(terms) == 1:
+                assert bound[j] == pytest.approx(best, abs=1e-5)
+    assert snapshot.lexical_bound(1, np.array([10_000]), terms)[0] == -np.inf  # no such group
+
+
+def test_adds_publish_a_new_snapshot_and_leave_the_old_one_whole():
+    catalogue, _, _ = base_catalogue()
+    before = catalogue.snapshot
+    base = before.segments[0]
+    ids, titles, vectors, codes = random_items(7, seed=9, first_id=10_000)
+    titles[0] = "zanzibar espresso grinder"  # terms no item had
+    after = catalogue.add(NewItems(ids, titles, vectors, codes))
+    assert after.version == before.version + 1 and after.n_items == before.n_items + 7
+    assert before.n_items == 300 and not before.has(10_000) and after.has(10_000)
+    assert after.segments[0] is base  # the trained segment is never rebuilt by an add
+    terms = after.query_terms(["zanzibar"])[0]
+    assert len(terms) == 1 and not len(before.query_terms(["zanzibar"])[0])
+    assert after.term_weights[terms[0]] > 0  # a new term gets its IDF (times the lexical scale)
+    key = prefix_keys(codes[:1], LEVELS, 1)
+    found, _ = after.top_items(1, key, np.zeros(1), np.zeros(8, np.float32), terms, k=1)
+    assert found.tolist() == [10_000]
+    with pytest.raises(ValueError, match="already in the catalogue"):
+        catalogue.add(NewItems(ids[:1], titles[:1], vectors[:1], codes[:1]))
+
+
+def test_many_small_adds_merge_into_log_many_segments():
+    catalogue, _, _ = base_catalogue()
+    for batch in range(64):
+        ids, titles, vectors, codes = random_items(3, seed=100 + batch, first_id=1000 + 3 * batch)
+        catalogue.add(NewItems(ids, titles, vectors, codes))
+    snapshot = catalogue.snapshot
+    assert snapshot.n_items == 300 + 64 * 3
+    assert len(snapshot.segments) <= 1 + int(np.log2(64)) + 1
+    assert all(snapshot.has(1000 + i) for i in range(64 * 3))
+
+
+def test_searches_during_adds_always_see_whole_batches():
+    catalogue, _, _ = base_catalogue()
+    stop, failures, seen = threading.Event(), [], []
+
+    def searcher():
+        keys = np.arange(np.prod(LEVELS))
+        while not stop.is_set():
+            snapshot = catalogue.snapshot
+            try:
+                ids, _ = snapshot.top_items(
+                    1, keys, np.zeros(len(keys)), np.ones(8, np.float32), np.zeros(0, int), 10_000
+                )
+                added = int((ids >= 5000).sum())
+                if added % 10:
+                    failures.append(f"a half batch: {added} added items visible")
+                seen.append(added)
+            except Exception as err:  # noqa: BLE001 - any failure is the finding
+                failures.append(repr(err))
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for batch in range(30):
+        ids, titles, vectors, codes = random_items(10, seed=batch, first_id=5000 + 10 * batch)
+        catalogue.add(NewItems(ids, titles, vectors, codes))
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert not failures and max(seen) <= 300 and catalogue.snapshot.n_items == 600
+
+
+def test_add_log_replays_acknowledged_adds_and_drops_a_torn_tail(tmp_path):
+    path = tmp_path / "catalogue" / "added.log"
+    log = AddLog(path, "digest-a")
+    batches = [NewItems(*random_items(4, seed=s, first_id=100 * s)) for s in (1, 2)]
+    for batch in batches:
+        log.append(batch)
+    read = AddLog(path, "digest-a").read()
+    assert [b.item_ids.tolist() for b in read] == [b.item_ids.tolist() for b in batches]
+    assert read[1].titles == batches[1].titles and np.array_equal(read[1].codes, batches[1].codes)
+    np.testing.assert_array_equal(read[0].vectors, batches[0].vectors)
+
+    whole = path.stat().st_size
+    with open(path, "ab") as handle:  # a crash in the middle of the third append
+        handle.write(b"\x50\x00\x00\x00\x00\x00\x00\x00\x01\x02\x03\x04partial")
+    again = AddLog(path, "digest-a")
+    assert len(again.read()) == 2 and path.stat().st_size == whole  # cut back to whole records
+    again.append(NewItems(*random_items(2, seed=3, first_id=300)))
+    assert [len(b.item_ids) for b in AddLog(path, "digest-a").read()] == [4, 4, 2]
+
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # damage inside an early record: corruption, not a torn tail
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged record"):
+        AddLog(path, "digest-a").read()
+    with pytest.raises(ValueError, match="re-encoded"):
+        AddLog(path, "digest-b")
+
+
+def test_segment_refuses_mismatched_inputs():
+    ids, titles, vectors, codes = random_items(5, seed=0)
+    lexical = LexicalIndex.build(titles)
+    with pytest.raises(ValueError, match="one vector"):
+        build_segment(ids, vectors[:4], np.zeros(5), codes, titles, lexical.saturation, LEVELS)
+    with pytest.raises(ValueError, match="index levels"):
+        build_segment(ids, vectors, np.zeros(5), codes[:, :1], titles, lexical.saturation, LEVELS)
+    assert sp.issparse(lexical.saturation)
