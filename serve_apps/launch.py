@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import secrets
@@ -12,19 +11,10 @@ from ray import serve
 
 from onesearch_ray.io import atomic_path
 from pipelines.common import init_ray, wait_for_interrupt
-from serve_apps.search_app import TOKEN_ENV, build_app
+from serve_apps.search_app import TOKEN_ENV, build_app, is_loopback
 
 log = logging.getLogger("onesearch.serve")
 TOKEN_FILE = "serve/write_token"  # under the run: the token made for a server bound beyond loopback
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve anywhere
-        return False
 
 
 def write_token_for(run: str | Path, host: str, token: str | None = None) -> str | None:

@@ -7,7 +7,9 @@ on an impression), ``POST /items`` (live catalogue update), ``GET /items/{id}``,
 Concurrent ``/search`` requests are batched (``@serve.batch``) into one beam search call per beam width.
 
 Routes that change state (``/items``, ``/feedback``, ``POST /model``) take ``Authorization: Bearer
-TOKEN`` when the server has a write token: always when it binds beyond loopback (``launch.start``).
+TOKEN`` when the server has a write token (``launch.start`` always makes one when it binds beyond
+loopback). Without a token, the app itself refuses writes that come from beyond loopback (403),
+however it was started (``serve run`` with a config listening on 0.0.0.0 included).
 
     onesearch serve --run RUN --port 8000                 # binds 127.0.0.1 unless --host says otherwise
     serve run serve_apps/serve_config.yaml                # the same app from a Serve config file
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import os
 from pathlib import Path
@@ -62,6 +65,7 @@ def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     reasons = {
         400: "the body is not JSON text (e.g. bytes that are not UTF-8)",
         401: "no or wrong write token",
+        403: "a write from beyond loopback to a server that has no write token",
         404: "names something unknown",
         409: "conflicts with what exists",
     }
@@ -74,6 +78,15 @@ def _http_error(err: Exception) -> HTTPException:
     if isinstance(err, ConflictError):
         return HTTPException(409, str(err))
     return HTTPException(500, "internal error")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
 
 
 @api.exception_handler(RequestValidationError)
@@ -112,22 +125,31 @@ class SearchDeployment:
         api.openapi = self._openapi_document
 
     def _openapi_document(self) -> dict[str, Any]:
-        """The OpenAPI document; without a write token the bearer scheme is dropped (nothing checks it)."""
+        """The OpenAPI document of this server: with a write token, writes answer 401 without it; with
+        none, the bearer scheme is dropped (nothing checks it) and writes from beyond loopback get 403."""
         if api.openapi_schema is None:
             schema = get_openapi(
                 title=api.title, version=api.version, description=api.description, routes=api.routes
             )
             if self.write_token is None:
                 schema.get("components", {}).pop("securitySchemes", None)
-                for operations in schema["paths"].values():
-                    for operation in operations.values():
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    if self.write_token is None:
                         operation.pop("security", None)
-                        operation.get("responses", {}).pop("401", None)
+                    operation.get("responses", {}).pop("401" if self.write_token is None else "403", None)
             api.openapi_schema = schema
         return api.openapi_schema
 
-    def _authorize(self, credentials: HTTPAuthorizationCredentials | None) -> None:
+    def _authorize(self, request: Request, credentials: HTTPAuthorizationCredentials | None) -> None:
         if self.write_token is None:
+            client = request.client.host if request.client else ""
+            if not is_loopback(client):
+                raise HTTPException(
+                    403,
+                    f"writes from {client or 'an unknown host'} need a server write token: start the server "
+                    f"with write_token= or ${TOKEN_ENV} (without one it takes writes from loopback only)",
+                )
             return
         given = credentials.credentials if credentials else ""
         if not hmac.compare_digest(given.encode(), self.write_token.encode()):
@@ -158,19 +180,21 @@ class SearchDeployment:
         except NotFoundError as err:
             raise _http_error(err) from None
 
-    @api.post("/feedback", response_model=FeedbackResponse, responses=_responses(400, 401, 404))
-    async def feedback(self, body: FeedbackRequest, credentials: WriteCredentials = None) -> FeedbackResponse:
-        self._authorize(credentials)
+    @api.post("/feedback", response_model=FeedbackResponse, responses=_responses(400, 401, 403, 404))
+    async def feedback(
+        self, body: FeedbackRequest, request: Request, credentials: WriteCredentials = None
+    ) -> FeedbackResponse:
+        self._authorize(request, credentials)
         try:
             return await asyncio.to_thread(self.service.record_feedback, body)
         except NotFoundError as err:
             raise _http_error(err) from None
 
-    @api.post("/items", response_model=AddItemsResponse, responses=_responses(400, 401, 409))
+    @api.post("/items", response_model=AddItemsResponse, responses=_responses(400, 401, 403, 409))
     async def add_items(
-        self, body: AddItemsRequest, credentials: WriteCredentials = None
+        self, body: AddItemsRequest, request: Request, credentials: WriteCredentials = None
     ) -> AddItemsResponse:
-        self._authorize(credentials)
+        self._authorize(request, credentials)
         try:
             return await asyncio.to_thread(self.service.add_items, body)
         except ConflictError as err:
@@ -202,10 +226,12 @@ class SearchDeployment:
     async def models(self) -> ModelInfo:
         return ModelInfo(model=self.service.model_name, available=self.service.available_models())
 
-    @api.post("/model", response_model=ModelInfo, responses=_responses(400, 401, 404))
-    async def swap_model(self, body: ModelSwapRequest, credentials: WriteCredentials = None) -> ModelInfo:
+    @api.post("/model", response_model=ModelInfo, responses=_responses(400, 401, 403, 404))
+    async def swap_model(
+        self, body: ModelSwapRequest, request: Request, credentials: WriteCredentials = None
+    ) -> ModelInfo:
         """Serve another model of this run; searches in flight finish on the model they started with."""
-        self._authorize(credentials)
+        self._authorize(request, credentials)
         try:
             return await asyncio.to_thread(self.service.swap_model, body.model)
         except NotFoundError as err:

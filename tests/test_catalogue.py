@@ -37,6 +37,11 @@ def base_catalogue(n: int = 300) -> tuple[LiveCatalogue, LexicalIndex, dict]:
     return catalogue, lexical, truth
 
 
+def top(snapshot, level, keys, bonus, query, terms, k):
+    """One search's top items (a batch of one)."""
+    return snapshot.top_items([(level, keys, np.asarray(bonus))], np.asarray(query)[None], [terms], k)[0]
+
+
 def brute_force(catalogue, truth, level, keys, bonus, query, terms):
     """Every item's score from first principles: dense + bias + scaled weights x saturation + bonus."""
     lexical = LexicalIndex.build(truth["titles"])  # the base's length statistics, as the catalogue keeps
@@ -66,14 +71,32 @@ def test_item_step_over_kept_groups_equals_brute_force(level):
         bonus = rng.normal(size=len(keys)).astype(np.float32)
         query = rng.normal(size=8).astype(np.float32)
         terms = snapshot.query_terms([query_text])[0]
-        ids, scores = snapshot.top_items(level, keys, bonus, query, terms, k=1000)
+        ids, scores = top(snapshot, level, keys, bonus, query, terms, k=1000)
         expected = brute_force(catalogue, truth, level, keys, bonus, query, terms)
         assert sorted(ids.tolist()) == sorted(expected)  # every item under the kept keys, once
         for item, score in zip(ids.tolist(), scores.tolist(), strict=True):
             assert score == pytest.approx(expected[item], rel=1e-4, abs=1e-4)
         assert np.all(np.diff(scores) <= 0)
-        top3, _ = snapshot.top_items(level, keys, bonus, query, terms, k=3)
+        top3, _ = top(snapshot, level, keys, bonus, query, terms, k=3)
         assert top3.tolist() == ids[:3].tolist()
+
+
+def test_one_batch_product_gives_the_scores_of_per_search_slices():
+    catalogue, _, truth = base_catalogue()
+    catalogue.add(NewItems(*random_items(40, seed=4, first_id=5000)))
+    snapshot = catalogue.snapshot
+    rng = np.random.default_rng(8)
+    keys = np.unique(prefix_keys(truth["codes"], LEVELS, 0))
+    plans = [(0, keys, rng.normal(size=len(keys))) for _ in range(6)]  # every group: the batch product
+    queries = rng.normal(size=(6, 8)).astype(np.float32)
+    terms = snapshot.query_terms(["drill", "red paint", "", "saw blade", "nail", "hose"])
+    batch = snapshot.top_items(plans, queries, terms, k=50)
+    narrow = [(0, keys[:1], plan[2][:1]) for plan in plans]  # one group each: slices
+    for b, plan in enumerate(plans):
+        alone = top(snapshot, *plan, queries[b], terms[b], k=50)
+        np.testing.assert_array_equal(batch[b][0], alone[0])
+        np.testing.assert_allclose(batch[b][1], alone[1], rtol=1e-5)
+    assert all(len(ids) for ids, _ in snapshot.top_items(narrow, queries, terms, k=5))
 
 
 def test_block_max_bounds_every_items_lexical_score_and_is_exact_for_one_term():
@@ -109,7 +132,7 @@ def test_adds_publish_a_new_snapshot_and_leave_the_old_one_whole():
     assert len(terms) == 1 and not len(before.query_terms(["zanzibar"])[0])
     assert after.term_weights[terms[0]] > 0  # a new term gets its IDF (times the lexical scale)
     key = prefix_keys(codes[:1], LEVELS, 1)
-    found, _ = after.top_items(1, key, np.zeros(1), np.zeros(8, np.float32), terms, k=1)
+    found, _ = top(after, 1, key, np.zeros(1), np.zeros(8, np.float32), terms, k=1)
     assert found.tolist() == [10_000]
     with pytest.raises(ValueError, match="already in the catalogue"):
         catalogue.add(NewItems(ids[:1], titles[:1], vectors[:1], codes[:1]))
@@ -135,9 +158,8 @@ def test_searches_during_adds_always_see_whole_batches():
         while not stop.is_set():
             snapshot = catalogue.snapshot
             try:
-                ids, _ = snapshot.top_items(
-                    1, keys, np.zeros(len(keys)), np.ones(8, np.float32), np.zeros(0, int), 10_000
-                )
+                no_terms = np.zeros(0, int)
+                ids, _ = top(snapshot, 1, keys, np.zeros(len(keys)), np.ones(8, np.float32), no_terms, 10_000)
                 added = int((ids >= 5000).sum())
                 if added % 10:
                     failures.append(f"a half batch: {added} added items visible")

@@ -166,9 +166,8 @@ def test_item_added_live_is_found_by_the_generators_search_for_its_title(service
     trained = set(service.sids.all_sids())
     before = service.search([SearchRequest(query=title, k=10)])[0]
     added = service.add_items(AddItemsRequest(items=[NewItem(item_id=900001, title=title)]))
-    codes = service.sids.item_codes([900001])[0]
-    assert added.added[0].sid == service.sids.sid_string(codes)
-    assert tuple(int(c) for c in codes) in trained  # a trained SID, not a fresh one
+    assert added.added[0].sid == service.item(900001).sid
+    assert service.sids.parse_sid(added.added[0].sid) in trained  # a trained SID, not a fresh one
     after = service.search([SearchRequest(query=title, k=10)])[0]
     assert after.trie_version == added.trie_version > before.trie_version
     assert after.items[0].item_id == 900001  # first for its own title, at once
@@ -188,7 +187,7 @@ def test_cold_start_report_on_a_run_with_held_out_items(cold_run, small_track, t
     service = SearchService(run, "transformers", data=small_track)
     assert isinstance(service.model, GeneratorModel)
     report = cold_start_report(service, run, load_track(small_track), ColdStartConfig(k=50, limit=8))
-    assert report["held_out"]["n_items"] == len(held) and all(service.sids.has_item(i) for i in held)
+    assert report["held_out"]["n_items"] == len(held) and all(service.catalogue.snapshot.has(i) for i in held)
     assert report["served_model"] == "generator" and report["own_title"]["model"]["beam"] == 32
     assert set(report["own_title"]) == {"model", "bm25", "dense", "rrf", "model_trained"}
     assert set(report["test_queries"]) == {"model", "bm25", "dense", "rrf"}
@@ -219,15 +218,15 @@ def test_the_server_adds_the_held_out_items_at_start(cold_run, small_track) -> N
     """What `onesearch serve` does by default: the hold-out joins the catalogue, read from the track
     the service was given; each item is then searchable for its own title."""
     from onesearch_ray.serving.schemas import SearchRequest
-    from onesearch_ray.serving.service import ConflictError, SearchService
+    from onesearch_ray.serving.service import SearchService
 
     service = SearchService(cold_run[0], "transformers", data=small_track)
     held = held_out_items(small_track)
-    assert not any(service.sids.has_item(i) for i in held)
+    assert not any(service.catalogue.snapshot.has(i) for i in held)
     assert sorted(service.add_held_out()) == sorted(held)
-    assert all(i in service.catalogue.titles for i in held)
+    assert all(service.item(i).title for i in held)
     item = held[0]
-    found = service.search([SearchRequest(query=service.catalogue.titles[item], k=10)])[0]
+    found = service.search([SearchRequest(query=service.item(item).title, k=10)])[0]
     assert item in [hit.item_id for hit in found.items]
-    with pytest.raises(ConflictError, match="already in the catalogue"):
-        service.add_held_out()
+    n_items = service.n_items
+    assert sorted(service.add_held_out()) == sorted(held) and service.n_items == n_items  # joined once

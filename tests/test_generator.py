@@ -70,7 +70,8 @@ def served_lexical_scores(index: LexicalIndex, query: str) -> np.ndarray:
     )
     snapshot = LiveCatalogue(segment, index, index.idf()).snapshot
     terms = snapshot.query_terms([query])[0]
-    ids, scores = snapshot.top_items(0, np.array([0]), np.zeros(1), np.zeros(1, np.float32), terms, k=n)
+    plan = (0, np.array([0]), np.zeros(1))
+    ids, scores = snapshot.top_items([plan], np.zeros((1, 1), np.float32), [terms], k=n)[0]
     out = np.zeros(n, dtype=np.float32)
     out[ids] = scores
     return out

@@ -8,7 +8,10 @@ The server binds 0.0.0.0 (beyond loopback), so its write routes need the token; 
 from __future__ import annotations
 
 import concurrent.futures
+import shutil
 import socket
+import threading
+import time
 from collections import Counter
 
 import httpx
@@ -36,10 +39,12 @@ def served(ray_cluster, generator_small_run, tmp_path_factory):
     from serve_apps.launch import start
 
     port, log = _free_port(), tmp_path_factory.mktemp("feedback") / "feedback.sqlite"
+    run = tmp_path_factory.mktemp("served") / "run"  # its own copy: the server writes its add log there
+    shutil.copytree(generator_small_run, run)
 
     def restart() -> str:
         start(
-            generator_small_run,
+            run,
             host="0.0.0.0",
             port=port,
             engine=ENGINE,
@@ -263,8 +268,89 @@ def test_concurrent_feedback_loses_nothing_across_a_restart(api, served):
     ).is_success
 
 
+def test_adds_under_search_load_fail_nothing_and_survive_a_restart(api, served):
+    """One writer posts /items while searches run: no search fails, every added item is found first
+    for its own title at once, and after a restart (a new replica) every acknowledged item is there."""
+    from ray import serve
+
+    base, _, restart = served
+    stop, statuses, added = threading.Event(), Counter(), []
+
+    def keep_searching(query: str) -> None:
+        while not stop.is_set():
+            statuses[api.post("/search", json={"query": query, "k": 10, "beam": 8}).status_code] += 1
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        searchers = [pool.submit(keep_searching, q) for q in ("drill", "lamp", "sofa")]
+        for batch in range(6):
+            items = [
+                {
+                    "item_id": 910_000 + 10 * batch + n,
+                    "title": f"Quorbel {WORDS[batch]} {WORDS[n]} Zentrix {batch}-{n}",
+                }
+                for n in range(10)
+            ]
+            response = api.post("/items", json={"items": items})
+            assert response.status_code == 200, response.text
+            added += items
+        stop.set()
+        for searcher in searchers:
+            searcher.result()
+    assert statuses[200] > 0 and set(statuses) == {200}, statuses
+
+    def found_first(items) -> bool:
+        for item in items:
+            hits = api.post("/search", json={"query": item["title"], "k": 10}).json()["items"]
+            if item["item_id"] not in [hit["item_id"] for hit in hits]:
+                return False
+        return True
+
+    assert found_first(added)
+    serve.delete("onesearch")  # a server restart: a new replica replays the add log
+    assert restart() == base
+    assert api.get("/healthz").json()["items"] >= len(added)
+    assert all(api.get(f"/items/{item['item_id']}").status_code == 200 for item in added)
+    assert found_first(added)
+
+
+WORDS = ["walnut", "copper", "linen", "granite", "velvet", "cobalt", "maple", "bronze", "ivory", "slate"]
+
+
+def test_a_server_without_a_token_takes_writes_from_loopback_only(served, generator_small_run, tmp_path):
+    """The app built directly (as `serve run` does, no launcher), listening on 0.0.0.0 with no token:
+    a write from another host is refused (403), one from loopback is taken."""
+    import psutil
+    from ray import serve
+
+    from serve_apps.search_app import build_app
+
+    addresses = [
+        a.address for nic in psutil.net_if_addrs().values() for a in nic if a.family == socket.AF_INET
+    ]
+    outside = next((ip for ip in addresses if not ip.startswith("127.")), None)
+    if outside is None:
+        pytest.skip("this machine has no address beyond loopback")
+    port = served[0].rsplit(":", 1)[1]
+    run = tmp_path / "run"
+    shutil.copytree(generator_small_run, run)
+    serve.run(
+        build_app({"run": str(run), "engine": "transformers", "held_out": "false"}),
+        name="tokenless",
+        route_prefix="/tokenless",
+    )
+    try:
+        item = {"items": [{"item_id": 920_001, "title": "Loopback Only Lamp"}]}
+        with httpx.Client(timeout=60) as client:
+            refused = client.post(f"http://{outside}:{port}/tokenless/items", json=item)
+            assert refused.status_code == 403 and "write token" in refused.json()["detail"]
+            assert client.post(f"http://{outside}:{port}/tokenless/search", json={"query": "lamp"}).is_success
+            taken = client.post(f"http://127.0.0.1:{port}/tokenless/items", json=item)
+            assert taken.status_code == 200, taken.text
+    finally:
+        serve.delete("tokenless")
+
+
 def _wait_until(condition, timeout_s: float = 120.0) -> None:
-    import time
 
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -326,7 +412,6 @@ def test_sigterm_stops_servers_like_ctrl_c():
     """`kill` reaches the servers' KeyboardInterrupt shutdown path (Serve shutdown, demo close)."""
     import os
     import signal
-    import time
 
     from pipelines.cli import _stop_on_sigterm
 

@@ -77,18 +77,47 @@ class Snapshot:
         return np.unique(np.concatenate([s.children(level, parents) for s in self.segments]))
 
     def top_items(
-        self, level: int, keys: np.ndarray, bonus: np.ndarray, query: np.ndarray, terms: np.ndarray, k: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` best (item ids, scores) under ``keys`` at index level ``level``, best first."""
-        weights = self.term_weights[terms]
-        ids, scores = [], []
-        for segment in self.segments:
-            rows, segment_scores = segment.candidates(level, keys, bonus, query, terms, weights)
-            ids.append(segment.item_ids[rows])
-            scores.append(segment_scores)
-        all_ids, all_scores = np.concatenate(ids), np.concatenate(scores)
-        best = _top(all_scores, k)
-        return all_ids[best], all_scores[best]
+        self,
+        plans: Sequence[tuple[int, np.ndarray, np.ndarray]],
+        queries: np.ndarray,
+        terms: Sequence[np.ndarray],
+        k: int,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each search of a batch, the ``k`` best (item ids, scores), best first, under its plan:
+        (index level, kept keys at that level, a score bonus per key); ``queries`` (B, dim).
+
+        Only the kept groups' rows are read. Where a batch keeps a large share of a segment (a small
+        catalogue), one matrix product of the batch and the segment is cheaper than a product per
+        search over its slices (measured: ~10 ns against ~67 ns a row and search), so it is used."""
+        queries = np.asarray(queries, np.float32)
+        dense = [self._batch_product(segment, plans, queries) for segment in self.segments]
+        out = []
+        for b, (level, keys, bonus) in enumerate(plans):
+            weights = self.term_weights[terms[b]]
+            ids, scores = [], []
+            for segment, products in zip(self.segments, dense, strict=True):
+                rows, segment_scores = segment.candidates(
+                    level,
+                    keys,
+                    bonus,
+                    queries[b],
+                    terms[b],
+                    weights,
+                    None if products is None else products[b],
+                )
+                ids.append(segment.item_ids[rows])
+                scores.append(segment_scores)
+            all_ids, all_scores = np.concatenate(ids), np.concatenate(scores)
+            best = _top(all_scores, k)
+            out.append((all_ids[best], all_scores[best]))
+        return out
+
+    @staticmethod
+    def _batch_product(segment: Segment, plans, queries: np.ndarray) -> np.ndarray | None:
+        kept = sum(int(segment.group_sizes(level, keys).sum()) for level, keys, _ in plans)
+        if kept <= BATCH_PRODUCT_SHARE * len(plans) * len(segment):
+            return None
+        return queries @ segment.vectors.astype(np.float32, copy=False).T
 
     def locate(self, item_ids: Sequence[int]) -> list[tuple[Segment, int] | None]:
         """For each id: (its segment, its row), or None when the catalogue does not hold it."""
@@ -106,6 +135,9 @@ class Snapshot:
     @property
     def nbytes(self) -> int:
         return sum(s.nbytes for s in self.segments) + self.term_weights.nbytes
+
+
+BATCH_PRODUCT_SHARE = 0.15  # kept rows / (batch x segment rows) above which one batch product wins
 
 
 class LiveCatalogue:

@@ -110,8 +110,10 @@ class Segment:
         query: np.ndarray,
         terms: np.ndarray,
         weights: np.ndarray,
+        dense: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, scores) of every item under ``keys`` (at index level ``level``); ``bonus`` per key."""
+        """(rows, scores) of every item under ``keys`` (at index level ``level``); ``bonus`` per key.
+        ``dense``: ``<query, row>`` for every row when a batch product computed it already."""
         groups = self.levels[level]
         index, present = groups.find(keys)
         starts, ends = groups.bounds[index[present]], groups.bounds[index[present] + 1]
@@ -123,8 +125,11 @@ class Segment:
         scores = np.repeat(bonus.astype(np.float32), lengths)
         for start, end, offset in _contiguous(starts, ends, offsets):
             scores[offset : offset + end - start] += self.bias[start:end]
-            rows = self.vectors[start:end]
-            scores[offset : offset + end - start] += rows.astype(np.float32, copy=False) @ query
+            if dense is None:
+                dense_part = self.vectors[start:end].astype(np.float32, copy=False) @ query
+            else:
+                dense_part = dense[start:end]
+            scores[offset : offset + end - start] += dense_part
         self._add_lexical(scores, starts, ends, offsets, terms, weights)
         return _ranges(starts, ends), scores
 

@@ -72,11 +72,10 @@ def search(
     first_logits = model.code_query_logits(0, queries) + code_part
     code_scale = float(model.log_code_scale.exp())
     trie = _trie(model)
-    out = []
+    plans, terms = [], prompts.lexical_terms
     for b in range(len(prompts)):
-        terms = prompts.lexical_terms[b]
         prefixes, log_probs = _plan(
-            model, decoder, trie, config, prompt[b : b + 1], queries[b], first_logits[b], catalogue, terms
+            model, decoder, trie, config, prompt[b : b + 1], queries[b], first_logits[b], catalogue, terms[b]
         )
         level, keys, log_probs = _refine(
             catalogue,
@@ -85,13 +84,11 @@ def search(
             trie.prefix_keys(prefixes),
             log_probs,
             code_scale * queries[b].numpy(),
-            terms,
+            terms[b],
         )
-        ids, scores = catalogue.top_items(
-            level, keys, config.code_weight * log_probs, item_queries[b], terms, k
-        )
-        out.append(list(zip(ids.tolist(), scores.astype(float).tolist(), strict=True)))
-    return out
+        plans.append((level, keys, config.code_weight * log_probs))
+    found = catalogue.top_items(plans, item_queries, terms, k)
+    return [list(zip(ids.tolist(), scores.astype(float).tolist(), strict=True)) for ids, scores in found]
 
 
 def _plan(
