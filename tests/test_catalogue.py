@@ -105,7 +105,7 @@ def test_block_max_bounds_every_items_lexical_score_and_is_exact_for_one_term():
     keys = np.unique(prefix_keys(truth["codes"], LEVELS, 1))
     for text in ("drill", "cordless drill saw", "blue"):
         terms = snapshot.query_terms([text])[0]
-        bound = snapshot.lexical_bound(1, keys, terms)
+        sizes, bound = snapshot.group_facts(1, keys, terms)
         scores = brute_force(catalogue, truth, 1, keys, np.zeros(len(keys)), np.zeros(8), terms)
         item_keys = prefix_keys(truth["codes"], LEVELS, 1)
         bias = dict(zip(truth["ids"].tolist(), truth["bias"].tolist(), strict=True))
@@ -115,7 +115,8 @@ def test_block_max_bounds_every_items_lexical_score_and_is_exact_for_one_term():
             assert bound[j] >= best - 1e-5
             if len(terms) == 1:
                 assert bound[j] == pytest.approx(best, abs=1e-5)
-    assert snapshot.lexical_bound(1, np.array([10_000]), terms)[0] == -np.inf  # no such group
+    assert sizes.sum() == 300
+    assert snapshot.group_facts(1, np.array([10_000]), terms)[1][0] == -np.inf  # no such group
 
 
 def test_adds_publish_a_new_snapshot_and_leave_the_old_one_whole():

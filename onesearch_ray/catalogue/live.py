@@ -64,13 +64,12 @@ class Snapshot:
             out.append(np.unique([i for i in ids if i < known]).astype(np.int64))
         return out
 
-    def group_sizes(self, level: int, keys: np.ndarray) -> np.ndarray:
-        return sum(s.group_sizes(level, keys) for s in self.segments)
-
-    def lexical_bound(self, level: int, keys: np.ndarray, terms: np.ndarray) -> np.ndarray:
-        """Per key, the best lexical score any item under it can have (block-max bound)."""
+    def group_facts(self, level: int, keys: np.ndarray, terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per key at index level ``level``: the items under it, and the best lexical score any of
+        them can have (block-max bound, -inf where no item is); no item is read."""
         weights = self.term_weights[terms]
-        return np.max([s.lexical_bound(level, keys, terms, weights) for s in self.segments], axis=0)
+        facts = [s.group_facts(level, keys, terms, weights) for s in self.segments]
+        return sum(f[0] for f in facts), np.max([f[1] for f in facts], axis=0)
 
     def children(self, level: int, parents: np.ndarray) -> np.ndarray:
         """The keys at ``level + 1`` under ``parents`` that hold an item, sorted."""
@@ -114,7 +113,12 @@ class Snapshot:
 
     @staticmethod
     def _batch_product(segment: Segment, plans, queries: np.ndarray) -> np.ndarray | None:
-        kept = sum(int(segment.group_sizes(level, keys).sum()) for level, keys, _ in plans)
+        if segment.vectors.dtype != np.float32:  # float16 matrix products are slow on CPUs (AVX2)
+            return None
+        no_terms = np.zeros(0, np.int64)
+        kept = sum(
+            int(segment.group_facts(level, keys, no_terms, no_terms)[0].sum()) for level, keys, _ in plans
+        )
         if kept <= BATCH_PRODUCT_SHARE * len(plans) * len(segment):
             return None
         return queries @ segment.vectors.astype(np.float32, copy=False).T

@@ -44,7 +44,8 @@ class SearchConfig:
     that grew), the search goes ``refine_levels`` SID levels deeper than the decoder, planned by the
     untrained geometry (``<q, residual centroid>``) and the lexical bound, and keeps the best deeper
     prefixes that fit. Below ``max_items`` nothing changes, so the cost per search is bounded by
-    this number, not by the catalogue's size.
+    this number, not by the catalogue's size. ``vector_dtype`` stores the item step's dense rows:
+    float16 halves their memory at some CPU cost here (docs/benchmarks.md, "Catalogues of millions").
     """
 
     beams: tuple[int, ...] = (32,)
@@ -52,12 +53,15 @@ class SearchConfig:
     code_weight: float = 0.0  # measured on Home Depot valid: 1.0 cost 0.026 NDCG@10 untrained
     max_items: int = 40_000
     refine_levels: int = 1
+    vector_dtype: str = "float32"
 
     def validate(self, levels: int) -> None:
         if len(self.beams) != levels or min(self.beams) <= 0:
             raise ValueError(f"search beams {self.beams}: one positive width per code level ({levels})")
         if self.max_items < 1 or self.refine_levels < 0:
             raise ValueError(f"search max_items {self.max_items} must be >= 1, refine_levels >= 0")
+        if self.vector_dtype not in ("float16", "float32"):
+            raise ValueError(f"search vector_dtype {self.vector_dtype!r}: float16 or float32")
 
 
 @dataclass

@@ -26,15 +26,17 @@ def model_catalogue(
     codes: np.ndarray | None = None,
     sid_level_sizes: tuple[int, ...] | None = None,
     titles: list[str] | None = None,
-    vector_dtype: str = "float32",
+    vector_dtype: str | None = None,
 ) -> LiveCatalogue:
     """The model's items as a live catalogue.
 
     ``item_ids``: the catalogue's id of each model row (default: the row itself, for training-time
     searches); ``codes`` (rows, positions) and ``sid_level_sizes``: the items' full SIDs and their
     layout, to index ``model.config.search.refine_levels`` levels below the decoded ones;
-    ``titles``: shown with hits (default empty).
+    ``titles``: shown with hits (default empty); ``vector_dtype``: how dense rows are stored
+    (default ``SearchConfig.vector_dtype``).
     """
+    vector_dtype = vector_dtype or model.config.search.vector_dtype
     n = model.n_items
     levels = model.codes.levels
     item_ids = np.arange(n, dtype=np.int64) if item_ids is None else np.asarray(item_ids, np.int64)

@@ -109,7 +109,7 @@ def _plan(
         total = log_probs[:, None] + step
         parent, code = np.nonzero(np.isfinite(total))
         candidates = np.hstack([prefixes[parent], code[:, None]])
-        bound = catalogue.lexical_bound(level, trie.prefix_keys(candidates), terms)
+        _, bound = catalogue.group_facts(level, trie.prefix_keys(candidates), terms)
         planned = total[parent, code] + config.plan_weight * np.maximum(bound, _ABSENT)
         keep = np.argsort(-planned, kind="stable")[: config.beams[level]]
         prefixes, log_probs = candidates[keep], total[parent[keep], code[keep]]
@@ -129,26 +129,23 @@ def _refine(
     deeper: score each kept prefix's children by the untrained code head (``code_scale * <q,
     residual centroid>``, normalised within the parent) plus the planning bound, and keep the best
     children that fit the budget (at least one). Returns the level, keys and log-probabilities kept."""
-    while (
-        level + 1 < len(catalogue.level_sizes) and catalogue.group_sizes(level, keys).sum() > config.max_items
-    ):
+    sizes, _ = catalogue.group_facts(level, keys, terms[:0])
+    while level + 1 < len(catalogue.level_sizes) and sizes.sum() > config.max_items:
         order = np.argsort(keys)
         keys, log_probs = keys[order], log_probs[order]
         size = catalogue.level_sizes[level + 1]
         children = catalogue.children(level, keys)
         parent = np.searchsorted(keys, children // size)
-        logits = catalogue.centroids[level + 1][children % size] @ scaled_query
+        logits = (catalogue.centroids[level + 1] @ scaled_query)[children % size]  # one product per code
         firsts = np.flatnonzero(np.r_[True, parent[1:] != parent[:-1]])
         norm = np.logaddexp.reduceat(logits.astype(np.float64), firsts)
         total = log_probs[parent] + logits - np.repeat(norm, np.diff(np.r_[firsts, len(parent)]))
-        bound = catalogue.lexical_bound(level + 1, children, terms)
+        sizes, bound = catalogue.group_facts(level + 1, children, terms)
         planned = total + config.plan_weight * np.maximum(bound, _ABSENT)
         ranked = np.argsort(-planned, kind="stable")
-        fits = np.searchsorted(
-            np.cumsum(catalogue.group_sizes(level + 1, children[ranked])), config.max_items, "right"
-        )
-        keep = ranked[: max(1, int(fits))]
-        level, keys, log_probs = level + 1, children[keep], total[keep].astype(np.float32)
+        fits = int(np.searchsorted(np.cumsum(sizes[ranked]), config.max_items, "right"))
+        keep = ranked[: max(1, fits)]
+        level, keys, log_probs, sizes = level + 1, children[keep], total[keep].astype(np.float32), sizes[keep]
     return level, keys, log_probs
 
 

@@ -158,7 +158,7 @@ class SearchService:
             title, sid = "", ""
             if where is not None:
                 segment, row = where
-                title, sid = str(segment.titles[row]), self.sids.sid_string(segment.codes[row])
+                title, sid = segment.titles[row].as_py(), self.sids.sid_string(segment.codes[row])
             out.append(SearchHit(item_id=int(item), title=title, score=float(score), sid=sid))
         return out
 
@@ -225,7 +225,7 @@ class SearchService:
         search = self.search_for(request, snapshot)  # validates user and history; the impression keeps it
         version, retriever = self._bm25 or (None, None)
         if version != snapshot.version:  # built again on the first BM25 search after a catalogue change
-            titles = np.concatenate([s.titles for s in snapshot.segments]).tolist()
+            titles = [title for s in snapshot.segments for title in s.titles.to_pylist()]
             ids = np.concatenate([s.item_ids for s in snapshot.segments]).tolist()
             retriever = BM25Retriever(titles, ids)
             self._bm25 = (snapshot.version, retriever)
@@ -296,7 +296,7 @@ class SearchService:
     def _rebase(self) -> None:
         """The catalogue's trained items as the newly loaded model has them; added items stay."""
         base = self.catalogue.snapshot.segments[0]
-        titles = dict(zip(base.item_ids.tolist(), base.titles.tolist(), strict=True))
+        titles = dict(zip(base.item_ids.tolist(), base.titles.to_pylist(), strict=True))
         fresh = self.model.catalogue(self.sids, titles)
         learned = fresh.snapshot
         self.catalogue.rebase(learned.segments[0], fresh.learned_weights, fresh.lexical_scale)
