@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = args.model or served_model_dir(args.run)
     service = SearchService(args.run, "transformers", data=args.data, model_dir=model_dir)
     service.add_held_out(track)  # a held-out run serves those items too (as `onesearch eval` scores it)
-    model = service.model.model
+    model, items = service.model.model, service.catalogue.snapshot  # the served catalogue, hold-out in
     catalogue = replace(catalogue, item_ids=np.asarray(service.model.item_ids))
     own_beam = model.config.search.beams[-1]
     decoders: dict[str, Decoder | None] = {f"generator, beam {b}": None for b in args.beams}
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 search = replace(model.config.search, beams=(*model.config.search.beams[:-1], beam))
                 result = search_split(
-                    model, catalogue, track, args.split, args.k, search, decoder=decoders[name]
+                    model, catalogue, track, args.split, args.k, search, decoder=decoders[name], items=items
                 )
                 cpu[name].append((cpu_ms() - started) / result["n_queries"])
             wall[name].append(result["ms_per_query"])

@@ -36,15 +36,6 @@ def test_masks_match_brute_force(seed):
     assert tuple(s + 1 for s in sizes) not in trie
 
 
-def test_add_remove_are_versioned_and_leave_original_untouched():
-    trie = SidTrie([(0, 0, 0), (0, 1, 1)], (2, 2, 2))
-    grown = trie.with_added([(1, 1, 1)])
-    assert grown.version == 1 and (1, 1, 1) in grown and (1, 1, 1) not in trie
-    shrunk = grown.with_removed([(0, 1, 1)])
-    assert shrunk.version == 2 and (0, 1, 1) not in shrunk and (0, 0, 0) in shrunk
-    np.testing.assert_array_equal(shrunk.allowed_codes((0,)), [0])
-
-
 def test_rejects_out_of_range_codes_and_full_prefixes():
     with pytest.raises(ValueError, match="outside"):
         SidTrie([(0, 5)], (2, 2))

@@ -3,8 +3,9 @@
 A SID has P positions; position d has ``level_sizes[d]`` codes. For each depth the trie keeps the
 sorted (prefix key, next code) pairs of the catalogue, where a prefix key is the prefix read as a
 mixed-radix number. ``allowed_mask`` answers a whole batch of partial beams with a few numpy
-calls (searchsorted + scatter), so it scales to wide beams. The trie is immutable: adding or
-removing items builds a new one with a higher ``version``; the holder swaps the reference atomically.
+calls (searchsorted + scatter), so it scales to wide beams. The trie is immutable and holds the
+prefixes a model was trained on: items added later join existing SIDs (``catalogue``), so it
+never changes while the model serves.
 """
 
 from __future__ import annotations
@@ -15,13 +16,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from onesearch_ray.khqe.sid_tokenizer import SemanticIdTokenizer
+    pass
 
 
 class SidTrie:
-    def __init__(
-        self, sids: Iterable[tuple[int, ...]] | np.ndarray, level_sizes: tuple[int, ...], version: int = 0
-    ):
+    def __init__(self, sids: Iterable[tuple[int, ...]] | np.ndarray, level_sizes: tuple[int, ...]):
         self.level_sizes = tuple(int(k) for k in level_sizes)
         if float(np.prod(self.level_sizes[:-1], dtype=np.float64)) >= 2**62:
             raise ValueError(f"SID layout {self.level_sizes} is too large for 64-bit prefix keys")
@@ -30,7 +29,6 @@ class SidTrie:
         if len(codes) and ((codes < 0) | (codes >= np.asarray(self.level_sizes))).any():
             raise ValueError("SID trie: a code is outside its position's codebook")
         self.sids = np.unique(codes, axis=0) if len(codes) else codes
-        self.version = version
         self._prefix_keys: list[np.ndarray] = []
         self._next_codes: list[np.ndarray] = []
         for depth in range(len(self.level_sizes)):
@@ -38,11 +36,6 @@ class SidTrie:
             pairs = np.unique(np.stack([keys, self.sids[:, depth]], axis=1), axis=0)
             self._prefix_keys.append(pairs[:, 0] if len(pairs) else np.zeros(0, np.int64))
             self._next_codes.append(pairs[:, 1] if len(pairs) else np.zeros(0, np.int64))
-
-    @classmethod
-    def of_catalogue(cls, sids: SemanticIdTokenizer) -> SidTrie:
-        """The trie of every SID a :class:`SemanticIdTokenizer` holds, in its layout."""
-        return cls(np.asarray(sids.all_sids()), sids.layout.level_sizes)
 
     def __len__(self) -> int:
         return len(self.sids)
@@ -85,15 +78,6 @@ class SidTrie:
         if sid.shape[1] != self.depth or not 0 <= sid[0, -1] < self.level_sizes[-1]:
             return False
         return bool(self.allowed_mask(sid[:, :-1])[0, sid[0, -1]])
-
-    def with_added(self, sids: Iterable[tuple[int, ...]]) -> SidTrie:
-        added = np.asarray(list(sids), dtype=np.int64).reshape(-1, self.depth)
-        return SidTrie(np.concatenate([self.sids, added]), self.level_sizes, self.version + 1)
-
-    def with_removed(self, sids: Iterable[tuple[int, ...]]) -> SidTrie:
-        removed = {tuple(s) for s in np.asarray(list(sids), dtype=np.int64).reshape(-1, self.depth).tolist()}
-        keep = [row for row in self.sids.tolist() if tuple(row) not in removed]
-        return SidTrie(np.asarray(keep, dtype=np.int64), self.level_sizes, self.version + 1)
 
 
 def _as_2d(prefixes: np.ndarray) -> np.ndarray:
