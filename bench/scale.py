@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timed", type=int, default=400, help="queries per timed round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--nprobe", type=int, default=32)
+    parser.add_argument(
+        "--vector-dtype", default=None, help="the generator's dense rows (default: its config)"
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
@@ -256,7 +259,9 @@ class _Generator:
         rows = {int(i): r for r, i in enumerate(base.item_ids)}
         codes = base.codes[[rows[int(i)] for i in item_ids]]
         titles = [base.titles[rows[int(i)]] for i in item_ids]
-        self.catalogue = model_catalogue(self.model, item_ids, codes, base.sids.layout.level_sizes, titles)
+        self.catalogue = model_catalogue(
+            self.model, item_ids, codes, base.sids.layout.level_sizes, titles, args.get("vector_dtype")
+        )
 
     def add(self, grown: dict) -> None:
         from onesearch_ray.catalogue import NewItems
@@ -282,6 +287,7 @@ class _Generator:
             "max_items": config.max_items,
             "beam": config.beams[-1],
             "index_levels": len(self.items.level_sizes),
+            "vector_dtype": str(self.items.segments[0].vectors.dtype),
         }
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
 from onesearch_ray.catalogue.lexical import LexicalIndex, tokenize
 from onesearch_ray.catalogue.segment import Segment, build_segment, merge_segments
@@ -87,8 +88,14 @@ class Snapshot:
 
         Only the kept groups' rows are read. Where a batch keeps a large share of a segment (a small
         catalogue), one matrix product of the batch and the segment is cheaper than a product per
-        search over its slices (measured: ~10 ns against ~67 ns a row and search), so it is used."""
+        search over its slices (measured: ~10 ns against ~67 ns a row and search), so it is used.
+        BLAS runs on one thread here: these products are small, and a second thread spinning beside
+        them doubled the CPU a search costs without making it faster (docs/benchmarks.md)."""
         queries = np.asarray(queries, np.float32)
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._top_items(plans, queries, terms, k)
+
+    def _top_items(self, plans, queries, terms, k) -> list[tuple[np.ndarray, np.ndarray]]:
         dense = [self._batch_product(segment, plans, queries) for segment in self.segments]
         out = []
         for b, (level, keys, bonus) in enumerate(plans):
