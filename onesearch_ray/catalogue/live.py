@@ -73,8 +73,13 @@ class Snapshot:
         return sum(f[0] for f in facts), np.max([f[1] for f in facts], axis=0)
 
     def children(self, level: int, parents: np.ndarray) -> np.ndarray:
-        """The keys at ``level + 1`` under ``parents`` that hold an item, sorted."""
-        return np.unique(np.concatenate([s.children(level, parents) for s in self.segments]))
+        """The keys at ``level + 1`` under ``parents`` (sorted) that hold an item, sorted."""
+        size = self.level_sizes[level + 1]
+        keys = (parents[:, None] * size + np.arange(size)).ravel()
+        held = np.zeros(len(keys), dtype=bool)
+        for segment in self.segments:
+            held |= segment.levels[level + 1].find(keys)[1]
+        return keys[held]
 
     def top_items(
         self,

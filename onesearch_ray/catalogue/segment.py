@@ -21,7 +21,8 @@ import pyarrow as pa
 import scipy.sparse as sp
 import torch
 
-MAX_KEY_SPACE = 1 << 40  # prefix keys are int64; planning allocates per candidate, never per key
+MAX_KEY_SPACE = 1 << 40  # prefix keys are int64
+MAX_SLOTS = 1 << 22  # a level with at most this many prefixes gets a direct key -> group table
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,9 +32,15 @@ class LevelGroups:
     keys: np.ndarray  # (groups,) sorted unique prefix keys
     bounds: np.ndarray  # (groups + 1,)
     block_max: sp.csc_matrix  # (groups, terms) the largest saturation of each term in each group
+    slots: np.ndarray | None  # (key space,) group index of each key, -1 where none; None if too large
 
     def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each key: its group index and whether this segment has that group."""
+        if self.slots is not None:  # a direct lookup: planning asks this thousands of times a search
+            inside = (keys >= 0) & (keys < len(self.slots))
+            index = np.where(inside, self.slots[np.where(inside, keys, 0)], -1)
+            present = index >= 0
+            return np.where(present, index, 0), present
         index = np.searchsorted(self.keys, keys)
         present = index < len(self.keys)
         present[present] = self.keys[index[present]] == keys[present]
@@ -61,6 +68,7 @@ class Segment:
         sparse = [self.postings, *(level.block_max for level in self.levels)]
         arrays = [self.item_ids, self.vectors, self.bias, self.codes, self.id_order]
         arrays += [a for level in self.levels for a in (level.keys, level.bounds)]
+        arrays += [level.slots for level in self.levels if level.slots is not None]
         return (
             sum(a.nbytes for a in arrays)
             + sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in sparse)
@@ -92,14 +100,6 @@ class Segment:
             per_group = np.asarray(columns @ np.maximum(weights[usable], 0), dtype=np.float32).ravel()
             bound = per_group[index]
         return sizes, np.where(present, bound, -np.inf).astype(np.float32)
-
-    def children(self, level: int, parents: np.ndarray) -> np.ndarray:
-        """The keys at ``level + 1`` present here under each parent key at ``level``."""
-        keys = self.levels[level + 1].keys
-        size = self.level_sizes[level + 1]
-        lo = np.searchsorted(keys, parents * size)
-        hi = np.searchsorted(keys, (parents + 1) * size)
-        return keys[_ranges(lo, hi)]
 
     # ---- the item step: the kept groups' rows only ----------------------------------------
     def candidates(
@@ -183,7 +183,11 @@ def build_segment(
     saturation = sp.csr_matrix(saturation, dtype=np.float32)[order]
     postings = saturation.tocsc()
     postings.sort_indices()
-    levels = tuple(_level_groups(level_keys[order], saturation) for level_keys in keys)
+    spaces = np.cumprod(np.asarray(level_sizes, dtype=np.float64))
+    levels = tuple(
+        _level_groups(level_keys[order], saturation, space)
+        for level_keys, space in zip(keys, spaces, strict=True)
+    )
     sorted_ids = item_ids[order]
     title_array = titles if isinstance(titles, pa.Array) else pa.array(list(titles), pa.string())
     return Segment(
@@ -221,7 +225,7 @@ def prefix_keys(codes: np.ndarray, level_sizes: Sequence[int], level: int) -> np
     return keys
 
 
-def _level_groups(keys: np.ndarray, saturation: sp.csr_matrix) -> LevelGroups:
+def _level_groups(keys: np.ndarray, saturation: sp.csr_matrix, key_space: float) -> LevelGroups:
     unique, starts = np.unique(keys, return_index=True)
     bounds = np.append(starts, len(keys)).astype(np.int64)
     coo = saturation.tocoo()
@@ -236,7 +240,11 @@ def _level_groups(keys: np.ndarray, saturation: sp.csr_matrix) -> LevelGroups:
         shape=(len(unique), saturation.shape[1]),
         dtype=np.float32,
     )
-    return LevelGroups(unique, bounds, block_max)
+    slots = None
+    if key_space <= MAX_SLOTS:
+        slots = np.full(int(key_space), -1, dtype=np.int32)
+        slots[unique] = np.arange(len(unique), dtype=np.int32)
+    return LevelGroups(unique, bounds, block_max, slots)
 
 
 def _widen(matrix: sp.csr_matrix, width: int) -> sp.csr_matrix:

@@ -80,7 +80,9 @@ class SearchHit(BaseModel):
 class SearchResponse(BaseModel):
     items: list[SearchHit]
     timing_ms: float
-    trie_version: int
+    trie_version: int = Field(
+        description="the live catalogue's version this answer read (it grows with each add)"
+    )
     beam: int = Field(description="the beam width that ran (0 for BM25)")
     impression_id: str | None = Field(
         default=None, description="send it back with POST /feedback (null when the server keeps no log)"
@@ -103,7 +105,9 @@ class AddItemsRequest(BaseModel):
 
 class AddItemsResponse(BaseModel):
     added: list[SearchHit]
-    trie_version: int
+    trie_version: int = Field(
+        description="the live catalogue's version this answer read (it grows with each add)"
+    )
     n_items: int
 
 
@@ -144,7 +148,9 @@ class ModelInfo(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     items: int
-    trie_version: int
+    trie_version: int = Field(
+        description="the live catalogue's version this answer read (it grows with each add)"
+    )
     model: str
 
 
