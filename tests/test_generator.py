@@ -233,16 +233,18 @@ def test_next_item_selection_holds_out_each_sampled_users_last_valid_row():
     assert 1 in targets and not {2, 4, 5} & targets  # row 0 trains; rows 1, 2 select; test never trains
 
 
-def test_new_item_is_found_for_its_own_title(encoded_small_run, catalogue):
+def served_items(run, catalogue):
+    """An untrained generator (beam 8) and its items as serving holds them: full SIDs, one SID level
+    indexed below the decoded one."""
     model = build_generator(catalogue, GeneratorConfig(search=SearchConfig(beams=(8,))))
-    sids = SemanticIdTokenizer.load(encoded_small_run / "sid_tokenizer")
-    items = model_catalogue(
-        model,
-        catalogue.item_ids,
-        sids.item_codes(catalogue.item_ids),
-        sids.layout.level_sizes,
-        catalogue.titles,
-    )
+    sids = SemanticIdTokenizer.load(run / "sid_tokenizer")
+    codes = sids.item_codes(catalogue.item_ids)
+    items = model_catalogue(model, catalogue.item_ids, codes, sids.layout.level_sizes, catalogue.titles)
+    return model, sids, items
+
+
+def test_new_item_is_found_for_its_own_title(encoded_small_run, catalogue):
+    model, sids, items = served_items(encoded_small_run, catalogue)
     titles = ["Zanzibar Titanium Espresso Grinder, Matte Teal", "Nordhem Walnut Bookshelf Ladder, 5 Tier"]
     encoder = SentenceTransformerEncoder()
     vectors = encoder.encode(titles, "passage")
@@ -255,15 +257,8 @@ def test_new_item_is_found_for_its_own_title(encoded_small_run, catalogue):
 def test_bounded_search_keeps_at_most_max_items_and_is_unchanged_under_the_budget(
     encoded_small_run, catalogue
 ):
-    model = build_generator(catalogue, GeneratorConfig(search=SearchConfig(beams=(8,))))
-    sids = SemanticIdTokenizer.load(encoded_small_run / "sid_tokenizer")
-    items = model_catalogue(
-        model,
-        catalogue.item_ids,
-        sids.item_codes(catalogue.item_ids),
-        sids.layout.level_sizes,
-        catalogue.titles,
-    ).snapshot
+    model, _, live = served_items(encoded_small_run, catalogue)
+    items = live.snapshot
     assert len(items.level_sizes) == model.codes.levels + 1  # one SID level below the decoded ones
     texts, vectors = ["grey cotton jacket", "black sofa"], catalogue.item_vectors[:2]
     unbounded = rank(model, texts, vectors, 400, items=items)
