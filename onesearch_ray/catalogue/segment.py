@@ -93,13 +93,13 @@ class Segment:
         groups = self.levels[level]
         index, present = groups.find(keys)
         sizes = np.where(present, groups.bounds[index + 1] - groups.bounds[index], 0)
-        usable = terms < groups.block_max.shape[1]
-        bound = np.zeros(len(keys), dtype=np.float32)
-        if usable.any():
-            columns = groups.block_max[:, terms[usable]]
-            per_group = np.asarray(columns @ np.maximum(weights[usable], 0), dtype=np.float32).ravel()
-            bound = per_group[index]
-        return sizes, np.where(present, bound, -np.inf).astype(np.float32)
+        per_group = np.zeros(len(groups.keys), dtype=np.float32)
+        block_max = groups.block_max
+        for term, weight in zip(terms.tolist(), weights.tolist(), strict=True):
+            if term < block_max.shape[1] and weight > 0:  # read the term's column in place
+                first, last = block_max.indptr[term], block_max.indptr[term + 1]
+                per_group[block_max.indices[first:last]] += weight * block_max.data[first:last]
+        return sizes, np.where(present, per_group[index], -np.inf).astype(np.float32)
 
     # ---- the item step: the kept groups' rows only ----------------------------------------
     def candidates(
