@@ -9,7 +9,7 @@ is at most twice the newer: log-many segments, each item re-sorted log-many time
 
 Lexical terms: the vocabulary only grows; a term first seen in an added title gets its IDF at that
 moment as its weight (known terms keep the model's learned weights), the length statistics stay the
-base's, as in ``generator.lexical.LexicalIndex``.
+base's, as in ``catalogue.lexical.LexicalIndex``.
 """
 
 from __future__ import annotations
