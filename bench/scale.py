@@ -268,7 +268,6 @@ class _Generator:
 
         if len(grown["item_ids"]):
             self.catalogue.add(NewItems(grown["item_ids"], grown["titles"], grown["vectors"], grown["codes"]))
-        # the model's own catalogue-sized training tensors are not what serving reads
         self.items = self.catalogue.snapshot
 
     @property

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from onesearch_ray.catalogue import AddLog, LiveCatalogue, NewItems, build_segment
 from onesearch_ray.catalogue.lexical import LexicalIndex
-from onesearch_ray.catalogue.segment import prefix_keys
+from onesearch_ray.decoding.trie import prefix_keys as mixed_radix
 
 WORDS = "drill paint hose saw blade cordless garden red blue hammer nail screw wood steel brass".split()
 LEVELS = (4, 6)  # two index levels: 4 groups, each split in up to 6
@@ -35,6 +35,11 @@ def base_catalogue(n: int = 300) -> tuple[LiveCatalogue, LexicalIndex, dict]:
     catalogue = LiveCatalogue(segment, lexical, weights, lexical_scale=0.7)
     truth = {"ids": ids, "vectors": vectors, "bias": bias, "codes": codes, "titles": titles}
     return catalogue, lexical, truth
+
+
+def prefix_keys(codes, level_sizes, level):
+    """Each row's key at index ``level`` (its first ``level + 1`` codes)."""
+    return mixed_radix(codes[:, : level + 1], level_sizes)
 
 
 def top(snapshot, level, keys, bonus, query, terms, k):

@@ -35,6 +35,29 @@ def hashed_terms(tokens: Sequence[str], buckets: int) -> np.ndarray:
     return np.array([zlib.crc32(t.encode()) % buckets for t in tokens], dtype=np.int64)
 
 
+def saturation_rows(
+    tokens: Sequence[Sequence[str]], vocabulary: dict[str, int], average_length: float, k1: float, b: float
+) -> sp.csr_matrix:
+    """One row per document: each term's BM25-saturated frequency ``tf / (tf + k1 (1 - b + b len /
+    average_length))``, columns in ``vocabulary`` (a term it does not have yet joins it)."""
+    rows, cols, values = [], [], []
+    for row, doc in enumerate(tokens):
+        terms, counts = np.unique(
+            [vocabulary.setdefault(t, len(vocabulary)) for t in doc], return_counts=True
+        )
+        norm = k1 * (1 - b + b * len(doc) / average_length)
+        rows.extend([row] * len(terms))
+        cols.extend(terms.tolist())
+        values.extend((counts / (counts + norm)).tolist())
+    return sp.csr_matrix((values, (rows, cols)), shape=(len(tokens), len(vocabulary)), dtype=np.float32)
+
+
+def lucene_idf(n_items: int, document_frequency: np.ndarray) -> np.ndarray:
+    """Lucene's IDF, log(1 + (N - df + 0.5) / (df + 0.5)), per term."""
+    df = document_frequency
+    return np.log1p((n_items - df + 0.5) / (df + 0.5)).astype(np.float32)
+
+
 @dataclass
 class LexicalIndex:
     vocabulary: dict[str, int]
@@ -48,53 +71,19 @@ class LexicalIndex:
     @classmethod
     def build(cls, titles: Sequence[str], k1: float = 1.5, b: float = 0.75) -> LexicalIndex:
         tokens = tokenize(titles)
-        vocabulary: dict[str, int] = {}
-        for doc in tokens:
-            for term in doc:
-                vocabulary.setdefault(term, len(vocabulary))
         lengths = np.array([len(doc) for doc in tokens], dtype=np.float64)
         average_length = float(lengths.mean()) if len(lengths) and lengths.mean() > 0 else 1.0
-        index = cls(
-            vocabulary,
-            np.zeros(len(vocabulary)),
-            sp.csr_matrix((0, len(vocabulary)), dtype=np.float32),
-            0,
-            average_length,
-            k1,
-            b,
-        )
-        index.add_documents(tokens)
-        return index
-
-    def add_documents(self, tokens: Sequence[Sequence[str]]) -> None:
-        """Append one row per document (new terms join the vocabulary); length stats stay frozen."""
-        rows, cols, values = [], [], []
-        for row, doc in enumerate(tokens):
-            terms, counts = np.unique(
-                [self.vocabulary.setdefault(t, len(self.vocabulary)) for t in doc], return_counts=True
-            )
-            norm = self.k1 * (1 - self.b + self.b * len(doc) / self.average_length)
-            rows.extend([row] * len(terms))
-            cols.extend(terms.tolist())
-            values.extend((counts / (counts + norm)).tolist())
-        width = len(self.vocabulary)
-        added = sp.csr_matrix((values, (rows, cols)), shape=(len(tokens), width), dtype=np.float32)
-        old = self.saturation
-        old = sp.csr_matrix(
-            (old.data, old.indices, old.indptr), shape=(old.shape[0], width), dtype=np.float32
-        )
-        self.saturation = sp.vstack([old, added], format="csr")
-        self.document_frequency = np.bincount(self.saturation.indices, minlength=width).astype(np.float64)
-        self.n_items += len(tokens)
+        vocabulary: dict[str, int] = {}
+        saturation = saturation_rows(tokens, vocabulary, average_length, k1, b)
+        frequency = np.bincount(saturation.indices, minlength=len(vocabulary)).astype(np.float64)
+        return cls(vocabulary, frequency, saturation, len(tokens), average_length, k1, b)
 
     @property
     def n_terms(self) -> int:
         return len(self.vocabulary)
 
     def idf(self) -> np.ndarray:
-        """Lucene's IDF, log(1 + (N - df + 0.5) / (df + 0.5)), per term."""
-        df = self.document_frequency
-        return np.log1p((self.n_items - df + 0.5) / (df + 0.5)).astype(np.float32)
+        return lucene_idf(self.n_items, self.document_frequency)
 
     def query_terms(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Each query's known term ids, each term once (unknown words have no lexical match)."""

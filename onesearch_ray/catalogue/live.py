@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from onesearch_ray.catalogue.lexical import LexicalIndex, tokenize
+from onesearch_ray.catalogue.lexical import LexicalIndex, lucene_idf, saturation_rows, tokenize
 from onesearch_ray.catalogue.segment import Segment, build_segment, merge_segments
 
 
@@ -250,24 +250,12 @@ class LiveCatalogue:
         """The new titles' saturation rows, the document frequencies with them, and the term weights
         with each term none had before at its IDF (new ids join the shared vocabulary at once: a
         reader ignores ids its snapshot has no weight for)."""
-        average_length, k1, b = self.lexical_stats
-        vocabulary = current.vocabulary
-        rows, cols, values = [], [], []
-        for row, doc in enumerate(tokenize(titles)):
-            terms, counts = np.unique(
-                [vocabulary.setdefault(t, len(vocabulary)) for t in doc], return_counts=True
-            )
-            norm = k1 * (1 - b + b * len(doc) / average_length)
-            rows += [row] * len(terms)
-            cols += terms.tolist()
-            values += (counts / (counts + norm)).tolist()
-        width = len(vocabulary)
-        saturation = sp.csr_matrix((values, (rows, cols)), shape=(len(titles), width), dtype=np.float32)
+        saturation = saturation_rows(tokenize(titles), current.vocabulary, *self.lexical_stats)
+        width = saturation.shape[1]
         frequency = np.zeros(width)
         frequency[: len(self._document_frequency)] = self._document_frequency
         frequency += np.bincount(saturation.indices, minlength=width)
-        new = frequency[len(self._weights) :]
-        idf = np.log1p((current.n_items + len(titles) - new + 0.5) / (new + 0.5)).astype(np.float32)
+        idf = lucene_idf(current.n_items + len(titles), frequency[len(self._weights) :])
         return saturation, frequency, np.concatenate([self._weights, idf])
 
 

@@ -33,7 +33,6 @@ _FRAME = struct.Struct("<QI")
 class AddLog:
     def __init__(self, path: str | Path, codebooks_digest: str) -> None:
         self.path = Path(path)
-        self.digest = codebooks_digest
         self._lock = threading.Lock()
         header = MAGIC + codebooks_digest.encode() + b"\n"
         if not self.path.exists() or self.path.stat().st_size == 0:

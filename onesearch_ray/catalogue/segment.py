@@ -21,6 +21,8 @@ import pyarrow as pa
 import scipy.sparse as sp
 import torch
 
+from onesearch_ray.decoding.trie import prefix_keys
+
 MAX_KEY_SPACE = 1 << 40  # prefix keys are int64
 MAX_SLOTS = 1 << 22  # a level with at most this many prefixes gets a direct key -> group table
 
@@ -64,7 +66,7 @@ class Segment:
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the segment's arrays (titles counted as their characters)."""
+        """Memory held by the segment's arrays (titles as Arrow holds them)."""
         sparse = [self.postings, *(level.block_max for level in self.levels)]
         arrays = [self.item_ids, self.vectors, self.bias, self.codes, self.id_order]
         arrays += [a for level in self.levels for a in (level.keys, level.bounds)]
@@ -178,7 +180,7 @@ def build_segment(
         raise ValueError(f"segment: codes of {codes.shape[1]} positions for {len(level_sizes)} index levels")
     if float(np.prod(level_sizes, dtype=np.float64)) > MAX_KEY_SPACE:
         raise ValueError(f"index levels {level_sizes}: too many prefixes for 64-bit keys")
-    keys = [prefix_keys(codes, level_sizes, level) for level in range(len(level_sizes))]
+    keys = [prefix_keys(codes[:, : level + 1], level_sizes) for level in range(len(level_sizes))]
     order = np.argsort(keys[-1], kind="stable")
     saturation = sp.csr_matrix(saturation, dtype=np.float32)[order]
     postings = saturation.tocsc()
@@ -215,14 +217,6 @@ def merge_segments(segments: Sequence[Segment]) -> Segment:
         sp.vstack([_widen(s.postings.tocsr(), width) for s in segments], format="csr"),
         segments[0].level_sizes,
     )
-
-
-def prefix_keys(codes: np.ndarray, level_sizes: Sequence[int], level: int) -> np.ndarray:
-    """(n,) the mixed-radix key of each row's prefix of ``level + 1`` codes."""
-    keys = np.zeros(len(codes), dtype=np.int64)
-    for depth in range(level + 1):
-        keys = keys * int(level_sizes[depth]) + codes[:, depth]
-    return keys
 
 
 def _level_groups(keys: np.ndarray, saturation: sp.csr_matrix, key_space: float) -> LevelGroups:

@@ -10,7 +10,7 @@ never changes while the model serves.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -46,11 +46,7 @@ class SidTrie:
 
     def prefix_keys(self, prefixes: np.ndarray) -> np.ndarray:
         """Mixed-radix integer key of each row of ``prefixes`` (shape (n, depth))."""
-        prefixes = _as_2d(prefixes)
-        keys = np.zeros(len(prefixes), dtype=np.int64)
-        for depth in range(prefixes.shape[1]):
-            keys = keys * self.level_sizes[depth] + prefixes[:, depth]
-        return keys
+        return prefix_keys(_as_2d(prefixes), self.level_sizes)
 
     def allowed_mask(self, prefixes: np.ndarray) -> np.ndarray:
         """Bool mask (n, level_sizes[depth]) of codes allowed after each prefix (all of one depth)."""
@@ -78,6 +74,15 @@ class SidTrie:
         if sid.shape[1] != self.depth or not 0 <= sid[0, -1] < self.level_sizes[-1]:
             return False
         return bool(self.allowed_mask(sid[:, :-1])[0, sid[0, -1]])
+
+
+def prefix_keys(prefixes: np.ndarray, level_sizes: Sequence[int]) -> np.ndarray:
+    """(n,) each row of ``prefixes`` (n, depth) read as a mixed-radix number in ``level_sizes``: the key
+    the trie and the catalogue's groups (``catalogue.segment``) both use."""
+    keys = np.zeros(len(prefixes), dtype=np.int64)
+    for depth in range(prefixes.shape[1]):
+        keys = keys * int(level_sizes[depth]) + prefixes[:, depth]
+    return keys
 
 
 def _as_2d(prefixes: np.ndarray) -> np.ndarray:

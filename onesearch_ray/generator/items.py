@@ -59,14 +59,17 @@ def model_catalogue(
         model.lexical.saturation,
         sizes,
     )
-    tree = CodeTree.build(codes[:, : len(sizes)], sizes, model.item_vectors.numpy())
+    if len(sizes) == levels:  # the model holds these centroids already (built the same way)
+        centroids = tuple(getattr(model, f"centroids_{level}").numpy() for level in range(levels))
+    else:
+        centroids = tuple(CodeTree.build(codes[:, : len(sizes)], sizes, model.item_vectors.numpy()).centroids)
     return LiveCatalogue(
         base,
         model.lexical,
         model.term_weight.numpy(),
         lexical_scale=float(model.log_lexical_scale.exp()),
         vector_dtype=vector_dtype,
-        centroids=tuple(tree.centroids),
+        centroids=centroids,
     )
 
 
