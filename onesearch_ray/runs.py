@@ -92,6 +92,12 @@ def is_generator_dir(path: str | Path) -> bool:
     return all((Path(path) / name).is_file() for name in ("weights.safetensors", "codes.npz"))
 
 
+def model_name(run: str | Path, directory: str | Path) -> str:
+    """A model's name in a run: its directory relative to the run (absolute when outside it)."""
+    path, root = Path(directory).resolve(), Path(run).resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
 def served_model_dir(run: str | Path) -> Path:
     """The model a run serves and evaluates by default: its latest model (``onesearch generator``
     points it at ``RUN/generator``, an alignment at ``RUN/generator-NAME``), else ``RUN/generator``."""

@@ -85,6 +85,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         write_token=_read_token(args.write_token_file),
         feedback_log=args.feedback_log,
         held_out=not args.no_held_out,
+        shards=args.shards,
     )
     return 0
 
@@ -237,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave a run's cold-start hold-out (encode --holdout-cold) out of the catalogue; by "
         "default those items join it live at start, as new items through /items do",
+    )
+    serving.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="split the trained item rows over N shard deployments (one replica each) that score "
+        "them; the search deployment plans once and merges their top items (default 1: it holds all)",
     )
     serving.set_defaults(handler=_cmd_serve)
 

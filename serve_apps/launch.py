@@ -44,17 +44,26 @@ def start(
     write_token: str | None = None,
     feedback_log: str | Path | None = None,
     held_out: bool = True,
+    shards: int = 1,
 ) -> str:
     """Deploy the app; returns its base URL. ``blocking`` keeps serving until interrupted, then tears
     the app down and re-raises the KeyboardInterrupt (the CLI's exit status 130).
 
     ``write_token``: see :func:`write_token_for`. ``feedback_log``: default RUN/feedback.sqlite.
     ``held_out``: a run's cold-start hold-out joins the served catalogue live at start.
+    ``shards``: how many shard deployments hold and score the item rows (1: the search deployment).
     """
     token = write_token_for(run, host, write_token)
     init_ray()
     serve.start(http_options={"host": host, "port": port})
-    args = {"run": str(run), "engine": engine, "data": data, "write_token": token, "held_out": held_out}
+    args = {
+        "run": str(run),
+        "engine": engine,
+        "data": data,
+        "write_token": token,
+        "held_out": held_out,
+        "shards": shards,
+    }
     if feedback_log is not None:
         args["feedback_log"] = str(feedback_log)
     serve.run(build_app(args), name="onesearch", route_prefix="/")

@@ -33,8 +33,10 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from onesearch_ray.rewards.feedback_log import FeedbackLog
+from onesearch_ray.runs import model_name, served_model_dir
 from onesearch_ray.serving.schemas import (
     MAX_ITEM_ID,
     MAX_USERS_PAGE,
@@ -53,6 +55,7 @@ from onesearch_ray.serving.schemas import (
     UserSummary,
 )
 from onesearch_ray.serving.service import ADD_LOG, ConflictError, NotFoundError, SearchService
+from serve_apps.shard_app import HandleShard, shard_deployments
 
 log = logging.getLogger("onesearch.serve")
 api = FastAPI(title="OneSearch-Ray", description="End-to-end generative e-commerce search", version="0.2.0")
@@ -112,11 +115,17 @@ class SearchDeployment:
         write_token: str | None = None,
         feedback_log: str | None = None,
         held_out: bool = True,
+        shards: list[DeploymentHandle] | None = None,
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         log_path = Path(feedback_log) if feedback_log else Path(run) / "feedback.sqlite"
         self.service = SearchService(
-            run, engine, data, feedback_log=FeedbackLog(log_path), add_log=Path(run) / ADD_LOG
+            run,
+            engine,
+            data,
+            feedback_log=FeedbackLog(log_path),
+            add_log=Path(run) / ADD_LOG,
+            shards=[HandleShard(handle) for handle in shards or []],
         )
         if held_out:  # the whole catalogue is served: a cold-start hold-out joins as new items
             self.service.add_held_out()
@@ -249,15 +258,23 @@ class SearchDeployment:
 
 def build_app(args: dict) -> serve.Application:
     """``serve run serve_apps.search_app:build_app run=RUN [engine=vllm] [data=DIR] [feedback_log=PATH]
-    [held_out=false]``; the write token comes from ``write_token=`` or the ONESEARCH_WRITE_TOKEN
-    environment variable. ``held_out=false`` leaves a run's cold-start hold-out out of the catalogue."""
+    [held_out=false] [shards=N]``; the write token comes from ``write_token=`` or the
+    ONESEARCH_WRITE_TOKEN environment variable. ``held_out=false`` leaves a run's cold-start hold-out
+    out of the catalogue; ``shards=N`` (N >= 2) puts the trained item rows in N shard deployments
+    (``serve_apps.shard_app``) that score them, one replica each."""
     if "run" not in args:
         raise ValueError("search app: the `run` argument (a trained run directory) is required")
+    run = Path(args["run"]).resolve()
+    n_shards = int(args.get("shards") or 1)
+    if n_shards < 1:
+        raise ValueError(f"search app: shards={n_shards}, it must be at least 1")
+    model = model_name(run, served_model_dir(run))
     return SearchDeployment.bind(
-        str(Path(args["run"]).resolve()),
+        str(run),
         args.get("engine", "vllm"),
         args.get("data"),
         args.get("write_token"),
         args.get("feedback_log"),
         str(args.get("held_out", True)).lower() not in ("false", "0", "no"),
+        shard_deployments(str(run), model, n_shards) if n_shards > 1 else None,
     )

@@ -221,3 +221,107 @@ def test_segment_refuses_mismatched_inputs():
     with pytest.raises(ValueError, match="index levels"):
         build_segment(ids, vectors, np.zeros(5), codes[:, :1], titles, lexical.saturation, LEVELS)
     assert sp.issparse(lexical.saturation)
+
+
+def sharded(n_shards: int, add_log: AddLog | None = None):
+    """(planner, shards) over base_catalogue's items: the planner holds no dense rows, each shard the
+    rows of the items shard_of gives it; the same vocabulary, weights and scale everywhere."""
+    from onesearch_ray.catalogue.shards import CatalogueShard, LocalShard, ShardScorer, shard_of
+
+    ids, titles, vectors, codes = random_items(300, seed=0)
+    lexical = LexicalIndex.build(titles)
+    bias = np.random.default_rng(1).normal(size=300).astype(np.float32)
+    weights = lexical.idf() * np.random.default_rng(2).uniform(0.5, 1.5, lexical.n_terms).astype(np.float32)
+
+    def shard_catalogue(model: str, index: int) -> LiveCatalogue:
+        rows = np.flatnonzero(shard_of(ids, n_shards) == index)
+        segment = build_segment(
+            ids[rows],
+            vectors[rows],
+            bias[rows],
+            codes[rows],
+            [titles[r] for r in rows],
+            lexical.saturation[rows],
+            LEVELS,
+        )
+        return LiveCatalogue(segment, lexical, weights, 0.7, model=model, shard=(index, n_shards))
+
+    read_log = add_log.read if add_log is not None else None
+    shards = [
+        CatalogueShard(shard_catalogue("m", i), lambda model, i=i: shard_catalogue(model, i), read_log)
+        for i in range(n_shards)
+    ]
+    scorer = ShardScorer([LocalShard(shard) for shard in shards])
+    planner_base = build_segment(
+        ids, np.zeros((300, 0), np.float32), bias, codes, titles, lexical.saturation, LEVELS
+    )
+    planner = LiveCatalogue(planner_base, lexical, weights, 0.7, model="m", scorer=scorer)
+    return planner, scorer, shards
+
+
+def test_shards_rank_as_one_catalogue_before_and_after_adds(tmp_path):
+    """Two and three shards give one catalogue's top items and scores, for the same plans, before and
+    after adds that bring new terms; planning facts are the same too."""
+    single, _, _ = base_catalogue()
+    planners = [sharded(n) for n in (2, 3)]
+    rng = np.random.default_rng(9)
+
+    def same_everywhere() -> None:
+        one = single.snapshot
+        for planner, _, _ in planners:
+            snapshot = planner.snapshot
+            assert snapshot.records == one.records
+            np.testing.assert_allclose(snapshot.term_weights, one.term_weights, rtol=1e-6)
+            for query_text in ("cordless drill", "red paint hose", "steel brass", "zebra quorbel"):
+                terms = one.query_terms([query_text])[0]
+                np.testing.assert_array_equal(snapshot.query_terms([query_text])[0], terms)
+                keys = np.unique(rng.integers(0, 24, size=10))
+                facts = one.group_facts(1, keys, terms), snapshot.group_facts(1, keys, terms)
+                np.testing.assert_array_equal(facts[0][0], facts[1][0])
+                np.testing.assert_allclose(facts[0][1], facts[1][1], rtol=1e-6)
+                bonus, query = rng.normal(size=len(keys)), rng.normal(size=8).astype(np.float32)
+                want = top(one, 1, keys, bonus, query, terms, k=15)
+                got = top(snapshot, 1, keys, bonus, query, terms, k=15)
+                np.testing.assert_array_equal(got[0], want[0])
+                np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5)
+
+    same_everywhere()
+    for batch in range(3):
+        items = NewItems(*random_items(25, seed=10 + batch, first_id=1000 + 100 * batch))
+        items = NewItems(
+            items.item_ids, [f"{t} quorbel{batch}" for t in items.titles], items.vectors, items.codes
+        )
+        single.add(items)
+        for planner, scorer, _ in planners:
+            scorer.add(items, planner.snapshot.records + 1)
+            planner.add(items)
+    same_everywhere()
+    _, _, shards = planners[0]
+    assert sum(len(s) for shard in shards for s in shard.catalogue.snapshot.segments) == 375  # each item once
+
+
+def test_a_shard_catches_up_from_the_add_log_and_scores_the_planners_snapshot(tmp_path):
+    """A shard that misses adds (down, or restarted) takes them from the add log when the planner's
+    snapshot names them; a search planned before an add is scored without it."""
+    log = AddLog(tmp_path / "added.log", "digest")
+    planner, scorer, shards = sharded(2, log)
+    before = planner.snapshot
+    first = NewItems(np.array([5000]), ["quorbel lamp"], np.ones((1, 8), np.float32), np.array([[1, 2]]))
+    log.append(first)
+    scorer.add(first, 1)
+    after = planner.add(first)
+    terms = after.query_terms(["quorbel lamp"])[0]
+    key = np.array([1 * LEVELS[1] + 2])
+    query = np.ones(8, np.float32)
+    assert 5000 in top(after, 1, key, [0.0], query, terms, 50)[0]
+    old_terms = before.query_terms(["quorbel lamp"])[0]
+    assert 5000 not in top(before, 1, key, [0.0], query, old_terms, 50)[0]  # the older snapshot, as planned
+    second = NewItems(np.array([5001]), ["quorbel desk"], np.ones((1, 8), np.float32), np.array([[1, 2]]))
+    log.append(second)  # logged, but no shard is told (as when the shards were unreachable)
+    latest = planner.add(second)
+    assert {shard.records for shard in shards} == {1}
+    assert 5001 in top(latest, 1, key, [0.0], query, latest.query_terms(["desk"])[0], 50)[0]
+    assert {shard.records for shard in shards} == {2}
+    _, _, restarted = sharded(2, log)  # new shards replay the whole log at start
+    assert {shard.records for shard in restarted} == {2}
+    assert sum(len(s) for shard in restarted for s in shard.catalogue.snapshot.segments[1:]) == 2

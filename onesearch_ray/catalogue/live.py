@@ -10,6 +10,11 @@ is at most twice the newer: log-many segments, each item re-sorted log-many time
 Lexical terms: the vocabulary only grows; a term first seen in an added title gets its IDF at that
 moment as its weight (known terms keep the model's learned weights), the length statistics stay the
 base's, as in ``catalogue.lexical.LexicalIndex``.
+
+Shards (``catalogue.shards``): a catalogue built with ``shard=(i, n)`` keeps only the items
+``shard_of`` gives it, but follows every add's titles, so its vocabulary, term weights and
+``records`` (adds applied) stay those of the whole catalogue; a planner's catalogue built with a
+``scorer`` plans over every item and hands the item step to the shards.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -47,6 +53,9 @@ class Snapshot:
     vocabulary: dict[str, int]  # shared and append-only: ids >= len(term_weights) are ignored here
     version: int
     centroids: tuple[np.ndarray, ...] = ()  # per index level: (level size, dim) residual centroids
+    records: int = 0  # adds applied since the base (a shard and its planner agree on it)
+    model: str = ""  # the model whose trained rows the base holds
+    scorer: Scorer | None = None  # where the item step runs when not on these segments (shards)
 
     @property
     def n_items(self) -> int:
@@ -97,6 +106,8 @@ class Snapshot:
         BLAS runs on one thread here: these products are small, and a second thread spinning beside
         them doubled the CPU a search costs without making it faster (docs/benchmarks.md)."""
         queries = np.asarray(queries, np.float32)
+        if self.scorer is not None:
+            return self.scorer(self, plans, queries, terms, k)
         with threadpool_limits(limits=1, user_api="blas"):
             return self._top_items(plans, queries, terms, k)
 
@@ -119,7 +130,7 @@ class Snapshot:
                 ids.append(segment.item_ids[rows])
                 scores.append(segment_scores)
             all_ids, all_scores = np.concatenate(ids), np.concatenate(scores)
-            best = _top(all_scores, k)
+            best = top_indices(all_scores, k, all_ids)
             out.append((all_ids[best], all_scores[best]))
         return out
 
@@ -156,6 +167,14 @@ class Snapshot:
 BATCH_PRODUCT_SHARE = 0.15  # kept rows / (batch x segment rows) above which one batch product wins
 
 
+class Scorer(Protocol):
+    def __call__(
+        self, snapshot: Snapshot, plans: Sequence, queries: np.ndarray, terms: Sequence[np.ndarray], k: int
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``Snapshot.top_items`` for ``snapshot``, computed elsewhere (``catalogue.shards.ShardScorer``)."""
+        ...
+
+
 class LiveCatalogue:
     """The searchable catalogue: a trained base segment plus the items added since, one snapshot at a
     time. ``lexical`` supplies the base's vocabulary and length statistics (never mutated here)."""
@@ -168,21 +187,35 @@ class LiveCatalogue:
         lexical_scale: float = 1.0,
         vector_dtype: str = "float32",
         centroids: tuple[np.ndarray, ...] = (),
+        model: str = "",
+        shard: tuple[int, int] | None = None,
+        scorer: Scorer | None = None,
     ) -> None:
         """``term_weights``: the model's weight of each of ``lexical``'s terms; ``lexical_scale`` multiplies
         every lexical score; ``vector_dtype`` stores added items' dense rows (float16 halves them);
-        ``centroids``: each index level's residual centroids (the geometry that plans deeper levels)."""
+        ``centroids``: each index level's residual centroids (the geometry that plans deeper levels);
+        ``model``: the name of the model whose rows ``base`` holds; ``shard``: (index, count) when this
+        catalogue keeps one shard's items (``base`` holds only those); ``scorer``: where the item step
+        runs instead of these segments (a planner over shards)."""
         if len(term_weights) != lexical.n_terms:
             raise ValueError(f"{len(term_weights)} term weights for a vocabulary of {lexical.n_terms}")
         self.lexical_stats = (lexical.average_length, lexical.k1, lexical.b)
         self.vector_dtype = np.dtype(vector_dtype)
+        self.shard = shard
         self._lock = threading.Lock()
         self._document_frequency = lexical.document_frequency.astype(np.float64)
         self._weights = np.asarray(term_weights, np.float32)  # unscaled: learned, then IDFs of new terms
         self._learned_terms = len(term_weights)
         self._scale = float(lexical_scale)
+        self._all_items = lexical.n_items  # of the whole catalogue, shards' items included (for IDF)
         self._snapshot = Snapshot(
-            (base,), self._weights * self._scale, dict(lexical.vocabulary), 0, tuple(centroids)
+            (base,),
+            self._weights * self._scale,
+            dict(lexical.vocabulary),
+            0,
+            tuple(centroids),
+            model=model,
+            scorer=scorer,
         )
 
     @property
@@ -198,10 +231,10 @@ class LiveCatalogue:
     def lexical_scale(self) -> float:
         return self._scale
 
-    def add(self, items: NewItems) -> Snapshot:
-        """Make ``items`` searchable (they score by their own vectors and title terms, bias 0)."""
-        if len(items.item_ids) == 0:
-            return self._snapshot
+    def add(self, items: NewItems, records: int = 1) -> Snapshot:
+        """Make ``items`` searchable (they score by their own vectors and title terms, bias 0); a shard
+        keeps its own of them. ``records``: how many adds of the add log they are (a replay joins
+        many as one)."""
         with self._lock:
             current = self._snapshot
             taken = [
@@ -210,25 +243,42 @@ class LiveCatalogue:
             if taken:
                 raise ValueError(f"items {taken[:5]} are already in the catalogue")
             saturation, frequency, weights = self._lexical_rows(current, items.titles)
-            segment = build_segment(
-                items.item_ids,
-                np.asarray(items.vectors, dtype=self.vector_dtype),
-                np.zeros(len(items.item_ids), np.float32),
-                items.codes,
-                items.titles,
-                saturation,
-                current.level_sizes,
-            )
-            segments = _merged([*current.segments, segment])
+            segments = current.segments
+            kept = np.ones(len(items.item_ids), bool) if self.shard is None else self._owned(items.item_ids)
+            if kept.any():
+                rows = np.flatnonzero(kept)
+                segment = build_segment(
+                    np.asarray(items.item_ids)[rows],
+                    np.asarray(items.vectors, dtype=self.vector_dtype)[rows],
+                    np.zeros(len(rows), np.float32),
+                    np.asarray(items.codes)[rows],
+                    [items.titles[row] for row in rows.tolist()],
+                    saturation[rows],
+                    current.level_sizes,
+                )
+                segments = _merged([*segments, segment])
             self._document_frequency, self._weights = frequency, weights  # only once all is built
+            self._all_items += len(items.item_ids)
             self._snapshot = replace(
-                current, segments=segments, term_weights=weights * self._scale, version=current.version + 1
+                current,
+                segments=segments,
+                term_weights=weights * self._scale,
+                version=current.version + 1,
+                records=current.records + records,
             )
             return self._snapshot
 
-    def rebase(self, base: Segment, term_weights: np.ndarray, lexical_scale: float) -> Snapshot:
-        """Serve the same added items over another base: a swapped-in model of the same run (same
-        items, vocabulary and SIDs; its own trained rows, term weights and scale)."""
+    def _owned(self, item_ids: np.ndarray) -> np.ndarray:
+        from onesearch_ray.catalogue.shards import shard_of
+
+        index, count = self.shard
+        return shard_of(item_ids, count) == index
+
+    def rebase(
+        self, base: Segment, term_weights: np.ndarray, lexical_scale: float, model: str = ""
+    ) -> Snapshot:
+        """Serve the same added items over another base: a swapped-in model (named ``model``) of the
+        same run (same items, vocabulary and SIDs; its own trained rows, term weights and scale)."""
         if len(term_weights) != self._learned_terms or len(base) != len(self._snapshot.segments[0]):
             raise ValueError("rebase: the new base must hold the same items and terms as the old one")
         with self._lock:
@@ -241,6 +291,7 @@ class LiveCatalogue:
                 segments=(base, *current.segments[1:]),
                 term_weights=self._weights * self._scale,
                 version=current.version + 1,
+                model=model,
             )
             return self._snapshot
 
@@ -255,7 +306,7 @@ class LiveCatalogue:
         frequency = np.zeros(width)
         frequency[: len(self._document_frequency)] = self._document_frequency
         frequency += np.bincount(saturation.indices, minlength=width)
-        idf = lucene_idf(current.n_items + len(titles), frequency[len(self._weights) :])
+        idf = lucene_idf(self._all_items + len(titles), frequency[len(self._weights) :])
         return saturation, frequency, np.concatenate([self._weights, idf])
 
 
@@ -266,7 +317,14 @@ def _merged(segments: list[Segment]) -> tuple[Segment, ...]:
     return tuple(segments)
 
 
-def _top(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` best scores, best first (a partition, then a sort of those k only)."""
-    best = np.argpartition(-scores, k)[:k] if len(scores) > k else np.arange(len(scores))
-    return best[np.argsort(-scores[best], kind="stable")]
+def top_indices(scores: np.ndarray, k: int, ids: np.ndarray) -> np.ndarray:
+    """Indices of the ``k`` best scores, best first, equal scores by item id (so a ranking does not
+    depend on where items are stored: segments, shards); a partition, then a sort of those k only."""
+    candidates = np.arange(len(scores))
+    if k <= 0:
+        return candidates[:0]
+    if len(scores) > k:
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+        candidates = np.flatnonzero(scores >= kth)
+    order = np.lexsort((ids[candidates], -scores[candidates]))
+    return candidates[order[:k]]

@@ -68,8 +68,9 @@ class AddLog:
             handle.write(_FRAME.pack(len(payload), zlib.crc32(payload)) + payload)
             _sync(handle)
 
-    def read(self) -> list[NewItems]:
-        """Every complete add, oldest first (a torn last record is dropped and cut off the file)."""
+    def read(self, repair: bool = True) -> list[NewItems]:
+        """Every complete add, oldest first. A torn last record is dropped and, with ``repair`` (the
+        writer, at start), cut off the file; a reader beside a live writer passes ``repair=False``."""
         data = self.path.read_bytes()
         offset, out = self._body_start, []
         while offset < len(data):
@@ -89,7 +90,7 @@ class AddLog:
                     )
                 )
             offset = end + length
-        if offset < len(data):
+        if offset < len(data) and repair:
             log.warning(
                 "%s: dropping a torn last record (%d bytes, never acknowledged)",
                 self.path,

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from onesearch_ray.catalogue import LiveCatalogue, build_segment
+from onesearch_ray.catalogue.live import Scorer
+from onesearch_ray.catalogue.shards import shard_of
 from onesearch_ray.generator.codes import CodeTree
 from onesearch_ray.generator.model import CodeItemGenerator
 
@@ -27,6 +29,10 @@ def model_catalogue(
     sid_level_sizes: tuple[int, ...] | None = None,
     titles: list[str] | None = None,
     vector_dtype: str | None = None,
+    *,
+    name: str = "",
+    shard: tuple[int, int] | None = None,
+    scorer: Scorer | None = None,
 ) -> LiveCatalogue:
     """The model's items as a live catalogue.
 
@@ -34,7 +40,11 @@ def model_catalogue(
     searches); ``codes`` (rows, positions) and ``sid_level_sizes``: the items' full SIDs and their
     layout, to index ``model.config.search.refine_levels`` levels below the decoded ones;
     ``titles``: shown with hits (default empty); ``vector_dtype``: how dense rows are stored
-    (default ``SearchConfig.vector_dtype``).
+    (default ``SearchConfig.vector_dtype``); ``name``: the model's name, which snapshots carry.
+
+    Shards (``catalogue.shards``): ``shard=(i, n)`` keeps the rows of shard i's items only; a
+    ``scorer`` makes the planner's catalogue, which keeps every item but none of the trained dense
+    rows (the shards score them).
     """
     vector_dtype = vector_dtype or model.config.search.vector_dtype
     n = model.n_items
@@ -49,17 +59,23 @@ def model_catalogue(
             raise ValueError("the items' SIDs do not start with the codes the model was trained on")
         depth = min(levels + model.config.search.refine_levels, _prefix_levels(sid_level_sizes))
         sizes = tuple(sid_level_sizes[:depth])
-    vectors = (model.item_vectors + model.item_offset).numpy().astype(vector_dtype)
+    rows = np.arange(n) if shard is None else np.flatnonzero(shard_of(item_ids, shard[1]) == shard[0])
+    if scorer is None:
+        vectors = (model.item_vectors[rows] + model.item_offset[rows]).numpy().astype(vector_dtype)
+    else:
+        vectors = np.zeros((n, 0), vector_dtype)
     base = build_segment(
-        item_ids,
+        item_ids[rows],
         vectors,
-        model.item_bias.numpy(),
-        codes,
-        titles if titles is not None else [""] * n,
-        model.lexical.saturation,
+        model.item_bias.numpy()[rows],
+        codes[rows],
+        [titles[row] for row in rows.tolist()] if titles is not None else [""] * len(rows),
+        model.lexical.saturation[rows],
         sizes,
     )
-    if len(sizes) == levels:  # the model holds these centroids already (built the same way)
+    if shard is not None:  # a shard never plans
+        centroids = ()
+    elif len(sizes) == levels:  # the model holds these centroids already (built the same way)
         centroids = tuple(getattr(model, f"centroids_{level}").numpy() for level in range(levels))
     else:
         centroids = tuple(CodeTree.build(codes[:, : len(sizes)], sizes, model.item_vectors.numpy()).centroids)
@@ -70,6 +86,9 @@ def model_catalogue(
         lexical_scale=float(model.log_lexical_scale.exp()),
         vector_dtype=vector_dtype,
         centroids=centroids,
+        model=name,
+        shard=shard,
+        scorer=scorer,
     )
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from onesearch_ray.behavior import UserContext
 from onesearch_ray.catalogue import LiveCatalogue, Snapshot
+from onesearch_ray.catalogue.live import Scorer
 from onesearch_ray.khqe import SemanticIdTokenizer
 from onesearch_ray.khqe.online import RunTextEncoder
 from onesearch_ray.runs import GENERATOR_DIR, is_generator_dir
@@ -50,13 +51,28 @@ class ServedModel(Protocol):
         """The search as the model sees it, recorded with its impression."""
         ...
 
-    def catalogue(self, sids: SemanticIdTokenizer, titles: dict[int, str]) -> LiveCatalogue:
-        """The model's items as a live catalogue (full SIDs from ``sids``, titles shown with hits)."""
+    def catalogue(
+        self, sids: SemanticIdTokenizer, titles: dict[int, str], name: str = "", scorer: Scorer | None = None
+    ) -> LiveCatalogue:
+        """The model's items as a live catalogue (full SIDs from ``sids``, titles shown with hits);
+        ``name``: the model's name in the run; ``scorer``: shards that hold the trained rows."""
         ...
 
     def search(self, searches: Sequence[Search], items: Snapshot) -> list[Ranking]:
         """(item id, score) pairs, best first, at most ``k`` per search, from the ``items`` snapshot."""
         ...
+
+
+def shard_catalogue(run: Path, model: str, shard: tuple[int, int]) -> LiveCatalogue:
+    """Shard ``shard`` = (index, count) of model ``model`` (its directory under ``run``): the trained
+    rows of the items the shard owns, no titles (the planner shows hits)."""
+    from onesearch_ray.generator.items import model_catalogue
+    from onesearch_ray.generator.store import load_generator
+
+    sids = SemanticIdTokenizer.load(run / "sid_tokenizer")
+    generator, item_ids = load_generator(run / model)
+    codes = np.asarray(sids.item_codes([int(i) for i in item_ids]), np.int64)
+    return model_catalogue(generator, item_ids, codes, sids.layout.level_sizes, name=model, shard=shard)
 
 
 def model_dirs(run: Path) -> list[Path]:
@@ -91,12 +107,16 @@ class GeneratorModel:
     def describe(self, search: Search) -> str:
         return json.dumps({"query": search.request.query, "history": self._history(search.context)})
 
-    def catalogue(self, sids: SemanticIdTokenizer, titles: dict[int, str]) -> LiveCatalogue:
+    def catalogue(
+        self, sids: SemanticIdTokenizer, titles: dict[int, str], name: str = "", scorer: Scorer | None = None
+    ) -> LiveCatalogue:
         from onesearch_ray.generator.items import model_catalogue
 
         codes = np.asarray(sids.item_codes(self.item_ids), np.int64)
         names = [titles.get(item, "") for item in self.item_ids]
-        return model_catalogue(self.model, self.item_ids, codes, sids.layout.level_sizes, names)
+        return model_catalogue(
+            self.model, self.item_ids, codes, sids.layout.level_sizes, names, name=name, scorer=scorer
+        )
 
     def search(self, searches: Sequence[Search], items: Snapshot) -> list[Ranking]:
         from onesearch_ray.generator.prompts import build_prompts

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from onesearch_ray.behavior import BehaviorIndex, UserContext
 from onesearch_ray.catalogue import AddLog, NewItems, Snapshot
+from onesearch_ray.catalogue.shards import ShardClient, ShardScorer
 from onesearch_ray.data import Track, load_track
 from onesearch_ray.eval.baselines import BM25Retriever
 from onesearch_ray.eval.holdout import HOLDOUT_FILE, read_holdout
@@ -47,7 +48,7 @@ from onesearch_ray.rewards.feedback_log import (
     ShownItem,
     UnknownImpressionError,
 )
-from onesearch_ray.runs import served_model_dir
+from onesearch_ray.runs import model_name, served_model_dir
 from onesearch_ray.serving.models import GeneratorModel, Search, ServedModel, model_dirs
 from onesearch_ray.serving.schemas import (
     MAX_ADD_ITEMS,
@@ -101,10 +102,13 @@ class SearchService:
         model_dir: str | Path | None = None,
         feedback_log: FeedbackLog | None = None,
         add_log: str | Path | None = None,
+        shards: Sequence[ShardClient] = (),
     ) -> None:
         """``engine``: one of ``serving.models.ENGINES`` ("vllm", "vllm-compiled", "transformers").
         ``add_log``: the write-ahead file of live adds (``ADD_LOG`` under the run is what ``onesearch
-        serve`` keeps); its items join at start. Without it, adds live in memory only (evaluation)."""
+        serve`` keeps); its items join at start. Without it, adds live in memory only (evaluation).
+        ``shards``: the catalogue's shards (``catalogue.shards``), which then hold the trained rows
+        and score them; this service plans and shows hits (none: it holds everything itself)."""
         self.run = Path(run)
         self.engine = engine
         self.sids = SemanticIdTokenizer.load(self.run / "sid_tokenizer")
@@ -115,7 +119,8 @@ class SearchService:
         titles = dict(
             zip(items.column("item_id").to_pylist(), items.column("title").to_pylist(), strict=True)
         )
-        self.catalogue = self.model.catalogue(self.sids, titles)
+        self._shards = ShardScorer(shards) if shards else None
+        self.catalogue = self.model.catalogue(self.sids, titles, self.model_name, self._shards)
         self.add_log = None
         if add_log is not None:
             self.add_log = AddLog(add_log, self.sids.codebooks_digest)
@@ -140,7 +145,7 @@ class SearchService:
             np.concatenate([b.vectors for b in batches]),
             np.concatenate([b.codes for b in batches]),
         )
-        self.catalogue.add(items)
+        self.catalogue.add(items, records=len(batches))  # shards replay the same log themselves
         log.info("%d items of %s joined the catalogue", len(items.item_ids), self.add_log.path)
 
     @property
@@ -264,10 +269,10 @@ class SearchService:
     # ---- live model --------------------------------------------------------------------------
     @property
     def model_name(self) -> str:
-        return _relative_to(self.model_dir, self.run)
+        return model_name(self.run, self.model_dir)
 
     def available_models(self) -> list[str]:
-        return [_relative_to(path, self.run) for path in model_dirs(self.run)]
+        return [model_name(self.run, path) for path in model_dirs(self.run)]
 
     def swap_model(self, name: str) -> ModelInfo:
         """Serve model ``name`` (from ``available_models``, or its last part). Searches running finish
@@ -297,9 +302,11 @@ class SearchService:
         """The catalogue's trained items as the newly loaded model has them; added items stay."""
         base = self.catalogue.snapshot.segments[0]
         titles = dict(zip(base.item_ids.tolist(), base.titles.to_pylist(), strict=True))
-        fresh = self.model.catalogue(self.sids, titles)
+        fresh = self.model.catalogue(self.sids, titles, self.model_name, self._shards)
         learned = fresh.snapshot
-        self.catalogue.rebase(learned.segments[0], fresh.learned_weights, fresh.lexical_scale)
+        self.catalogue.rebase(
+            learned.segments[0], fresh.learned_weights, fresh.lexical_scale, self.model_name
+        )
 
     # ---- live catalogue --------------------------------------------------------------------
     @property
@@ -328,6 +335,8 @@ class SearchService:
             items = NewItems(np.asarray(ids, np.int64), [item.title for item in request.items], raw, codes)
             if self.add_log is not None:
                 self.add_log.append(items)  # durable before it is visible or acknowledged
+            if self._shards is not None:  # the shards first: the planner's snapshot names this add
+                self._shards.add(items, snapshot.records + 1)
             snapshot = self.catalogue.add(items)
         added = self.hits([(i, 0.0) for i in ids], snapshot)
         return AddItemsResponse(added=added, trie_version=snapshot.version, n_items=snapshot.n_items)
@@ -415,11 +424,6 @@ class _SwapGate:
             with self._condition:
                 self._swapping = False
                 self._condition.notify_all()
-
-
-def _relative_to(path: Path, root: Path) -> str:
-    path, root = path.resolve(), root.resolve()
-    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def _encoded_data(run: Path) -> str | None:
