@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     scorer = ShardScorer([LocalShard(shard(i)) for i in range(args.shards)])
     planner = catalogue(scorer=scorer)
     results, added = [], 0
+    grown = _grow(base, args.run, max(args.added), 0.5)  # each step adds the next slice of these
     for target in sorted(args.added):
-        grown = _grow(base, args.run, target, 0.5)
-        fresh = slice(added, target)  # _grow is seeded: its first items are the ones added before
+        fresh = slice(added, target)
         if target > added:
             items = NewItems(
                 grown["item_ids"][fresh],

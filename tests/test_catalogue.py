@@ -325,3 +325,45 @@ def test_a_shard_catches_up_from_the_add_log_and_scores_the_planners_snapshot(tm
     _, _, restarted = sharded(2, log)  # new shards replay the whole log at start
     assert {shard.records for shard in restarted} == {2}
     assert sum(len(s) for shard in restarted for s in shard.catalogue.snapshot.segments[1:]) == 2
+
+
+@pytest.mark.parametrize("low_rank", [False, True])
+def test_first_pass_shortlist_returns_the_exact_top_items(monkeypatch, low_rank):
+    """A segment with a first pass (rows projected on principal directions) rescores a shortlist with
+    its full rows: the top items and their scores are those of the exact item step, whether the
+    projection keeps every direction or the rows lie near a lower-dimensional subspace."""
+    from onesearch_ray.catalogue import segment as segment_module
+
+    monkeypatch.setattr(segment_module, "SHORTLIST", 12)
+    if low_rank:
+        monkeypatch.setattr(segment_module, "FIRST_PASS_DIMS", 4)
+    ids, titles, vectors, codes = random_items(400, seed=3)
+    if low_rank:  # rows in a 4-d subspace of the 8-d space, plus a little noise
+        rng = np.random.default_rng(4)
+        vectors = (
+            rng.normal(size=(400, 4)) @ rng.normal(size=(4, 8)) + 0.01 * rng.normal(size=(400, 8))
+        ).astype(np.float32)
+    lexical = LexicalIndex.build(titles)
+    bias = np.random.default_rng(1).normal(size=400).astype(np.float32)
+    exact, approximate = (
+        build_segment(ids, vectors, bias, codes, titles, lexical.saturation, LEVELS, first_pass_rows=rows)
+        for rows in (0, 1)
+    )
+    assert exact.first_pass is None and approximate.first_pass is not None
+    rng = np.random.default_rng(5)
+    keys = np.arange(LEVELS[0])  # every group: 400 kept rows, a shortlist of 12
+    for query_text in ("cordless drill", "red paint", "zebra"):
+        terms = np.asarray(
+            sorted({lexical.vocabulary[t] for t in query_text.split() if t in lexical.vocabulary})
+        )
+        terms = terms.astype(np.int64)
+        weights = lexical.idf()[terms]
+        query = rng.normal(size=8).astype(np.float32)
+        bonus = rng.normal(size=len(keys)).astype(np.float32)
+        rows, scores = approximate.candidates(0, keys, bonus, query, terms, weights, k=3)
+        assert len(rows) == 12
+        all_rows, all_scores = exact.candidates(0, keys, bonus, query, terms, weights, k=3)
+        best = np.argsort(-all_scores)[:5]
+        mine = np.argsort(-scores)[:5]
+        np.testing.assert_array_equal(rows[mine], all_rows[best])
+        np.testing.assert_allclose(scores[mine], all_scores[best], rtol=1e-5, atol=1e-5)

@@ -126,6 +126,7 @@ class Snapshot:
                     terms[b],
                     weights,
                     None if products is None else products[b],
+                    k,
                 )
                 ids.append(segment.item_ids[rows])
                 scores.append(segment_scores)
@@ -190,18 +191,21 @@ class LiveCatalogue:
         model: str = "",
         shard: tuple[int, int] | None = None,
         scorer: Scorer | None = None,
+        first_pass_rows: int = 0,
     ) -> None:
         """``term_weights``: the model's weight of each of ``lexical``'s terms; ``lexical_scale`` multiplies
         every lexical score; ``vector_dtype`` stores added items' dense rows (float16 halves them);
         ``centroids``: each index level's residual centroids (the geometry that plans deeper levels);
         ``model``: the name of the model whose rows ``base`` holds; ``shard``: (index, count) when this
         catalogue keeps one shard's items (``base`` holds only those); ``scorer``: where the item step
-        runs instead of these segments (a planner over shards)."""
+        runs instead of these segments (a planner over shards); ``first_pass_rows``: segments of at
+        least this many items (> 0) get a first pass (``catalogue.segment.FirstPass``)."""
         if len(term_weights) != lexical.n_terms:
             raise ValueError(f"{len(term_weights)} term weights for a vocabulary of {lexical.n_terms}")
         self.lexical_stats = (lexical.average_length, lexical.k1, lexical.b)
         self.vector_dtype = np.dtype(vector_dtype)
         self.shard = shard
+        self.first_pass_rows = first_pass_rows
         self._lock = threading.Lock()
         self._document_frequency = lexical.document_frequency.astype(np.float64)
         self._weights = np.asarray(term_weights, np.float32)  # unscaled: learned, then IDFs of new terms
@@ -255,8 +259,9 @@ class LiveCatalogue:
                     [items.titles[row] for row in rows.tolist()],
                     saturation[rows],
                     current.level_sizes,
+                    self.first_pass_rows,
                 )
-                segments = _merged([*segments, segment])
+                segments = _merged([*segments, segment], self.first_pass_rows)
             self._document_frequency, self._weights = frequency, weights  # only once all is built
             self._all_items += len(items.item_ids)
             self._snapshot = replace(
@@ -310,10 +315,10 @@ class LiveCatalogue:
         return saturation, frequency, np.concatenate([self._weights, idf])
 
 
-def _merged(segments: list[Segment]) -> tuple[Segment, ...]:
+def _merged(segments: list[Segment], first_pass_rows: int) -> tuple[Segment, ...]:
     """Merge the newest two added segments while the older is at most twice the newer."""
     while len(segments) > 2 and len(segments[-2]) <= 2 * len(segments[-1]):
-        segments[-2:] = [merge_segments(segments[-2:])]
+        segments[-2:] = [merge_segments(segments[-2:], first_pass_rows)]
     return tuple(segments)
 
 

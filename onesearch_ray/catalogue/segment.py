@@ -9,6 +9,12 @@ saturation of each term in each group (block-max), the bound planning uses witho
 
 Scores are model-agnostic: ``<query, row> + bias + sum_t weight_t * sat(row, t) + bonus(prefix)``,
 with the model's scales already folded into ``query`` and ``weight``.
+
+A large segment also holds a :class:`FirstPass`: its rows projected on their leading principal
+directions (a quarter of the bytes). When a search keeps many of its rows, everything but the dense
+term is computed exactly for all of them (cheap: no row read), the dense term approximately from the
+projection, and only a shortlist of the best is rescored with the full rows: the item step then reads
+a quarter of the bytes it would (the dense read is memory-bound: docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -25,6 +31,37 @@ from onesearch_ray.decoding.trie import prefix_keys
 
 MAX_KEY_SPACE = 1 << 40  # prefix keys are int64
 MAX_SLOTS = 1 << 22  # a level with at most this many prefixes gets a direct key -> group table
+FIRST_PASS_DIMS = 96  # Home Depot (384-d): recall@100 of the exact dense top in a 1,000 shortlist 0.995
+FIRST_PASS_SAMPLE = 30_000  # rows the principal directions are fitted on
+SHORTLIST = 1000  # at least this many kept rows (and 4 k) are rescored exactly after a first pass
+
+
+@dataclass(frozen=True, eq=False)
+class FirstPass:
+    """A segment's dense rows projected on their leading principal directions (uncentred: the
+    projected inner product ranks as the centred one does, up to a constant per query)."""
+
+    basis: np.ndarray  # (dims, dim) float32
+    rows: np.ndarray  # (n, dims) float32
+
+    @classmethod
+    def fit(cls, vectors: np.ndarray, seed: int = 0) -> FirstPass:
+        dims = min(FIRST_PASS_DIMS, vectors.shape[1])
+        rng = np.random.default_rng(seed)
+        sample = vectors[
+            np.sort(rng.choice(len(vectors), min(len(vectors), FIRST_PASS_SAMPLE), replace=False))
+        ]
+        sample = np.asarray(sample, np.float32)
+        _, _, directions = np.linalg.svd(sample - sample.mean(0), full_matrices=False)
+        basis = np.ascontiguousarray(directions[:dims], np.float32)
+        rows = np.empty((len(vectors), dims), np.float32)
+        for start in range(0, len(vectors), 100_000):  # in blocks: float16 rows convert a block at a time
+            rows[start : start + 100_000] = np.asarray(vectors[start : start + 100_000], np.float32) @ basis.T
+        return cls(basis, rows)
+
+    @property
+    def nbytes(self) -> int:
+        return self.basis.nbytes + self.rows.nbytes
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,6 +97,7 @@ class Segment:
     levels: tuple[LevelGroups, ...]
     level_sizes: tuple[int, ...]  # codebook size of each index level
     id_order: np.ndarray  # argsort of item_ids (lookup by id)
+    first_pass: FirstPass | None = None  # large segments: the approximate dense term (module docstring)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -75,6 +113,7 @@ class Segment:
             sum(a.nbytes for a in arrays)
             + sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in sparse)
             + self.titles.nbytes
+            + (self.first_pass.nbytes if self.first_pass is not None else 0)
         )
 
     def rows_of(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -113,9 +152,12 @@ class Segment:
         terms: np.ndarray,
         weights: np.ndarray,
         dense: np.ndarray | None = None,
+        k: int = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, scores) of every item under ``keys`` (at index level ``level``); ``bonus`` per key.
-        ``dense``: ``<query, row>`` for every row when a batch product computed it already."""
+        """(rows, scores) of the items under ``keys`` (at index level ``level``); ``bonus`` per key.
+        ``dense``: ``<query, row>`` for every row when a batch product computed it already. With a
+        first pass and more kept rows than the shortlist (``SHORTLIST``, at least 4 ``k``), only the
+        shortlist is returned, each with its exact score."""
         groups = self.levels[level]
         index, present = groups.find(keys)
         starts, ends = groups.bounds[index[present]], groups.bounds[index[present] + 1]
@@ -126,24 +168,17 @@ class Segment:
         offsets = np.cumsum(lengths) - lengths
         rows = _ranges(starts, ends)
         scores = np.repeat(bonus.astype(np.float32), lengths) + self.bias[rows]
-        scores += dense[rows] if dense is not None else self._dense(rows, starts, ends, offsets, query)
         self._add_lexical(scores, starts, ends, offsets, terms, weights)
-        return rows, scores
-
-    def _dense(self, rows, starts, ends, offsets, query: np.ndarray) -> np.ndarray:
-        """``<query, row>`` for the given rows, one product per run of adjacent groups (contiguous
-        reads, no gather). float32 rows go through numpy (BLAS); float16 rows through torch, whose
-        matrix-vector product reads them natively (numpy converts float16 ~10x slower)."""
-        out = np.empty(len(rows), dtype=np.float32)
-        if self.vectors.dtype == np.float32:
-            for start, end, offset in _contiguous(starts, ends, offsets):
-                out[offset : offset + end - start] = self.vectors[start:end] @ query
-            return out
-        table = torch.from_numpy(self.vectors)
-        vector = torch.from_numpy(np.asarray(query, np.float32)).to(table.dtype)
-        for start, end, offset in _contiguous(starts, ends, offsets):
-            out[offset : offset + end - start] = (table[start:end] @ vector).float().numpy()
-        return out
+        if dense is not None:
+            return rows, scores + dense[rows]
+        shortlist = max(SHORTLIST, 4 * k)
+        if self.first_pass is None or len(rows) <= shortlist:
+            return rows, scores + _dense(self.vectors, starts, ends, offsets, query)
+        approximate = scores + _dense(
+            self.first_pass.rows, starts, ends, offsets, self.first_pass.basis @ query
+        )
+        kept = np.sort(np.argpartition(-approximate, shortlist)[:shortlist])
+        return rows[kept], scores[kept] + _gathered_dense(self.vectors, rows[kept], query)
 
     def _add_lexical(self, scores, starts, ends, offsets, terms, weights) -> None:
         """Adds each term's contribution from its postings inside the given row ranges."""
@@ -169,8 +204,10 @@ def build_segment(
     titles: Sequence[str] | pa.StringArray,
     saturation: sp.csr_matrix,
     level_sizes: tuple[int, ...],
+    first_pass_rows: int = 0,
 ) -> Segment:
-    """A segment of the given items (any order: rows are sorted here by their index-level prefix)."""
+    """A segment of the given items (any order: rows are sorted here by their index-level prefix);
+    with at least ``first_pass_rows`` items (> 0) it gets a :class:`FirstPass`."""
     item_ids = np.asarray(item_ids, dtype=np.int64)
     codes = np.asarray(codes, dtype=np.int32).reshape(len(item_ids), -1)
     n = len(item_ids)
@@ -192,9 +229,13 @@ def build_segment(
     )
     sorted_ids = item_ids[order]
     title_array = titles if isinstance(titles, pa.Array) else pa.array(list(titles), pa.string())
+    vectors = np.ascontiguousarray(np.asarray(vectors)[order])
+    first_pass = None
+    if 0 < first_pass_rows <= n and vectors.shape[1] > 0:
+        first_pass = FirstPass.fit(vectors)
     return Segment(
         sorted_ids,
-        np.ascontiguousarray(np.asarray(vectors)[order]),
+        vectors,
         np.asarray(bias, dtype=np.float32)[order],
         codes[order],
         title_array.take(pa.array(order)),
@@ -202,10 +243,11 @@ def build_segment(
         levels,
         tuple(int(s) for s in level_sizes),
         np.argsort(sorted_ids, kind="stable"),
+        first_pass,
     )
 
 
-def merge_segments(segments: Sequence[Segment]) -> Segment:
+def merge_segments(segments: Sequence[Segment], first_pass_rows: int = 0) -> Segment:
     """One segment holding the items of ``segments`` (cost in proportion to their size)."""
     width = max(s.postings.shape[1] for s in segments)
     return build_segment(
@@ -216,6 +258,7 @@ def merge_segments(segments: Sequence[Segment]) -> Segment:
         pa.concat_arrays([s.titles for s in segments]),
         sp.vstack([_widen(s.postings.tocsr(), width) for s in segments], format="csr"),
         segments[0].level_sizes,
+        first_pass_rows,
     )
 
 
@@ -253,6 +296,30 @@ def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
     return np.arange(total, dtype=np.int64) + shift
+
+
+def _dense(table: np.ndarray, starts, ends, offsets, query: np.ndarray) -> np.ndarray:
+    """``<query, row>`` for the rows of the given ranges, one product per run of adjacent ranges
+    (contiguous reads, no gather). float32 rows go through numpy (BLAS); float16 rows through torch,
+    whose matrix-vector product reads them natively (numpy converts float16 ~10x slower)."""
+    out = np.empty(int((ends - starts).sum()), dtype=np.float32)
+    if table.dtype == np.float32:
+        for start, end, offset in _contiguous(starts, ends, offsets):
+            out[offset : offset + end - start] = table[start:end] @ query
+        return out
+    rows = torch.from_numpy(table)
+    vector = torch.from_numpy(np.asarray(query, np.float32)).to(rows.dtype)
+    for start, end, offset in _contiguous(starts, ends, offsets):
+        out[offset : offset + end - start] = (rows[start:end] @ vector).float().numpy()
+    return out
+
+
+def _gathered_dense(table: np.ndarray, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """``<query, row>`` for a short list of (sorted) rows."""
+    if table.dtype == np.float32:
+        return table[rows] @ query
+    picked = torch.from_numpy(table)[torch.from_numpy(rows)]
+    return (picked @ torch.from_numpy(np.asarray(query, np.float32)).to(picked.dtype)).float().numpy()
 
 
 def _contiguous(starts: np.ndarray, ends: np.ndarray, offsets: np.ndarray):

@@ -46,6 +46,9 @@ class SearchConfig:
     prefixes that fit. Below ``max_items`` nothing changes, so the cost per search is bounded by
     this number, not by the catalogue's size. ``vector_dtype`` stores the item step's dense rows:
     float16 halves their memory at some CPU cost here (docs/benchmarks.md, "Catalogues of millions").
+    Catalogue segments of at least ``first_pass_rows`` items (0: none) also hold their rows projected
+    on 96 principal directions: the dense term of a search's kept items is first approximated from
+    those, and only a shortlist is rescored with the full rows (``catalogue.segment.FirstPass``).
     """
 
     beams: tuple[int, ...] = (32,)
@@ -54,12 +57,15 @@ class SearchConfig:
     max_items: int = 40_000
     refine_levels: int = 1
     vector_dtype: str = "float32"
+    first_pass_rows: int = 100_000
 
     def validate(self, levels: int) -> None:
         if len(self.beams) != levels or min(self.beams) <= 0:
             raise ValueError(f"search beams {self.beams}: one positive width per code level ({levels})")
-        if self.max_items < 1 or self.refine_levels < 0:
-            raise ValueError(f"search max_items {self.max_items} must be >= 1, refine_levels >= 0")
+        if self.max_items < 1 or self.refine_levels < 0 or self.first_pass_rows < 0:
+            raise ValueError(
+                f"search max_items {self.max_items} must be >= 1, refine_levels and first_pass_rows >= 0"
+            )
         if self.vector_dtype not in ("float16", "float32"):
             raise ValueError(f"search vector_dtype {self.vector_dtype!r}: float16 or float32")
 

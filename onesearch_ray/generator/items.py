@@ -72,6 +72,7 @@ def model_catalogue(
         [titles[row] for row in rows.tolist()] if titles is not None else [""] * len(rows),
         model.lexical.saturation[rows],
         sizes,
+        model.config.search.first_pass_rows,
     )
     if shard is not None:  # a shard never plans
         centroids = ()
@@ -89,6 +90,7 @@ def model_catalogue(
         model=name,
         shard=shard,
         scorer=scorer,
+        first_pass_rows=model.config.search.first_pass_rows,
     )
 
 
