@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from onesearch_ray.data import SyntheticConfig, write_synthetic
-from tests.ray_jobs import RAY, stop_head, wait_for
+from tests.ray_jobs import RAY, free_port, stop_head, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -26,12 +25,6 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 SMALL_TRACK = SyntheticConfig(seed=3, n_items=400, n_users=40, n_queries=120, n_sessions=600)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
     """A head node started as a user would (`ray start --head`); yields (gcs_address, dashboard_url).
@@ -41,7 +34,7 @@ def ray_cluster(tmp_path_factory):
     """
     import ray
 
-    port, dashboard_port = _free_port(), _free_port()
+    port, dashboard_port = free_port(), free_port()
     temp_dir = tmp_path_factory.mktemp("ray")
     log = tmp_path_factory.mktemp("ray_start") / "ray_start.log"
     command = [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", f"--temp-dir={temp_dir}"]
@@ -50,7 +43,7 @@ def ray_cluster(tmp_path_factory):
     # Ports of its own for the agents: the defaults (e.g. 52365 for the job agent) are taken when
     # another Ray cluster runs on the machine, and `ray job submit` then finds no agent.
     for agent in ("dashboard-agent-listen", "dashboard-agent-grpc", "runtime-env-agent", "metrics-export"):
-        command.append(f"--{agent}-port={_free_port()}")
+        command.append(f"--{agent}-port={free_port()}")
     with log.open("wb") as out:
         head = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -60,6 +61,13 @@ def logs(dashboard: str, job_id: str) -> str:
     from ray.job_submission import JobSubmissionClient
 
     return JobSubmissionClient(dashboard).get_job_logs(job_id)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a server a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:

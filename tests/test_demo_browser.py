@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.ray_jobs import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -38,12 +39,6 @@ pytestmark = [
 ]
 # Skip the module (before the fixtures train a model) when the Python driver is missing.
 sync_api = pytest.importorskip("playwright.sync_api", reason="run `bash scripts/setup_browser.sh`")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_healthy(url: str, timeout_s: float = 120.0) -> None:
@@ -73,7 +68,7 @@ def search_api(ray_cluster, generator_small_run):
     from serve_apps.launch import start
 
     url = start(
-        generator_small_run, host="127.0.0.1", port=_free_port(), engine="transformers", blocking=False
+        generator_small_run, host="127.0.0.1", port=free_port(), engine="transformers", blocking=False
     )
     try:
         _wait_healthy(url)
@@ -88,7 +83,7 @@ def demo_url(search_api):
     from demo.app import build_demo
 
     demo = build_demo(search_api)
-    port = _free_port()
+    port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}"

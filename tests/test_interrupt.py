@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from onesearch_ray.generator.job import CHECKPOINT, MODEL_DIR, load_job_config
 from onesearch_ray.generator.store import load_generator
 from onesearch_ray.generator.train import Example, TrainConfig, _resume, parameter_groups, train
 from pipelines.common import wait_for_interrupt
-from tests.ray_jobs import REPO, ray_processes, wait_for
+from tests.ray_jobs import REPO, free_port, ray_processes, wait_for
 
 # Issue 18 asks 10 s; 2-10 s measured on 2 shared cores. The bounds leave room for a loaded CI machine
 # and still fail a Ctrl-C that was lost (the bug: the driver trained on, indefinitely).
@@ -252,16 +251,10 @@ def test_one_ctrl_c_stops_evaluation(generator_run, small_track, tmp_path):
     assert not (generator_run / "eval_synthetic.json").exists(), "stopped before its report"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_one_ctrl_c_stops_serving(generator_run, tmp_path):
     # The torch engine starts twice as fast as vLLM here; both run inside the Serve replica.
-    port = _free_port()
+    port = free_port()
     args = ["serve", "--run", str(generator_run), "--port", str(port), "--engine", "transformers"]
     with onesearch(args, tmp_path) as command:
         wait_until(command, lambda: "search API:" in command.output(), "the search API")
@@ -273,7 +266,7 @@ def test_one_ctrl_c_stops_serving(generator_run, tmp_path):
 @pytest.mark.slow
 def test_one_ctrl_c_stops_the_demo_page(tmp_path):
     # The quickstart's last phase serves this page beside the API; it needs no API to start.
-    args = ["demo", "--api", f"http://127.0.0.1:{_free_port()}", "--port", str(_free_port())]
+    args = ["demo", "--api", f"http://127.0.0.1:{free_port()}", "--port", str(free_port())]
     with onesearch(args, tmp_path) as command:
         wait_until(command, lambda: "Running on local URL" in command.output(), "the demo page")
         output = interrupt(command)

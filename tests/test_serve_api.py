@@ -19,16 +19,11 @@ import pyarrow.compute as pc
 import pytest
 
 from onesearch_ray.data.schemas import Event
+from tests.ray_jobs import free_port
 
 ENGINE = "vllm"
 TOKEN = "test-write-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +33,7 @@ def served(ray_cluster, generator_small_run, tmp_path_factory):
 
     from serve_apps.launch import start
 
-    port, log = _free_port(), tmp_path_factory.mktemp("feedback") / "feedback.sqlite"
+    port, log = free_port(), tmp_path_factory.mktemp("feedback") / "feedback.sqlite"
     run = tmp_path_factory.mktemp("served") / "run"  # its own copy: the server writes its add log there
     shutil.copytree(generator_small_run, run)
 

@@ -5,19 +5,13 @@ shard replica (Serve starts it again; it rebuilds from the run and the add log).
 from __future__ import annotations
 
 import shutil
-import socket
-import time
 
 import httpx
 import pytest
 
+from tests.ray_jobs import free_port, wait_for
+
 QUERIES = ["cordless drill", "garden hose", "led lamp", "paint roller", "wood screws", "sofa", "steel"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +24,7 @@ def sharded(ray_cluster, generator_small_run, tmp_path_factory):
 
     run = tmp_path_factory.mktemp("sharded") / "run"
     shutil.copytree(generator_small_run, run)
-    url = start(run, port=_free_port(), engine="transformers", blocking=False, held_out=False, shards=2)
+    url = start(run, port=free_port(), engine="transformers", blocking=False, held_out=False, shards=2)
     yield url, run
     serve.shutdown()
 
@@ -39,13 +33,6 @@ def _top10(client: httpx.Client, query: str) -> list[int]:
     response = client.post("/search", json={"query": query, "k": 10})
     assert response.status_code == 200, response.text
     return [hit["item_id"] for hit in response.json()["items"]]
-
-
-def _wait_until(condition, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.5)
 
 
 def test_two_shards_rank_as_one_take_adds_and_survive_a_lost_shard(sharded, generator_small_run, tmp_path):
@@ -96,5 +83,5 @@ def test_two_shards_rank_as_one_take_adds_and_survive_a_lost_shard(sharded, gene
             except httpx.HTTPError:
                 return False
 
-        _wait_until(searchable)  # a new replica rebuilt shard 0 from the run and the add log
+        wait_for(searchable, 180, "shard 0's new replica")  # rebuilt from the run and the add log
         assert_same_as_single()
