@@ -215,22 +215,30 @@ def test_next_item_track_trains_on_valid_rows_and_selects_on_held_out_ones(encod
     assert metrics["n_rows"] == 10 and 0 <= metrics["NDCG@10"] <= metrics["HR@10"] <= 1
 
 
-def test_next_item_selection_holds_out_each_sampled_users_last_valid_row():
+def test_next_item_selection_holds_out_whole_users_at_their_last_valid_row():
+    """Selection rows are the sampled users' newest valid rows (never a test row), and no row of those
+    users trains: the selection never scores the next step of a sequence the model learned."""
     sequences = pa.table(
         {
-            "user_id": ["u1", "u1", "u2", "u1"],
-            "history_item_ids": [[10], [10, 11], [13], [10, 11, 12]],
-            "item_id": [11, 12, 14, 15],
-            "split": ["valid", "valid", "valid", "test"],
+            "user_id": ["u1", "u1", "u2", "u1", "u3", "u3", "u3"],
+            "history_item_ids": [[10], [10, 11], [13], [10, 11, 12], [16], [16, 17], [16, 17, 18]],
+            "item_id": [11, 12, 14, 15, 17, 18, 19],
+            "split": ["valid", "valid", "valid", "test", "valid", "valid", "test"],
         }
     )
     track = Track(name="sequences", root=None, items=pa.table({"item_id": [10]}), sequences=sequences)
-    rows = next_item_selection_rows(track, users=5)
-    assert rows == [1, 2]  # u1's newest valid row (not the test row), u2's only one
-    row_of_item = {item: item - 10 for item in range(10, 16)}
-    examples = next_item_searches(track, row_of_item, dim=4, held_out=set(rows))
-    targets = {int(t) for e in examples for t in e.targets}
-    assert 1 in targets and not {2, 4, 5} & targets  # row 0 trains; rows 1, 2 select; test never trains
+    assert next_item_selection_rows(track, users=5) == [1, 2, 5]  # each user's newest valid row
+    row_of_item = {item: item - 10 for item in range(10, 20)}
+    for users in (1, 2):
+        rows = next_item_selection_rows(track, users=users)
+        held_users = {sequences["user_id"][r].as_py() for r in rows}
+        examples = next_item_searches(track, row_of_item, dim=4, held_out=set(rows))
+        targets = {int(t) for e in examples for t in e.targets}
+        trained_rows = [r for r in range(7) if sequences["split"][r].as_py() == "valid"]
+        for row in trained_rows:
+            user, target = sequences["user_id"][row].as_py(), sequences["item_id"][row].as_py() - 10
+            assert (target in targets) == (user not in held_users), (users, row)
+        assert not {5, 9} & targets  # test rows never train
 
 
 def served_items(run, catalogue):

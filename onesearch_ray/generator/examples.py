@@ -139,9 +139,9 @@ def distilled_searches(run: Path, track: Track, catalogue: Catalogue, config: Di
 
 
 def next_item_selection_rows(track: Track, users: int, seed: int = 0) -> list[int]:
-    """Positions in ``track.sequences`` held out of training to select on: the last ``valid`` row
-    (table order: the newest) of each of ``users`` users drawn at random (``seed``). Its target never
-    trains and no later valid row of that user exists, so no training history holds it either."""
+    """Positions in ``track.sequences`` to select on: the last ``valid`` row (table order: the newest)
+    of each of ``users`` users drawn at random (``seed``); ``next_item_searches`` keeps every row of
+    those users out of training."""
     users_of, splits = (track.sequences.column(c).to_pylist() for c in ("user_id", "split"))
     last_row: dict[str, int] = {}
     for row, (user, split) in enumerate(zip(users_of, splits, strict=True)):
@@ -156,14 +156,18 @@ def next_item_searches(
     track: Track, row_of_item: dict[int, int], dim: int, held_out: Collection[int] = ()
 ) -> list[Example]:
     """The ``valid`` next-item rows (history -> next item) and up to ``WINDOWS`` windows inside each;
-    ``held_out``: positions in ``track.sequences`` kept for selection (their targets never train)."""
+    ``held_out``: positions in ``track.sequences`` kept for selection. No row of their users trains:
+    a selection row must stand where a test row does, on a user the model never saw, not on the
+    next step of sequences it was trained on (which rewards memorising them)."""
     if track.sequences is None:
         return []
+    users = track.sequences["user_id"].to_pylist()
+    held_out_users = {users[position] for position in held_out}
     columns = (track.sequences[c].to_pylist() for c in ("history_item_ids", "item_id", "split"))
     empty = np.zeros(dim, dtype=np.float32)
     out = []
-    for position, (history, target, split) in enumerate(zip(*columns, strict=True)):
-        if split != NEXT_ITEM_TRAIN_SPLIT or position in held_out:
+    for user, history, target, split in zip(users, *columns, strict=True):
+        if split != NEXT_ITEM_TRAIN_SPLIT or user in held_out_users:
             continue
         known = [row_of_item[i] for i in history if i in row_of_item]
         if target in row_of_item:
