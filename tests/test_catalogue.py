@@ -26,12 +26,18 @@ def random_items(n: int, seed: int, first_id: int = 0, dim: int = 8):
     return np.arange(first_id, first_id + n), titles, vectors, codes
 
 
-def base_catalogue(n: int = 300) -> tuple[LiveCatalogue, LexicalIndex, dict]:
+def base_inputs(n: int = 300):
+    """The base catalogue's items (ids, titles, vectors, codes), lexical index, biases, term weights."""
     ids, titles, vectors, codes = random_items(n, seed=0)
     lexical = LexicalIndex.build(titles)
     bias = np.random.default_rng(1).normal(size=n).astype(np.float32)
-    segment = build_segment(ids, vectors, bias, codes, titles, lexical.saturation, LEVELS)
     weights = lexical.idf() * np.random.default_rng(2).uniform(0.5, 1.5, lexical.n_terms).astype(np.float32)
+    return ids, titles, vectors, codes, lexical, bias, weights
+
+
+def base_catalogue(n: int = 300) -> tuple[LiveCatalogue, LexicalIndex, dict]:
+    ids, titles, vectors, codes, lexical, bias, weights = base_inputs(n)
+    segment = build_segment(ids, vectors, bias, codes, titles, lexical.saturation, LEVELS)
     catalogue = LiveCatalogue(segment, lexical, weights, lexical_scale=0.7)
     truth = {"ids": ids, "vectors": vectors, "bias": bias, "codes": codes, "titles": titles}
     return catalogue, lexical, truth
@@ -228,10 +234,7 @@ def sharded(n_shards: int, add_log: AddLog | None = None):
     rows of the items shard_of gives it; the same vocabulary, weights and scale everywhere."""
     from onesearch_ray.catalogue.shards import CatalogueShard, LocalShard, ShardScorer, shard_of
 
-    ids, titles, vectors, codes = random_items(300, seed=0)
-    lexical = LexicalIndex.build(titles)
-    bias = np.random.default_rng(1).normal(size=300).astype(np.float32)
-    weights = lexical.idf() * np.random.default_rng(2).uniform(0.5, 1.5, lexical.n_terms).astype(np.float32)
+    ids, titles, vectors, codes, lexical, bias, weights = base_inputs()
 
     def shard_catalogue(model: str, index: int) -> LiveCatalogue:
         rows = np.flatnonzero(shard_of(ids, n_shards) == index)

@@ -45,6 +45,16 @@ class NewItems:
         if not len(self.item_ids) == len(self.titles) == len(self.vectors) == len(self.codes):
             raise ValueError("new items: one title, vector and code row per item id")
 
+    @classmethod
+    def joined(cls, batches: Sequence[NewItems]) -> NewItems:
+        """Several adds as one (a replay of the add log joins as one segment)."""
+        return cls(
+            np.concatenate([b.item_ids for b in batches]),
+            [t for b in batches for t in b.titles],
+            np.concatenate([b.vectors for b in batches]),
+            np.concatenate([b.codes for b in batches]),
+        )
+
 
 @dataclass(frozen=True, eq=False)
 class Snapshot:

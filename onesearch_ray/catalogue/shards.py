@@ -164,13 +164,7 @@ class CatalogueShard:
                 f"{len(batches)}: this shard cannot catch up"
             )
         if missing:
-            joined = NewItems(
-                np.concatenate([b.item_ids for b in missing]),
-                [t for b in missing for t in b.titles],
-                np.concatenate([b.vectors for b in missing]),
-                np.concatenate([b.codes for b in missing]),
-            )
-            self._keep(self.catalogue.add(joined, records=len(missing)))
+            self._keep(self.catalogue.add(NewItems.joined(missing), records=len(missing)))
         elif not self._kept:
             self._keep(self.catalogue.snapshot)
 

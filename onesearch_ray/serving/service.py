@@ -139,12 +139,7 @@ class SearchService:
         """Items of the add log join as one batch (one segment: cost in proportion to them)."""
         if not batches:
             return
-        items = NewItems(
-            np.concatenate([b.item_ids for b in batches]),
-            [t for b in batches for t in b.titles],
-            np.concatenate([b.vectors for b in batches]),
-            np.concatenate([b.codes for b in batches]),
-        )
+        items = NewItems.joined(batches)
         self.catalogue.add(items, records=len(batches))  # shards replay the same log themselves
         log.info("%d items of %s joined the catalogue", len(items.item_ids), self.add_log.path)
 
