@@ -39,7 +39,7 @@ def lever_rows(run: Path, track, split: str, k: int) -> dict[str, dict]:
     catalogue = load_catalogue(run, track)
     trained, _ = load_generator(run / MODEL_DIR)
     search = trained.config.search
-    untrained = build_generator(catalogue, trained.config)
+    untrained = build_generator(catalogue, trained.config, lexical=trained.lexical)
     no_plan = SearchConfig(search.beams, plan_weight=0.0, code_weight=search.code_weight)
     rows = {"+ lexical item term": search_split(untrained, catalogue, track, split, k, no_plan)}
     rows["+ lexical planning"] = search_split(untrained, catalogue, track, split, k, search)

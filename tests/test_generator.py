@@ -23,10 +23,12 @@ from onesearch_ray.generator.config import GeneratorConfig, SearchConfig
 from onesearch_ray.generator.evaluate import rank, search_split
 from onesearch_ray.generator.examples import (
     check_no_leak,
+    held_out_user_rows,
     judged_searches,
     log_searches,
     next_item_searches,
     next_item_selection_rows,
+    tuning_user,
 )
 from onesearch_ray.generator.items import model_catalogue
 from onesearch_ray.generator.job import GeneratorJobConfig, selection_rows, split_metrics, training_searches
@@ -216,29 +218,43 @@ def test_next_item_track_trains_on_valid_rows_and_selects_on_held_out_ones(encod
 
 
 def test_next_item_selection_holds_out_whole_users_at_their_last_valid_row():
-    """Selection rows are the sampled users' newest valid rows (never a test row), and no row of those
-    users trains: the selection never scores the next step of a sequence the model learned."""
+    """Selection rows are the sampled tuning users' newest valid rows (never a test row), and no row of
+    those users trains: the selection never scores the next step of a sequence the model learned. Users
+    outside the tuning half never select; their test rows are the held-out check."""
     sequences = pa.table(
         {
-            "user_id": ["u1", "u1", "u2", "u1", "u3", "u3", "u3"],
-            "history_item_ids": [[10], [10, 11], [13], [10, 11, 12], [16], [16, 17], [16, 17, 18]],
-            "item_id": [11, 12, 14, 15, 17, 18, 19],
-            "split": ["valid", "valid", "valid", "test", "valid", "valid", "test"],
+            "user_id": ["u1", "u1", "u2", "u1", "u3", "u3", "u3", "u4", "u4"],
+            "history_item_ids": [
+                [10],
+                [10, 11],
+                [13],
+                [10, 11, 12],
+                [16],
+                [16, 17],
+                [16, 17, 18],
+                [11],
+                [11, 13],
+            ],
+            "item_id": [11, 12, 14, 15, 17, 18, 19, 13, 16],
+            "split": ["valid", "valid", "valid", "test", "valid", "valid", "test", "valid", "test"],
         }
     )
+    assert [tuning_user(u) for u in ("u1", "u2", "u3", "u4")] == [True, True, True, False]
     track = Track(name="sequences", root=None, items=pa.table({"item_id": [10]}), sequences=sequences)
-    assert next_item_selection_rows(track, users=5) == [1, 2, 5]  # each user's newest valid row
+    assert next_item_selection_rows(track, users=5) == [1, 2, 5]  # each tuning user's newest valid row
+    assert held_out_user_rows(track) == [8]
     row_of_item = {item: item - 10 for item in range(10, 20)}
     for users in (1, 2):
         rows = next_item_selection_rows(track, users=users)
         held_users = {sequences["user_id"][r].as_py() for r in rows}
         examples = next_item_searches(track, row_of_item, dim=4, held_out=set(rows))
         targets = {int(t) for e in examples for t in e.targets}
-        trained_rows = [r for r in range(7) if sequences["split"][r].as_py() == "valid"]
-        for row in trained_rows:
+        for row in range(7):
+            if sequences["split"][row].as_py() != "valid":
+                continue
             user, target = sequences["user_id"][row].as_py(), sequences["item_id"][row].as_py() - 10
             assert (target in targets) == (user not in held_users), (users, row)
-        assert not {5, 9} & targets  # test rows never train
+        assert not {5, 6, 9} & targets  # test rows never train
 
 
 def served_items(run, catalogue):

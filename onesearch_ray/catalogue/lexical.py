@@ -7,6 +7,12 @@ term weights (initialised at the IDF, so the untrained term IS Lucene BM25): in 
 sparse product over the catalogue, in search from the live catalogue's postings of the query's
 terms (``catalogue.segment``). Tokenisation is BM25's (bm25s: lower case, English stopwords,
 Snowball stemmer). Items added live keep these length statistics (``catalogue.live``).
+
+Co-purchase terms (``with_copurchase``): each trained item ``h`` that training histories hold is
+also a term, ``item_term(h)``, whose postings are the items that followed it, valued
+``log(1 + count(h -> i))``. A search's recent items are then terms like its words
+(``item_terms``): the same weights, postings, block-max planning bounds, shards and live
+catalogue serve both, and the untrained co-purchase term ranks like the co-occurrence baseline.
 """
 
 from __future__ import annotations
@@ -28,6 +34,14 @@ def tokenize(texts: Sequence[str]) -> list[list[str]]:
     return bm25s.tokenize(
         list(texts), stopwords="en", stemmer=_STEMMER, return_ids=False, show_progress=False
     )
+
+
+ITEM_TERM_MARK = "\x1f"  # starts a co-purchase term's key; no tokenised word holds it
+
+
+def item_term(row: int) -> str:
+    """The vocabulary key of trained item ``row`` as a co-purchase term."""
+    return f"{ITEM_TERM_MARK}{int(row)}"
 
 
 def hashed_terms(tokens: Sequence[str], buckets: int) -> np.ndarray:
@@ -56,6 +70,13 @@ def lucene_idf(n_items: int, document_frequency: np.ndarray) -> np.ndarray:
     """Lucene's IDF, log(1 + (N - df + 0.5) / (df + 0.5)), per term."""
     df = document_frequency
     return np.log1p((n_items - df + 0.5) / (df + 0.5)).astype(np.float32)
+
+
+def known_terms(vocabulary: dict[str, int], keys: Sequence[str], known: int) -> np.ndarray:
+    """The ids below ``known`` of the ``keys`` the vocabulary has, each once, sorted (a shared
+    vocabulary may hold newer ids than a snapshot's weights know)."""
+    ids = [vocabulary.get(k, known) for k in keys]
+    return np.unique([i for i in ids if i < known]).astype(np.int64)
 
 
 @dataclass
@@ -87,10 +108,34 @@ class LexicalIndex:
 
     def query_terms(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Each query's known term ids, each term once (unknown words have no lexical match)."""
-        return [
-            np.unique([self.vocabulary[t] for t in doc if t in self.vocabulary]).astype(np.int64)
-            for doc in tokenize(texts)
-        ]
+        return [known_terms(self.vocabulary, doc, self.n_terms) for doc in tokenize(texts)]
+
+    def item_terms(self, rows: Sequence[int]) -> np.ndarray:
+        """The co-purchase term ids of trained item ``rows`` (items no history held have none)."""
+        return known_terms(self.vocabulary, [item_term(r) for r in rows], self.n_terms)
+
+    def copurchase_term_ids(self) -> np.ndarray:
+        """The ids of every co-purchase term (``with_copurchase``)."""
+        return np.array(
+            [i for t, i in self.vocabulary.items() if t.startswith(ITEM_TERM_MARK)], dtype=np.int64
+        )
+
+    def with_copurchase(self, counts: sp.spmatrix) -> LexicalIndex:
+        """This index plus one co-purchase term per row of ``counts`` (items x items: how often item
+        i followed history item h) that has a count, valued ``log(1 + count)``."""
+        counts = sp.csr_matrix(counts, dtype=np.float32)
+        if counts.shape != (self.n_items, self.n_items):
+            raise ValueError(f"co-purchase counts {counts.shape} for a catalogue of {self.n_items} items")
+        held = np.flatnonzero(np.diff(counts.indptr))
+        vocabulary = dict(self.vocabulary)
+        vocabulary.update({item_term(h): self.n_terms + j for j, h in enumerate(held)})
+        postings = counts[held].T.tocsr()  # (items, new terms)
+        postings.data = np.log1p(postings.data)
+        saturation = sp.hstack([self.saturation, postings], format="csr", dtype=np.float32)
+        frequency = np.bincount(saturation.indices, minlength=len(vocabulary)).astype(np.float64)
+        return LexicalIndex(
+            vocabulary, frequency, saturation, self.n_items, self.average_length, self.k1, self.b
+        )
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         terms = sorted(self.vocabulary, key=self.vocabulary.__getitem__)

@@ -28,7 +28,14 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from onesearch_ray.catalogue.lexical import LexicalIndex, lucene_idf, saturation_rows, tokenize
+from onesearch_ray.catalogue.lexical import (
+    LexicalIndex,
+    item_term,
+    known_terms,
+    lucene_idf,
+    saturation_rows,
+    tokenize,
+)
 from onesearch_ray.catalogue.segment import Segment, build_segment, merge_segments
 
 
@@ -77,12 +84,11 @@ class Snapshot:
 
     def query_terms(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Each text's known term ids (each once), as ``LexicalIndex.query_terms``."""
-        known = len(self.term_weights)
-        out = []
-        for doc in tokenize(texts):
-            ids = [self.vocabulary.get(t, known) for t in doc]
-            out.append(np.unique([i for i in ids if i < known]).astype(np.int64))
-        return out
+        return [known_terms(self.vocabulary, doc, len(self.term_weights)) for doc in tokenize(texts)]
+
+    def item_terms(self, rows: Sequence[int]) -> np.ndarray:
+        """The co-purchase term ids of trained item ``rows``, as ``LexicalIndex.item_terms``."""
+        return known_terms(self.vocabulary, [item_term(r) for r in rows], len(self.term_weights))
 
     def group_facts(self, level: int, keys: np.ndarray, terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per key at index level ``level``: the items under it, and the best lexical score any of

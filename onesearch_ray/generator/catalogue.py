@@ -9,17 +9,20 @@ and vectors in memory (a layout sweep's trial, on the SIDs it has just fitted).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from onesearch_ray.behavior.copurchase import copurchase_counts
 from onesearch_ray.catalogue.lexical import LexicalIndex
 from onesearch_ray.data import Track
 from onesearch_ray.generator.codes import CodeTree
 from onesearch_ray.generator.config import GeneratorConfig
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.prompts import normalise
+from onesearch_ray.generator.train import Example
 from onesearch_ray.khqe import SemanticIdTokenizer
 
 
@@ -77,15 +80,38 @@ def catalogue_of(
     )
 
 
-def build_generator(catalogue: Catalogue, config: GeneratorConfig) -> CodeItemGenerator:
-    """An untrained generator over the catalogue: it already searches (see ``generator.model``)."""
+def build_generator(
+    catalogue: Catalogue,
+    config: GeneratorConfig,
+    searches: Sequence[Example] = (),
+    lexical: LexicalIndex | None = None,
+) -> CodeItemGenerator:
+    """An untrained generator over the catalogue: it already searches (see ``generator.model``).
+    Its lexical view is ``lexical`` (a trained model's, for its untrained start) or the titles' plus
+    the co-purchase terms counted over the training ``searches``."""
     levels = config.code_levels
     if levels > len(catalogue.level_sizes):
         raise ValueError(f"code_levels {levels}: the run's SIDs have {len(catalogue.level_sizes)} levels")
     tree = CodeTree.build(
         catalogue.item_codes[:, :levels], catalogue.level_sizes[:levels], catalogue.item_vectors
     )
-    return CodeItemGenerator(config, catalogue.item_vectors, tree, LexicalIndex.build(catalogue.titles))
+    lexical = lexical or lexical_index(catalogue, config, searches)
+    return CodeItemGenerator(config, catalogue.item_vectors, tree, lexical)
+
+
+def lexical_index(catalogue: Catalogue, config: GeneratorConfig, searches: Sequence[Example]) -> LexicalIndex:
+    """The titles' BM25 index and, with ``config.copurchase_window``, the co-purchase terms of the
+    training ``searches`` (their recent items -> their targets)."""
+    index = LexicalIndex.build(catalogue.titles)
+    if not config.copurchase_window:
+        return index
+    counts = copurchase_counts(
+        [s.history for s in searches],
+        [s.targets for s in searches],
+        len(catalogue.item_ids),
+        config.copurchase_window,
+    )
+    return index.with_copurchase(counts)
 
 
 def _vectors(path: Path, rows: int, what: str) -> np.ndarray:

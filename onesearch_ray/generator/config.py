@@ -77,6 +77,10 @@ class GeneratorConfig:
     code_levels: int = 1  # the KHQE levels the decoder emits before the item step
     hash_buckets: int = 1 << 15  # the prompt's lexical view: hashed query words
     history: int = 0  # recent items as prompt views (0: no behaviour views, e.g. Home Depot)
+    # the co-purchase term: the last N history items as lexical terms whose postings are the items
+    # that followed them in training (``behavior.copurchase``; 0: off), each at this initial weight
+    copurchase_window: int = 0
+    copurchase_weight: float = 1.0
     # initial scales of the three scores; the model learns them (kept positive as exp(log))
     dense_scale: float = 20.0
     lexical_scale: float = 1.0
@@ -85,8 +89,8 @@ class GeneratorConfig:
     def validate(self) -> None:
         self.decoder.validate()
         self.search.validate(self.code_levels)
-        if self.code_levels < 1 or self.hash_buckets < 1 or self.history < 0:
-            raise ValueError("code_levels and hash_buckets must be >= 1, history >= 0")
+        if self.code_levels < 1 or self.hash_buckets < 1 or min(self.history, self.copurchase_window) < 0:
+            raise ValueError("code_levels and hash_buckets must be >= 1, history and copurchase_window >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -45,6 +45,7 @@ def rank(
             model.item_vectors.numpy(),
             None if histories is None else histories[start:end],
             model.config.history,
+            model.config.copurchase_window,
         )
         rankings = search(model, prompts, k, config, decoder, items)
         out.extend([item for item, _ in ranking] for ranking in rankings)

@@ -15,6 +15,7 @@ ever become examples: the leak guard is here, in one place.
 
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
 from collections.abc import Collection
 from pathlib import Path
@@ -138,18 +139,35 @@ def distilled_searches(run: Path, track: Track, catalogue: Catalogue, config: Di
     return out
 
 
+def tuning_user(user: str) -> bool:
+    """Whether ``user`` is in the tuning half of a next-item track's users (a stable hash of the id):
+    selection rows and every default choice come from this half only; the other half's test rows
+    check that the choices generalise (``held_out_user_rows``)."""
+    return zlib.crc32(str(user).encode()) % 2 == 0
+
+
 def next_item_selection_rows(track: Track, users: int, seed: int = 0) -> list[int]:
     """Positions in ``track.sequences`` to select on: the last ``valid`` row (table order: the newest)
-    of each of ``users`` users drawn at random (``seed``); ``next_item_searches`` keeps every row of
-    those users out of training."""
+    of each of ``users`` users of the tuning half (``tuning_user``) drawn at random (``seed``);
+    ``next_item_searches`` keeps every row of those users out of training."""
     users_of, splits = (track.sequences.column(c).to_pylist() for c in ("user_id", "split"))
     last_row: dict[str, int] = {}
     for row, (user, split) in enumerate(zip(users_of, splits, strict=True)):
-        if split == NEXT_ITEM_TRAIN_SPLIT:
+        if split == NEXT_ITEM_TRAIN_SPLIT and tuning_user(user):
             last_row[user] = row
     pool = sorted(last_row)
     picked = np.random.default_rng(seed).permutation(len(pool))[:users]
     return sorted(last_row[pool[i]] for i in picked)
+
+
+def held_out_user_rows(track: Track, split: str = "test") -> list[int]:
+    """Positions of ``split``'s rows whose users are outside the tuning half: no choice saw them."""
+    users_of, splits = (track.sequences.column(c).to_pylist() for c in ("user_id", "split"))
+    return [
+        row
+        for row, (user, s) in enumerate(zip(users_of, splits, strict=True))
+        if s == split and not tuning_user(user)
+    ]
 
 
 def next_item_searches(

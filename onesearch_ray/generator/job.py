@@ -32,6 +32,7 @@ from onesearch_ray.generator.examples import (
     check_no_leak,
     distilled_searches,
     drop_held_out_queries,
+    held_out_user_rows,
     judged_searches,
     log_searches,
     next_item_searches,
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 MODEL_DIR = GENERATOR_DIR
 CHECKPOINT = "generator_train.pt"
 SELECTION_METRIC = "NDCG@10"
+# next-item tracks: the test rows of the users outside the tuning half (no selection or default saw them)
+HELD_OUT_USERS = "test-held-out-users"
 
 
 @dataclass
@@ -148,8 +151,9 @@ def train_on_worker(
     """One worker's share: build, train on its shard of the searches, and (rank 0) save the model."""
     track = load_track(data)
     catalogue = load_catalogue(run, track)
-    model = build_generator(catalogue, config.model)
-    examples = training_searches(run, track, catalogue, config)[rank::world_size]
+    searches = training_searches(run, track, catalogue, config)
+    model = build_generator(catalogue, config.model, searches)
+    examples = searches[rank::world_size]
     select = selection(catalogue, track, config) if rank == 0 else None
     history = train(model, examples, config.train, select, checkpoint=run / CHECKPOINT if rank == 0 else None)
     if rank == 0:
@@ -236,19 +240,20 @@ def evaluate_run(run: Path, data: Path, config: GeneratorJobConfig, model_dir: s
     track = load_track(data)
     catalogue = load_catalogue(run, track)
     trained, _ = load_generator(run / model_dir)
-    untrained = build_generator(catalogue, trained.config)
+    untrained = build_generator(catalogue, trained.config, lexical=trained.lexical)
     evaluation = replace(config, select_queries=0) if track.queries is not None else config  # all valid
+    splits = ["valid", "test"] + ([HELD_OUT_USERS] if track.queries is None else [])
     results: dict = {}
     for name, model in (("untrained", untrained), ("trained", trained)):
-        for split in ("valid", "test"):
+        for split in splits:
             started = time.perf_counter()
-            results[f"{name}/{split}"] = split_metrics(model, catalogue, track, split, evaluation)
-            log.info(
-                "%s on %s: %s in %.0f s",
-                name,
-                split,
-                results[f"{name}/{split}"],
-                time.perf_counter() - started,
-            )
+            if split == HELD_OUT_USERS:
+                metrics = next_item_split(
+                    model, catalogue, track, "test", config.evaluate_k, held_out_user_rows(track)
+                )
+            else:
+                metrics = split_metrics(model, catalogue, track, split, evaluation)
+            results[f"{name}/{split}"] = metrics
+            log.info("%s on %s: %s in %.0f s", name, split, metrics, time.perf_counter() - started)
     write_json(run / model_dir / "metrics.json", results)
     return results

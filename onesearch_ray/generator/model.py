@@ -8,7 +8,9 @@ untrained model already searches (code scores are ``<query, residual centroid>``
   recent item vectors and their mean (long-term view), each projected to the decoder width;
 - code level l: ``code_scale * <q + A_l h, centroid_l> + bias_l`` at the decoder's l-th output;
 - item step: ``dense_scale * <q + B h, v_i + offset_i> + bias_i + lexical_scale * sum_t w_t sat(i, t)``
-  where ``v_i`` is the item's own text vector and ``w`` the model's term weights (IDF at start).
+  where ``v_i`` is the item's own text vector and ``w`` the model's term weights (IDF at start);
+  with ``copurchase_window`` the user's recent items are terms too, their postings the items that
+  followed them in training (``behavior.copurchase``; weight ``copurchase_weight`` at start).
 
 A new item needs nothing trained: its row is its text vector (offset and bias 0) and its title's
 terms, its codes come from the frozen codebooks; it joins the live catalogue the item step reads
@@ -36,7 +38,7 @@ class PromptBatch:
     query_vectors: torch.Tensor  # (B, D) the frozen text vector (or the history's mean without a query)
     hashed_words: torch.Tensor  # (W,) hashed query words of the whole batch, for an EmbeddingBag
     word_offsets: torch.Tensor  # (B,) where each search's words start in ``hashed_words``
-    lexical_terms: list[np.ndarray]  # per search: term ids in the lexical index
+    lexical_terms: list[np.ndarray]  # per search: term ids in the lexical index (words, recent items)
     history_vectors: torch.Tensor | None = None  # (B, H, D) most recent last, zeros where absent
     history_mask: torch.Tensor | None = None  # (B, H) True where a history item is present
 
@@ -84,7 +86,9 @@ class CodeItemGenerator(nn.Module):
             self.register_buffer(f"centroids_{level}", torch.as_tensor(centroid))
         self.item_offset = nn.Parameter(torch.zeros_like(self.item_vectors))
         self.item_bias = nn.Parameter(torch.zeros(len(item_vectors)))
-        self.term_weight = nn.Parameter(torch.as_tensor(lexical.idf()))
+        weights = lexical.idf()
+        weights[lexical.copurchase_term_ids()] = config.copurchase_weight
+        self.term_weight = nn.Parameter(torch.as_tensor(weights))
         self.log_dense_scale = nn.Parameter(torch.tensor(float(np.log(config.dense_scale))))
         self.log_lexical_scale = nn.Parameter(torch.tensor(float(np.log(config.lexical_scale))))
         self.log_code_scale = nn.Parameter(torch.tensor(float(np.log(config.code_scale))))

@@ -14,14 +14,18 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from onesearch_ray.behavior.copurchase import recent_items
 from onesearch_ray.catalogue.lexical import hashed_terms, tokenize
 from onesearch_ray.generator.model import PromptBatch
 
 
 class Vocabulary(Protocol):
-    """What maps query texts to term ids: the model's ``LexicalIndex`` or a live catalogue snapshot."""
+    """What maps query texts and recent items to term ids: the model's ``LexicalIndex`` or a live
+    catalogue snapshot."""
 
     def query_terms(self, texts: Sequence[str]) -> list[np.ndarray]: ...
+
+    def item_terms(self, rows: Sequence[int]) -> np.ndarray: ...
 
 
 HISTORY_QUERY_WINDOW = 3
@@ -42,8 +46,13 @@ def build_prompts(
     item_vectors: np.ndarray,
     histories: Sequence[Sequence[int]] | None = None,
     history: int = 0,
+    copurchase_window: int = 0,
+    history_items: Sequence[Sequence[int]] | None = None,
 ) -> PromptBatch:
-    """The prompts of a batch of searches (``histories``: catalogue rows of each user's recent items)."""
+    """The prompts of a batch of searches (``histories``: rows of ``item_vectors``, each user's recent
+    items). The last ``copurchase_window`` of them join the lexical terms as co-purchase terms, by
+    their model rows: ``history_items`` when ``item_vectors`` is not the model's (serving), else
+    ``histories`` themselves."""
     texts = [str(t)[:MAX_QUERY_CHARS] for t in query_texts]
     queries = normalise(query_vectors).copy()
     rows = [list(h)[-history:] if history else [] for h in (histories or [[]] * len(texts))]
@@ -55,11 +64,18 @@ def build_prompts(
             queries[i] = normalise(item_vectors[recent].mean(0))
     words = [hashed_terms(tokens, hash_buckets) for tokens in tokenize(texts)]
     offsets = np.cumsum([0] + [len(w) for w in words[:-1]])
+    terms = lexical.query_terms(texts)
+    if copurchase_window and histories is not None:
+        model_rows = histories if history_items is None else history_items
+        terms = [
+            np.union1d(words_of, lexical.item_terms(recent_items(items, copurchase_window)))
+            for words_of, items in zip(terms, model_rows, strict=True)
+        ]
     batch = PromptBatch(
         torch.as_tensor(queries),
         torch.as_tensor(np.concatenate(words) if words else np.zeros(0, np.int64)),
         torch.as_tensor(offsets, dtype=torch.long),
-        lexical.query_terms(texts),
+        terms,
     )
     if history:
         vectors = np.zeros((len(texts), history, item_vectors.shape[1]), dtype=np.float32)

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from onesearch_ray.behavior.copurchase import own_pair_values, recent_items
 from onesearch_ray.generator.model import CodeItemGenerator, PromptBatch
 from onesearch_ray.generator.prompts import build_prompts
 from onesearch_ray.io import atomic_path
@@ -84,6 +85,7 @@ def example_prompts(model: CodeItemGenerator, examples: Sequence[Example]):
         model.item_vectors.numpy(),
         [e.history for e in examples],
         model.config.history,
+        model.config.copurchase_window,
     )
 
 
@@ -109,7 +111,8 @@ def loss_of(
         logits = model.code_logits(level, hidden[:, last + level], prompts.query_vectors)
         code_loss = code_loss + F.cross_entropy(logits, torch.as_tensor(model.codes.item_codes[drawn, level]))
 
-    log_probs = F.log_softmax(item_logits(model, prompts, hidden[:, last]), -1)
+    logits = item_logits(model, prompts, hidden[:, last])
+    log_probs = F.log_softmax(_without_own_pairs(model, examples, logits), -1)
     item_loss = torch.zeros(())
     for row, e in enumerate(examples):
         weights = torch.as_tensor(e.gains / e.gains.sum(), dtype=torch.float32)
@@ -127,6 +130,28 @@ def item_logits(model: CodeItemGenerator, prompts: PromptBatch, last: torch.Tens
     """(B, items) the item step's logits (dense + lexical + bias) from the prompt's last output."""
     item_query = model.item_query(last, prompts.query_vectors)
     return model.dense_logits(item_query) + model.lexical_logits(prompts.lexical_terms)
+
+
+def _without_own_pairs(
+    model: CodeItemGenerator, examples: Sequence[Example], logits: torch.Tensor
+) -> torch.Tensor:
+    """The logits with each search's own co-purchase pairs taken out of its targets' scores: the
+    counts were made from these searches (``behavior.copurchase``), which must not see themselves."""
+    window = model.config.copurchase_window
+    if not window:
+        return logits
+    rows, targets, taken = [], [], []
+    for row, e in enumerate(examples):
+        recent = model.lexical.item_terms(recent_items(e.history, window))
+        if len(recent):
+            own = torch.as_tensor(own_pair_values(model.lexical.saturation, recent, e.targets))
+            rows.append(torch.full((len(e.targets),), row))
+            targets.append(torch.as_tensor(e.targets))
+            taken.append(own @ model.term_weight[torch.as_tensor(recent)])
+    if not rows:
+        return logits
+    scaled = model.log_lexical_scale.exp() * torch.cat(taken)
+    return logits.index_put((torch.cat(rows), torch.cat(targets)), -scaled, accumulate=True)
 
 
 LossFn = Callable[[CodeItemGenerator, Sequence[Example], np.random.Generator], dict[str, torch.Tensor]]

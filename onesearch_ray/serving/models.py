@@ -129,9 +129,8 @@ class GeneratorModel:
         config = self.model.config.search
         for beam, slots in by_beam.items():
             texts = [searches[s].request.query for s in slots]
-            vectors, histories = self._history_vectors(
-                [self._history(searches[s].context) for s in slots], items
-            )
+            recent = [self._history(searches[s].context) for s in slots]
+            vectors, histories = self._history_vectors(recent, items)
             prompts = build_prompts(
                 items,
                 self.model.config.hash_buckets,
@@ -140,6 +139,8 @@ class GeneratorModel:
                 vectors,
                 histories,
                 self.model.config.history,
+                self.model.config.copurchase_window,
+                [[self.row_of_item[i] for i in h if i in self.row_of_item] for h in recent],
             )
             k = max(searches[s].request.k for s in slots)
             beams = replace(config, beams=(*config.beams[:-1], beam))
