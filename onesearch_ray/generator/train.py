@@ -193,16 +193,21 @@ def train(
     With ``select`` (higher is better) the best weights win, the untrained start included. With
     ``checkpoint`` the whole state is saved there at every selection point and a rerun resumes from
     it (batches and target draws are seeded by epoch and step, so a resumed run matches an unbroken
-    one). Under torch.distributed each worker passes its own shard of ``examples``; gradients are
-    averaged across workers and only rank 0 selects.
+    one). Under torch.distributed each worker passes its own shard of ``examples``, every worker
+    takes the steps of the smallest shard (``_fewest_examples``), gradients are averaged across
+    workers and only rank 0 selects.
     """
     config.validate()
-    if not examples:
-        raise ValueError("no training examples: the track has no signal the generator can learn from")
+    fewest = _fewest_examples(len(examples))
+    if not fewest:
+        raise ValueError(
+            "no training examples (on some worker: fewer examples than workers?): "
+            "the track has no signal the generator can learn from"
+        )
     torch.manual_seed(config.seed)
     groups = parameter_groups(model, config)
     optimizer = torch.optim.AdamW(groups)
-    steps_per_epoch = max(1, len(examples) // config.batch_size)
+    steps_per_epoch = max(1, fewest // config.batch_size)
     total_steps = max(1, int(config.epochs * steps_per_epoch))
     every = config.evaluate_every or steps_per_epoch
     # OneCycleLR divides by its warm-up's length: a short run (tests, a small alignment round) needs
@@ -282,6 +287,17 @@ def _rank0_decides(flag: bool) -> bool:
     value = torch.tensor([float(flag)])
     dist.broadcast(value, src=0)
     return bool(value.item())
+
+
+def _fewest_examples(count: int) -> int:
+    """The smallest shard's size over the workers: every worker takes that many steps an epoch (a
+    larger shard's extra examples sit out that epoch, others the next, as each epoch reshuffles),
+    so no worker waits in a collective another never calls."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return count
+    value = torch.tensor([count])
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return int(value.item())
 
 
 def _average_gradients(model: CodeItemGenerator) -> None:

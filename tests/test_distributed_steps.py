@@ -1,0 +1,60 @@
+"""Two workers whose shards straddle a batch multiple take the same steps (no collective waits
+forever): SFT and GRPO, on a real torch.distributed (gloo) group of two processes."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+
+import numpy as np
+import pytest
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from tests.ray_jobs import free_port
+from tests.test_generator import tiny_model
+
+from onesearch_ray.generator.grpo import GRPOConfig, ItemRewardTable, grpo_loss_of
+from onesearch_ray.generator.train import Example, TrainConfig, train
+from onesearch_ray.rewards import RelevanceOracle, RewardConfig
+
+SHARDS = (4, 3)  # at batch 2, each alone: 2 steps an epoch and 1
+
+
+def _worker(rank: int, port: int, loss: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    model = tiny_model()
+    vectors = model.item_vectors.numpy()
+    examples = [
+        Example("drill", vectors[i % 5], np.array([i % 5]), np.array([1.0])) for i in range(SHARDS[rank])
+    ]
+    loss_fn = None
+    if loss == "grpo":
+        table = ItemRewardTable(RewardConfig(), np.arange(5), np.zeros(5), RelevanceOracle())
+        loss_fn = functools.partial(
+            grpo_loss_of, reference=copy.deepcopy(model), rewards=table, config=GRPOConfig(group=3)
+        )
+    config = TrainConfig(epochs=2, batch_size=2, patience=0)
+    history = train(model, examples, config, **({"loss_fn": loss_fn} if loss_fn else {}))
+    with open(f"{out}.{rank}", "w") as file:
+        file.write(str(len(history["steps"])))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("loss", ["sft", "grpo"])
+def test_shards_that_straddle_a_batch_multiple_take_the_same_steps(loss, tmp_path):
+    out = str(tmp_path / "steps")
+    context = mp.start_processes(
+        _worker, args=(free_port(), loss, out), nprocs=2, join=False, start_method="spawn"
+    )
+    for _ in range(240):  # a hang (one worker in an all_reduce the other never calls) fails here
+        if context.join(timeout=0.5):
+            break
+    else:
+        for process in context.processes:
+            process.kill()
+        pytest.fail("the two workers did not finish: one waits in a collective")
+    steps = [int((tmp_path / f"steps.{rank}").read_text()) for rank in (0, 1)]
+    assert steps == [2, 2]  # 2 epochs x (3 // 2) steps: the smaller shard's count on both
