@@ -12,12 +12,11 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.ray_jobs import free_port
-from tests.test_generator import tiny_model
-
 from onesearch_ray.generator.grpo import GRPOConfig, ItemRewardTable, grpo_loss_of
 from onesearch_ray.generator.train import Example, TrainConfig, train
 from onesearch_ray.rewards import RelevanceOracle, RewardConfig
+from tests.ray_jobs import free_port
+from tests.test_generator import tiny_model
 
 SHARDS = (4, 3)  # at batch 2, each alone: 2 steps an epoch and 1
 
