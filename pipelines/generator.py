@@ -6,15 +6,18 @@
 RUN is a directory ``onesearch encode`` wrote (cached text vectors, KHQE SIDs). The job trains the
 CPU-first generator (``onesearch_ray.generator``) on the track's train searches, keeps the weights
 that score best on ``valid``, saves them to ``RUN/generator`` and writes the untrained and trained
-model's valid and test metrics to ``RUN/generator/metrics.json``. A stopped job rerun with the same
-arguments resumes from ``RUN/generator_train.pt``. With several workers each trains on its shard of
-the searches and gradients are averaged (RUN must be on storage every node can reach).
+model's valid and test metrics to ``RUN/generator/metrics.json``. The training state is a Ray Train
+checkpoint (``ray.train.report``) in ``RUN/ray_train/generator`` (``--storage`` for another place
+every node reaches: a path or a pyarrow URI such as ``s3://``): a lost worker restarts the group
+from it (``FailureConfig``, ``--max-failures``), and a stopped job rerun with the same arguments
+resumes from it; it is removed once the model is saved. With several workers each trains on its
+shard of the searches and gradients are averaged (RUN must be on storage every node can reach).
 
     python -m pipelines.generator --run RUN --data DIR --feedback RUN/feedback.sqlite [--name dpo]
 
 ``--feedback``: DPO of the run's served generator (``RUN/generator``, or its last alignment) on
 the impressions of that feedback log (clicks and orders above skipped items,
-``generator.preference``) into ``RUN/generator-NAME``, resumable from ``RUN/generator-NAME_train.pt``;
+``generator.preference``) into ``RUN/generator-NAME``, resumable from ``RUN/ray_train/generator-NAME``;
 its metrics go to ``RUN/generator-NAME/metrics.json``. Serve it live
 with ``POST /model {"model": "generator-NAME"}``.
 
@@ -27,11 +30,14 @@ rewards from the config's ``rewards:`` section) into ``RUN/generator-NAME``, res
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import re
+import tempfile
 from pathlib import Path
 
+import pyarrow.fs
 import ray.train
 import ray.train.torch
 import torch
@@ -44,8 +50,39 @@ from onesearch_ray.generator.job import (
     load_job_config,
     train_on_worker,
 )
+from onesearch_ray.generator.train import read_training_state, write_training_state
 from onesearch_ray.rewards import RewardConfig, load_reward_config
 from pipelines.common import TorchTrainer, init_ray
+
+
+class RayTrainCheckpoints:
+    """The training state as Ray Train checkpoints: rank 0 reports it with ``ray.train.report`` into
+    the run's storage, the others report without one (every worker reports at the same steps);
+    after a restart (a lost worker, a rerun of the job) every worker reads the latest from
+    ``ray.train.get_checkpoint``."""
+
+    FILE = "training_state.pt"
+
+    def __init__(self, storage: str) -> None:
+        self.storage = storage
+
+    def __str__(self) -> str:
+        return f"the Ray Train checkpoint in {self.storage}"
+
+    def load(self) -> dict | None:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as folder:
+            return read_training_state(Path(folder) / self.FILE)
+
+    def save(self, payload: dict, step: int) -> None:
+        if ray.train.get_context().get_world_rank() != 0:
+            ray.train.report({"step": step})
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            write_training_state(Path(folder) / self.FILE, payload)
+            ray.train.report({"step": step}, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def _worker(loop_config: dict) -> None:
@@ -53,11 +90,19 @@ def _worker(loop_config: dict) -> None:
     torch.set_num_threads(loop_config["threads"])
     run, data, job = loop_config["run"], loop_config["data"], loop_config["config"]
     place = (context.get_world_rank(), context.get_world_size())
+    checkpoints = RayTrainCheckpoints(loop_config["storage"])
     if loop_config["name"] is None:
-        train_on_worker(run, data, job, *place)
+        train_on_worker(run, data, job, *place, checkpoints)
     else:
         align_on_worker(
-            run, data, job, loop_config["name"], loop_config["feedback"], loop_config["rewards"], *place
+            run,
+            data,
+            job,
+            loop_config["name"],
+            loop_config["feedback"],
+            loop_config["rewards"],
+            *place,
+            checkpoints,
         )
 
 
@@ -70,11 +115,17 @@ def train_generator(
     name: str | None = None,
     feedback: Path | None = None,
     rewards: RewardConfig | None = None,
+    storage: str | None = None,
+    max_failures: int = 3,
 ) -> None:
     """Train RUN/generator; with ``name``, align it into RUN/generator-NAME: DPO on the ``feedback``
-    log, or without one TPMA-GRPO with ``rewards``."""
+    log, or without one TPMA-GRPO with ``rewards``. ``storage``: where Ray Train keeps the run's
+    checkpoints (default ``RUN/ray_train``); a lost worker restarts the group from the latest one
+    up to ``max_failures`` times. The run's checkpoints go once its model is saved."""
     cpus = int(ray.cluster_resources().get("CPU", 1))
     threads = max(1, cpus // workers)
+    storage = storage or str((run / "ray_train").resolve())
+    run_name = "generator" if name is None else f"generator-{name}"
     trainer = TorchTrainer(
         _worker,
         train_loop_config={
@@ -85,16 +136,26 @@ def train_generator(
             "feedback": feedback.resolve() if feedback else None,
             "name": name,
             "rewards": rewards,
+            "storage": f"{storage.rstrip('/')}/{run_name}",
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=gpu, resources_per_worker=None if gpu else {"CPU": threads}
         ),
         run_config=ray.train.RunConfig(
-            name="generator" if name is None else f"generator-{name}",
-            storage_path=str((run / "ray_train").resolve()),
+            name=run_name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
         ),
     )
     trainer.fit()
+    _remove_run_storage(storage, run_name)
+
+
+def _remove_run_storage(storage: str, run_name: str) -> None:
+    """Delete the finished run's checkpoints, so the next training of this run starts afresh."""
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(storage)
+    with contextlib.suppress(FileNotFoundError):
+        filesystem.delete_dir(f"{root.rstrip('/')}/{run_name}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +183,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--name", help="with --feedback or --grpo: the new model is RUN/generator-NAME (default dpo / grpo)"
     )
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
+    parser.add_argument(
+        "--storage",
+        help="where Ray Train keeps checkpoints: a path or URI every node reaches (default RUN/ray_train)",
+    )
+    parser.add_argument(
+        "--max-failures", type=int, default=3, help="restarts from the last checkpoint after a lost worker"
+    )
 
 
 def check_name(name: str) -> str:
@@ -142,7 +210,18 @@ def run(args: argparse.Namespace) -> dict:
     if not args.evaluate_only:
         init_ray(args.address)
         rewards = load_reward_config(args.config)
-        train_generator(args.run, args.data, config, args.workers, args.gpu, name, args.feedback, rewards)
+        train_generator(
+            args.run,
+            args.data,
+            config,
+            args.workers,
+            args.gpu,
+            name,
+            args.feedback,
+            rewards,
+            args.storage,
+            args.max_failures,
+        )
     results = evaluate_run(args.run, args.data, config, model_dir)
     print(json.dumps(results, indent=2))
     return results

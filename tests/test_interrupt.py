@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -27,9 +28,17 @@ import torch
 
 from onesearch_ray.data import load_track
 from onesearch_ray.generator.catalogue import build_generator, load_catalogue
-from onesearch_ray.generator.job import CHECKPOINT, MODEL_DIR, load_job_config
+from onesearch_ray.generator.job import MODEL_DIR, load_job_config
 from onesearch_ray.generator.store import load_generator
-from onesearch_ray.generator.train import Example, TrainConfig, _resume, parameter_groups, train
+from onesearch_ray.generator.train import (
+    Example,
+    TrainConfig,
+    _resume,
+    parameter_groups,
+    read_training_state,
+    train,
+    write_training_state,
+)
 from pipelines.common import wait_for_interrupt
 from tests.ray_jobs import REPO, free_port, ray_processes, wait_for
 
@@ -193,11 +202,33 @@ def training(run: Path, small_track: Path, encoded_small_run: Path, tmp_path: Pa
     return ["generator", "--run", str(run), "--data", str(small_track), "--config", str(config)]
 
 
+class FileCheckpoints:
+    """The training state in one file (``train.Checkpoints``), as Ray Train's checkpoint holds it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def load(self) -> dict | None:
+        return read_training_state(self.path) if self.path.exists() else None
+
+    def save(self, payload: dict, step: int) -> None:
+        write_training_state(self.path, payload)
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    """The training state of the newest Ray Train checkpoint of the run's training, if any."""
+    found = sorted((run / "ray_train/generator").glob("checkpoint_*/training_state.pt"))
+    return found[-1] if found else None
+
+
 def assert_resumable(run: Path, small_track: Path, tmp_path: Path) -> None:
     """What a rerun does first with the training state, if there is one: load it (``train._resume``:
     weights, optimizer, schedule) into the model the job builds."""
-    checkpoint = run / CHECKPOINT
-    if not checkpoint.exists():  # stopped before its first checkpoint: a rerun starts over
+    checkpoint = latest_checkpoint(run)
+    if checkpoint is None:  # stopped before its first checkpoint: a rerun starts over
         return
     job = load_job_config(tmp_path / "generator.yaml")
     model = build_generator(load_catalogue(run, load_track(small_track)), job.model)
@@ -205,7 +236,7 @@ def assert_resumable(run: Path, small_track: Path, tmp_path: Path) -> None:
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=4
     )
-    state = _resume(checkpoint, model, optimizer, schedule)
+    state = _resume(FileCheckpoints(checkpoint), model, optimizer, schedule)
     assert state["step"] >= 1 and state["best"] is not None
 
 
@@ -230,12 +261,12 @@ def test_one_ctrl_c_stops_training_while_its_ray_train_workers_start(
 def test_one_ctrl_c_stops_training_while_it_checkpoints(encoded_small_run, small_track, tmp_path):
     run = tmp_path / "run"
     with onesearch(training(run, small_track, encoded_small_run, tmp_path), tmp_path) as command:
-        wait_until(command, lambda: (run / CHECKPOINT).exists(), "a first checkpoint")
+        wait_until(command, lambda: latest_checkpoint(run) is not None, "a first checkpoint")
         assert ray_processes(command.ray_tmp), "the driver's Ray cluster should be running"
         output = interrupt(command)
     assert RESUME_HINT in output
     assert not (run / MODEL_DIR).exists(), "stopped before the model is saved"
-    assert (run / CHECKPOINT).exists()
+    assert latest_checkpoint(run) is not None
     assert_resumable(run, small_track, tmp_path)
 
 
@@ -294,12 +325,49 @@ def test_a_damaged_training_checkpoint_is_named_in_a_clear_error(generator_small
     says how to start over. An intact one resumes."""
     model, _ = load_generator(generator_small_run / MODEL_DIR)
     example = Example("query", model.item_vectors[0].numpy(), np.array([0]), np.array([1.0]))
-    config, checkpoint = TrainConfig(epochs=1, batch_size=1), tmp_path / CHECKPOINT
-    trained = train(model, [example], config, checkpoint=checkpoint)  # one step, one checkpoint
-    assert train(model, [example], config, checkpoint=checkpoint)["steps"] == trained["steps"]  # resumed
+    config, checkpoint = TrainConfig(epochs=1, batch_size=1), tmp_path / "training_state.pt"
+    checkpoints = FileCheckpoints(checkpoint)
+    trained = train(model, [example], config, checkpoints=checkpoints)  # one step, one checkpoint
+    assert train(model, [example], config, checkpoints=checkpoints)["steps"] == trained["steps"]  # resumed
     intact = checkpoint.read_bytes()
     for damaged in (intact[: len(intact) // 2], b""):
         checkpoint.write_bytes(damaged)
         with pytest.raises(ValueError, match=re.escape(f"{checkpoint}: cannot resume")) as error:
-            train(model, [example], config, checkpoint=checkpoint)
+            train(model, [example], config, checkpoints=checkpoints)
         assert "delete it to start over" in str(error.value)
+
+
+@pytest.mark.slow
+def test_a_killed_ray_train_worker_is_survived_from_the_last_checkpoint(
+    encoded_small_run, small_track, tmp_path
+):
+    """`onesearch generator --workers 2`, one Ray Train worker process killed with SIGKILL after the
+    first checkpoint: Ray Train restarts the group (FailureConfig), every worker resumes from the last
+    checkpoint, and the job finishes by itself, its model saved and its checkpoints removed."""
+    run = tmp_path / "run"
+    args = training(run, small_track, encoded_small_run, tmp_path) + ["--workers", "2", "--max-failures", "2"]
+    (tmp_path / "generator.yaml").write_text(
+        "generator:\n  model: {hash_buckets: 1024}\n  select_queries: 4\n"
+        "  train: {epochs: 2, batch_size: 8, evaluate_every: 6, patience: 0}\n"
+    )
+    with onesearch(args, tmp_path) as command:
+        registered = run / "ray_train/generator/checkpoint_manager_snapshot.json"
+        wait_until(command, registered.exists, "a first checkpoint Ray Train has registered")
+        workers = [pid for pid in ray_processes(command.ray_tmp) if b"RayTrainWorker" in _cmdline(pid)]
+        assert len(workers) == 2, workers
+        os.kill(workers[-1], signal.SIGKILL)
+        command.process.wait(timeout=600)
+        output = command.output()
+    assert command.process.returncode == 0, output[-3000:]
+    assert "resumed from the Ray Train checkpoint" in output
+    assert (run / MODEL_DIR / "weights.safetensors").is_file()
+    assert not (run / "ray_train/generator").exists()
+    history = json.loads((run / MODEL_DIR / "history.json").read_text())
+    assert history["steps"] and history["best"]["score"] >= history["selection"][0]["score"]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

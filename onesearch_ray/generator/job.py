@@ -2,13 +2,13 @@
 
     RUN/generator/            the trained model (``generator.store``), replaced atomically at the end
     RUN/generator/metrics.json  valid and test metrics of the untrained start and the trained model
-    RUN/generator_train.pt    the resumable training state (removed once the model is saved)
     RUN/generator-NAME/       an aligned copy (``align_on_worker``: DPO on a feedback log, or GRPO)
 
 Each saved model becomes the run's latest model (``runs.write_latest_model``): what ``onesearch
 serve`` and ``onesearch eval`` use by default.
 
-``pipelines/generator.py`` runs ``train_on_worker`` or ``align_on_worker`` inside Ray Train, then
+``pipelines/generator.py`` runs ``train_on_worker`` or ``align_on_worker`` inside Ray Train, with
+Ray Train's checkpoints as the resumable training state (``train.Checkpoints``), then
 ``evaluate_run``.
 """
 
@@ -42,7 +42,7 @@ from onesearch_ray.generator.grpo import GRPOConfig, ItemRewardTable, grpo_loss_
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.preference import attach_reference, dpo_loss_of, feedback_searches
 from onesearch_ray.generator.store import load_generator, save_generator
-from onesearch_ray.generator.train import Example, TrainConfig, train
+from onesearch_ray.generator.train import Checkpoints, Example, TrainConfig, train
 from onesearch_ray.io import write_json
 from onesearch_ray.khqe.online import RunTextEncoder
 from onesearch_ray.rewards import RewardConfig
@@ -51,7 +51,6 @@ from onesearch_ray.runs import GENERATOR_DIR, served_model_dir, write_latest_mod
 log = logging.getLogger(__name__)
 
 MODEL_DIR = GENERATOR_DIR
-CHECKPOINT = "generator_train.pt"
 SELECTION_METRIC = "NDCG@10"
 # next-item tracks: the test rows of the users outside the tuning half (no selection or default saw them)
 HELD_OUT_USERS = "test-held-out-users"
@@ -146,21 +145,26 @@ def selection(
 
 
 def train_on_worker(
-    run: Path, data: Path, config: GeneratorJobConfig, rank: int = 0, world_size: int = 1
+    run: Path,
+    data: Path,
+    config: GeneratorJobConfig,
+    rank: int = 0,
+    world_size: int = 1,
+    checkpoints: Checkpoints | None = None,
 ) -> None:
-    """One worker's share: build, train on its shard of the searches, and (rank 0) save the model."""
+    """One worker's share: build, train on its shard of the searches (resuming from ``checkpoints``'
+    latest state), and (rank 0) save the model."""
     track = load_track(data)
     catalogue = load_catalogue(run, track)
     searches = training_searches(run, track, catalogue, config)
     model = build_generator(catalogue, config.model, searches)
     examples = searches[rank::world_size]
     select = selection(catalogue, track, config) if rank == 0 else None
-    history = train(model, examples, config.train, select, checkpoint=run / CHECKPOINT if rank == 0 else None)
+    history = train(model, examples, config.train, select, checkpoints)
     if rank == 0:
         save_generator(model, catalogue.item_ids, run / MODEL_DIR)
         write_json(run / MODEL_DIR / "history.json", history)
         write_latest_model(run, run / MODEL_DIR)
-        (run / CHECKPOINT).unlink(missing_ok=True)
 
 
 def align_on_worker(
@@ -172,6 +176,7 @@ def align_on_worker(
     rewards: RewardConfig | None = None,
     rank: int = 0,
     world_size: int = 1,
+    checkpoints: Checkpoints | None = None,
 ) -> None:
     """Align the run's served generator (``RUN/generator`` after SFT, the last alignment after one)
     into ``RUN/generator-NAME`` (rank 0 saves): DPO on the ``feedback`` log's impressions, or
@@ -209,13 +214,11 @@ def align_on_worker(
         weight_learning_rate=settings.weight_learning_rate,
         patience=0,
     )
-    checkpoint = run / f"{MODEL_DIR}-{name}_train.pt" if rank == 0 else None
-    history = train(model, examples, train_config, None, checkpoint, loss)
+    history = train(model, examples, train_config, None, checkpoints, loss)
     if rank == 0:
         save_generator(model, item_ids, run / f"{MODEL_DIR}-{name}")
         write_json(run / f"{MODEL_DIR}-{name}" / "history.json", history)
         write_latest_model(run, run / f"{MODEL_DIR}-{name}")  # what the run serves from now on
-        checkpoint.unlink(missing_ok=True)
 
 
 def _preference_examples(run: Path, track: Track, feedback: Path, rows: dict[int, int]) -> list[Example]:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -154,6 +155,19 @@ def _without_own_pairs(
     return logits.index_put((torch.cat(rows), torch.cat(targets)), -scaled, accumulate=True)
 
 
+class Checkpoints(Protocol):
+    """Where the training state goes at each selection point and comes back from after a restart
+    (``pipelines.generator.RayTrainCheckpoints``: Ray Train's checkpoints)."""
+
+    def load(self) -> dict | None:
+        """The latest saved state (``write_training_state``'s payload), or None to start over."""
+        ...
+
+    def save(self, payload: dict, step: int) -> None:
+        """Called by every worker at the same steps with its state (rank 0's is the one to keep)."""
+        ...
+
+
 LossFn = Callable[[CodeItemGenerator, Sequence[Example], np.random.Generator], dict[str, torch.Tensor]]
 
 
@@ -184,15 +198,16 @@ def train(
     examples: Sequence[Example],
     config: TrainConfig,
     select: Callable[[CodeItemGenerator], float] | None = None,
-    checkpoint: Path | None = None,
+    checkpoints: Checkpoints | None = None,
     loss_fn: LossFn = loss_of,
 ) -> dict:
     """Train in place; returns the history. ``loss_fn``: ``loss_of`` (the default: graded targets) or
     another of the same shape (``generator.preference.dpo_loss_of``).
 
     With ``select`` (higher is better) the best weights win, the untrained start included. With
-    ``checkpoint`` the whole state is saved there at every selection point and a rerun resumes from
-    it (batches and target draws are seeded by epoch and step, so a resumed run matches an unbroken
+    ``checkpoints`` the whole state is saved there at every selection point (by every worker: the
+    store decides who writes) and a restarted worker or a rerun resumes from the latest one
+    (batches and target draws are seeded by epoch and step, so a resumed run matches an unbroken
     one). Under torch.distributed each worker passes its own shard of ``examples``, every worker
     takes the steps of the smallest shard (``_fewest_examples``), gradients are averaged across
     workers and only rank 0 selects.
@@ -220,7 +235,7 @@ def train(
     )
     rank = dist.get_rank() if dist.is_initialized() else 0
     select = select if rank == 0 else None
-    state = _resume(checkpoint, model, optimizer, schedule)
+    state = _resume(checkpoints, model, optimizer, schedule)
     if state is None:
         state = {"step": 0, "history": {"steps": [], "selection": []}, "best": None}
         if select:
@@ -262,8 +277,8 @@ def train(
             if score > state["best"]["score"]:
                 state["best"] = {"score": score, "step": step, "weights": copy.deepcopy(model.state_dict())}
             state["since_best"] = 0 if state["best"]["step"] == step else state.get("since_best", 0) + 1
-        if checkpoint is not None and rank == 0:
-            _save(checkpoint, model, optimizer, schedule, state | {"step": step})
+        if checkpoints is not None:
+            checkpoints.save(_payload(model, optimizer, schedule, state | {"step": step}), step)
         if _rank0_decides(config.patience > 0 and state.get("since_best", 0) >= config.patience):
             log.info(
                 "no better selection score for %d evaluations: stopping at step %d", config.patience, step
@@ -311,28 +326,42 @@ def _average_gradients(model: CodeItemGenerator) -> None:
             parameter.grad /= dist.get_world_size()
 
 
-def _save(path: Path, model, optimizer, schedule, state: dict) -> None:
-    payload = {
+def _payload(model, optimizer, schedule, state: dict) -> dict:
+    return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
         "state": state,
     }
+
+
+def write_training_state(path: Path, payload: dict) -> None:
+    """The whole training state in one file, replaced atomically (a stop mid-write keeps the last)."""
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def _resume(path: Path | None, model, optimizer, schedule) -> dict | None:
-    if path is None or not Path(path).exists():
-        return None
+def read_training_state(path: Path) -> dict:
+    """What ``write_training_state`` wrote; a damaged or missing file is named in a clear error."""
     try:
-        payload = torch.load(path, weights_only=False)
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        schedule.load_state_dict(payload["schedule"])
-    except Exception as err:  # a checkpoint from another config, or a damaged file
+        return torch.load(path, weights_only=False)
+    except Exception as err:  # a damaged file, a copy cut short
         raise ValueError(
             f"{path}: cannot resume from this checkpoint ({err}); delete it to start over"
         ) from err
-    log.info("resumed from %s at step %d", path, payload["state"]["step"])
+
+
+def _resume(checkpoints: Checkpoints | None, model, optimizer, schedule) -> dict | None:
+    payload = checkpoints.load() if checkpoints is not None else None
+    if payload is None:
+        return None
+    try:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        schedule.load_state_dict(payload["schedule"])
+    except Exception as err:  # a checkpoint from another config
+        raise ValueError(
+            f"{checkpoints}: cannot resume from this checkpoint ({err}); delete it to start over"
+        ) from err
+    log.info("resumed from %s at step %d", checkpoints, payload["state"]["step"])
     return payload["state"]
