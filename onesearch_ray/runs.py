@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import platform
 import time
 from collections.abc import Iterable
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from onesearch_ray.io import atomic_path, read_json, write_json
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 LATEST_MODEL = "model/latest.json"  # names the newest trained model: what eval and serve load
@@ -102,11 +105,12 @@ def served_model_dir(run: str | Path) -> Path:
     """The model a run serves and evaluates by default: its latest model (``onesearch generator``
     points it at ``RUN/generator``, an alignment at ``RUN/generator-NAME``), else ``RUN/generator``."""
     pointer = Path(run) / LATEST_MODEL
+    generator = Path(run) / GENERATOR_DIR
     if pointer.exists():
         latest = Path(run) / json.loads(pointer.read_text())["model"]  # an absolute path stays as it is
         if is_generator_dir(latest):
             return latest
-    generator = Path(run) / GENERATOR_DIR
+        log.warning("%s: the run's latest model %s is gone; using %s", run, latest, generator)
     if not is_generator_dir(generator):
         raise FileNotFoundError(f"{run}: no trained generator in this run (run `onesearch generator` first)")
     return generator

@@ -16,6 +16,7 @@ import argparse
 import logging
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 from onesearch_ray.serving.models import ENGINES
@@ -284,7 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (ValueError, FileNotFoundError, NotADirectoryError) as err:
-        print(f"onesearch {args.command}: error: {err}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        hint = "" if args.verbose else " (--verbose shows where)"
+        print(f"onesearch {args.command}: error: {err}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C, or `kill` where _stop_on_sigterm is set
         resume = args.command in ("generator", "quickstart")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 
 import ray
 import ray.train.torch
+
+log = logging.getLogger(__name__)
 
 # How often a waiting main thread runs Python code, so it sees a Ctrl-C another thread received.
 SIGNAL_POLL_S = 0.2
@@ -22,8 +25,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     kwargs = {"address": address} if address else {}
-    if not address and not os.environ.get("RAY_ADDRESS") and num_cpus:
-        kwargs["num_cpus"] = num_cpus
+    if not address and not os.environ.get("RAY_ADDRESS"):
+        if _recorded_cluster_is_gone():
+            kwargs["address"] = "local"
+        if num_cpus:
+            kwargs["num_cpus"] = num_cpus
     ray.init(
         **kwargs,
         logging_level=logging.WARNING,
@@ -32,6 +38,26 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = bool(
         os.environ.get("ONESEARCH_PROGRESS", "1") == "1"
     )
+
+
+def _recorded_cluster_is_gone(timeout: float = 2.0) -> bool:
+    """Whether ``ray start`` recorded a cluster on this machine that no longer answers. ``ray.init()``
+    would join it and wait minutes on "Failed to connect to GCS" (after an unclean stop); this
+    finds out in seconds, says what to do, and the caller starts a local cluster instead."""
+    recorded = ray._private.utils.read_ray_address()
+    if not recorded:
+        return False
+    host, _, port = recorded.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+        return False
+    except (OSError, ValueError):
+        log.warning(
+            "the Ray cluster `ray start` recorded at %s does not answer (stopped uncleanly?): starting "
+            "a local cluster instead; `ray stop` clears the record, `ray start --head` starts a new one",
+            recorded,
+        )
+        return True
 
 
 def wait_for_interrupt() -> None:

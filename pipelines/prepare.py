@@ -85,7 +85,7 @@ def embed_with_ray(
         EmbedActor,
         fn_constructor_kwargs={"encoder_config": encoder, "threads": threads, "kind": kind},
         batch_size=encoder.batch_size * 4,
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=threads,
         batch_format="numpy",
     )

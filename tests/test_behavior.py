@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 import pytest
 
 from onesearch_ray.behavior import (
     BehaviorIndex,
     UserContext,
-    behavior_user_sid,
     cold_start_sequence,
-    long_term_view,
-    recency_weights,
-    sliding_windows,
 )
 from onesearch_ray.data import (
     INTERACTION_SCHEMA,
@@ -29,54 +24,6 @@ SHOWN, CLICKED, ORDERED = int(Event.SHOWN), int(Event.CLICKED), int(Event.ORDERE
 
 
 # ---- behaviour-built user ID ---------------------------------------------------------------
-def test_recency_weights_hand_computed():
-    # i = 1 (oldest), 2, 3 (most recent): exp(sqrt(i)) = 2.718282, 4.113250, 5.652233; sum 12.483765
-    assert recency_weights(3) == pytest.approx([0.217745, 0.329488, 0.452767], abs=1e-6)
-    assert recency_weights(1) == pytest.approx([1.0])
-    assert np.all(np.diff(recency_weights(50)) > 0)  # the most recent item weighs most
-
-
-def test_behavior_user_sid_hand_computed():
-    codes = np.array([[0, 10, 3], [4, 2, 3], [8, 15, 3]])  # oldest first
-    # position 0: 0*0.217745 + 4*0.329488 + 8*0.452767 = 4.940085 -> ceil 5
-    # position 1: 10*0.217745 + 2*0.329488 + 15*0.452767 = 9.627927 -> ceil 10
-    # position 2: 3 * (sum of weights = 1) = 3 -> 3 (no float drift up to 4)
-    assert behavior_user_sid(codes, (16, 16, 16)).tolist() == [5, 10, 3]
-    # reversing the order moves the weight: 8*0.217745 + 4*0.329488 + 0 = 3.059912 -> 4
-    assert behavior_user_sid(codes[::-1], (16, 16, 16)).tolist()[0] == 4
-
-
-def test_behavior_user_sid_equal_codes_do_not_drift_and_clip():
-    same = np.full((7, 2), 5)
-    assert behavior_user_sid(same, (8, 8)).tolist() == [5, 5]
-    assert behavior_user_sid(np.array([[9, 1]]), (4, 4)).tolist() == [3, 1]  # clipped to the range
-
-
-def test_behavior_user_sid_empty_and_bad_shape():
-    assert behavior_user_sid(np.zeros((0, 3), np.int64), (4, 4, 4)) is None
-    with pytest.raises(ValueError, match="item_codes"):
-        behavior_user_sid(np.zeros((2, 2)), (4, 4, 4))
-
-
-# ---- long-term view, windows, cold start ---------------------------------------------------
-def test_long_term_view_top_codes_ties_most_recent_first():
-    codes = np.array([[1, 0], [2, 0], [1, 3], [3, 3], [2, 5], [4, 6]])  # oldest first
-    # level 0 counts: 1->2 (last 2), 2->2 (last 4), 3->1 (last 3), 4->1 (last 5)
-    # level 1 counts: 0->2 (last 1), 3->2 (last 3), 5->1, 6->1 (last 5)
-    view = long_term_view(codes, (8, 8), per_level=(3, 2))
-    assert view == [(0, 2), (0, 1), (0, 4), (1, 3), (1, 0)]
-    assert long_term_view(np.zeros((0, 2), np.int64), (8, 8)) == []
-    with pytest.raises(ValueError, match="outside"):
-        long_term_view(np.array([[9, 0]]), (8, 8))
-
-
-def test_sliding_windows():
-    assert sliding_windows([1, 2, 3], window=5) == [([1], 2), ([1, 2], 3)]
-    windows = sliding_windows(list(range(8)), window=3)
-    assert windows[0] == ([0], 1) and windows[-1] == ([4, 5, 6], 7) and len(windows) == 7
-    assert sliding_windows([1]) == [] and sliding_windows([]) == []
-
-
 def test_cold_start_sequence_query_clicks_then_popular():
     clicks = {7: [40, 41]}
     popular = [41, 1, 2, 3, 4]

@@ -18,7 +18,7 @@ from onesearch_ray.rewards import RelevanceOracle, RewardConfig
 from tests.ray_jobs import free_port
 from tests.test_generator import tiny_model
 
-SHARDS = (4, 3)  # at batch 2, each alone: 2 steps an epoch and 1
+SHARDS = (4, 3)  # global batch 2, one example a worker a step: alone, 4 steps an epoch and 3
 
 
 def _worker(rank: int, port: int, loss: str, out: str) -> None:
@@ -56,4 +56,4 @@ def test_shards_that_straddle_a_batch_multiple_take_the_same_steps(loss, tmp_pat
             process.kill()
         pytest.fail("the two workers did not finish: one waits in a collective")
     steps = [int((tmp_path / f"steps.{rank}").read_text()) for rank in (0, 1)]
-    assert steps == [2, 2]  # 2 epochs x (3 // 2) steps: the smaller shard's count on both
+    assert steps == [6, 6]  # 2 epochs x 3 steps: the smaller shard's count on both

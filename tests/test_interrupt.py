@@ -371,3 +371,24 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_a_cluster_ray_start_recorded_that_is_gone_is_found_in_seconds(monkeypatch, caplog):
+    """``ray.init()`` would wait minutes on a recorded cluster that no longer answers; ``init_ray``
+    finds out in seconds, says what to do and starts a local cluster instead."""
+    import socket
+
+    import ray._private.utils
+
+    from pipelines.common import _recorded_cluster_is_gone
+
+    port = free_port()
+    monkeypatch.setattr(ray._private.utils, "read_ray_address", lambda: f"127.0.0.1:{port}")
+    started = time.monotonic()
+    assert _recorded_cluster_is_gone()
+    assert time.monotonic() - started < 5
+    assert "`ray stop` clears the record" in caplog.text
+    with socket.create_server(("127.0.0.1", port)):  # a cluster that answers is joined as before
+        assert not _recorded_cluster_is_gone()
+    monkeypatch.setattr(ray._private.utils, "read_ray_address", lambda: None)
+    assert not _recorded_cluster_is_gone()

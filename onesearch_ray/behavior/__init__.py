@@ -1,4 +1,7 @@
-"""Multi-view user behaviour (paper section 2): behaviour-built user IDs, short/long views, cold start.
+"""Multi-view user behaviour (paper section 2): each user's history at a moment (``index``), the
+short-term view and cold-start sequences (``views``), co-purchase counts for the generator's
+co-purchase term (``copurchase``). The generator reads recent items as prompt views
+(``generator.prompts``).
 
 Pure Python + numpy (no Ray). Sequences are oldest first everywhere.
 """
@@ -6,20 +9,12 @@ Pure Python + numpy (no Ray). Sequences are oldest first everywhere.
 from onesearch_ray.behavior.index import BehaviorIndex, UserHistory
 from onesearch_ray.behavior.views import (
     UserContext,
-    behavior_user_sid,
     cold_start_sequence,
-    long_term_view,
-    recency_weights,
-    sliding_windows,
 )
 
 __all__ = [
     "BehaviorIndex",
     "UserContext",
     "UserHistory",
-    "behavior_user_sid",
     "cold_start_sequence",
-    "long_term_view",
-    "recency_weights",
-    "sliding_windows",
 ]

@@ -36,6 +36,7 @@ def tokenize(texts: Sequence[str]) -> list[list[str]]:
     )
 
 
+MAX_QUERY_CHARS = 512  # a query is cut here (the API refuses longer ones; prompts cut before tokenising)
 ITEM_TERM_MARK = "\x1f"  # starts a co-purchase term's key; no tokenised word holds it
 
 

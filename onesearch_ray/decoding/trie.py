@@ -64,11 +64,6 @@ class SidTrie:
         mask[rows, table_codes[np.repeat(starts, lengths) + offsets]] = True
         return mask
 
-    def allowed_codes(self, prefix: tuple[int, ...]) -> np.ndarray:
-        return np.flatnonzero(
-            self.allowed_mask(np.asarray(prefix, dtype=np.int64).reshape(1, len(prefix)))[0]
-        )
-
     def __contains__(self, sid: tuple[int, ...]) -> bool:
         sid = np.asarray(sid, dtype=np.int64).reshape(1, len(sid))
         if sid.shape[1] != self.depth or not 0 <= sid[0, -1] < self.level_sizes[-1]:

@@ -14,11 +14,11 @@ import faiss
 import numpy as np
 import Stemmer
 
+from onesearch_ray.behavior.views import RECENT_ITEMS
 from onesearch_ray.khqe.encoder import TextEncoder
 
 RRF_K = 60
 RRF_DEPTH = 1000
-HISTORY_WINDOW = 3  # the personalisation baselines look at the last 3 history items
 
 
 class BM25Retriever:
@@ -178,7 +178,7 @@ class CooccurrenceBaseline:
         item_ids: Sequence[int],
         train_histories: Sequence[Sequence[int]],
         train_targets: Sequence[int],
-        window: int = HISTORY_WINDOW,
+        window: int = RECENT_ITEMS,
     ):
         self.window = window
         self.popularity = PopularityBaseline(item_ids, train_histories, train_targets)
@@ -208,7 +208,7 @@ class CooccurrenceBaseline:
 class DenseHistoryBaseline:
     """Nearest items (inner product) to the mean vector of the last ``window`` history items."""
 
-    def __init__(self, item_ids: Sequence[int], item_vectors: np.ndarray, window: int = HISTORY_WINDOW):
+    def __init__(self, item_ids: Sequence[int], item_vectors: np.ndarray, window: int = RECENT_ITEMS):
         self.window = window
         self.retriever = DenseRetriever(item_ids, item_vectors)
         self._vectors = normalise_rows(item_vectors)

@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from onesearch_ray.catalogue.lexical import MAX_QUERY_CHARS
 from onesearch_ray.data import Track
 from onesearch_ray.eval.metrics import SEARCH_KS, relevant_items, search_metrics
 from onesearch_ray.eval.report import SEARCH_TABLE_METRICS, markdown_table
 from onesearch_ray.eval.runner import EvalConfig, search_baselines
 from onesearch_ray.eval.tracks import search_eval_inputs
-from onesearch_ray.serving.schemas import MAX_QUERY_CHARS, SearchRequest
+from onesearch_ray.serving.schemas import SearchRequest
 
 if TYPE_CHECKING:
     from onesearch_ray.serving.service import SearchService

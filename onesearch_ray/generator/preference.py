@@ -18,6 +18,7 @@ batches, resumable checkpoints, workers) is ``generator.train``'s.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.train import Example, example_prompts, item_log_probs
 from onesearch_ray.rewards.feedback_log import read_feedback
 
+logger = logging.getLogger(__name__)
+
 LEVELS = {int(Event.SHOWN): 1.0, int(Event.CLICKED): 2.0, int(Event.ORDERED): 3.0}
 
 
@@ -40,14 +43,29 @@ def feedback_searches(
     model_prefix: str = "generator",
 ) -> list[Example]:
     """One example per impression of a generator (``model_dir`` starting with ``model_prefix``) with
-    a skip-above pair; targets in the order shown; items the catalogue lacks are dropped."""
+    a skip-above pair; targets in the order shown. Events on items the model has no row for (added
+    live after training) are dropped, counted in the log."""
     table = read_feedback(log)
     searches: dict[str, dict] = {}
+    unknown: set[int] = set()
+    dropped = 0
     for row in table.to_pylist():
-        if not str(row["model_dir"]).startswith(model_prefix) or row["item_id"] not in row_of_item:
+        if not str(row["model_dir"]).startswith(model_prefix):
+            continue
+        if row["item_id"] not in row_of_item:
+            unknown.add(row["item_id"])
+            dropped += 1
             continue
         search = searches.setdefault(row["impression_id"], {"prompt": row["prompt"], "levels": {}})
         search["levels"][row_of_item[row["item_id"]]] = LEVELS[int(row["event"])]
+    if dropped:
+        logger.warning(
+            "%s: %d feedback events on %d items the model has no row for (added live after training) "
+            "left out of DPO",
+            log,
+            dropped,
+            len(unknown),
+        )
     kept = [s for s in searches.values() if skip_above(np.array(list(s["levels"].values()))).any()]
     if not kept:
         return []

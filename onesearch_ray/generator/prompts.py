@@ -2,7 +2,7 @@
 
 A search is a query text (may be empty), its frozen text vector, and optionally the user's recent
 items (catalogue rows, oldest first). Without a query (next-item tracks) the query vector is the
-mean vector of the last ``HISTORY_QUERY_WINDOW`` history items, the dense-history view; a new user
+mean vector of the last ``RECENT_ITEMS`` history items, the dense-history view; a new user
 simply has no history rows, and the behaviour slots then hold the model's "absent" embedding.
 """
 
@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from onesearch_ray.behavior.copurchase import recent_items
-from onesearch_ray.catalogue.lexical import hashed_terms, tokenize
+from onesearch_ray.behavior.views import RECENT_ITEMS
+from onesearch_ray.catalogue.lexical import MAX_QUERY_CHARS, hashed_terms, tokenize
 from onesearch_ray.generator.model import PromptBatch
 
 
@@ -26,10 +27,6 @@ class Vocabulary(Protocol):
     def query_terms(self, texts: Sequence[str]) -> list[np.ndarray]: ...
 
     def item_terms(self, rows: Sequence[int]) -> np.ndarray: ...
-
-
-HISTORY_QUERY_WINDOW = 3
-MAX_QUERY_CHARS = 1000  # a longer "query" is cut here before tokenising (huge inputs stay cheap)
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
@@ -53,13 +50,13 @@ def build_prompts(
     items). The last ``copurchase_window`` of them join the lexical terms as co-purchase terms, by
     their model rows: ``history_items`` when ``item_vectors`` is not the model's (serving), else
     ``histories`` themselves."""
-    texts = [str(t)[:MAX_QUERY_CHARS] for t in query_texts]
+    texts = [str(t)[:MAX_QUERY_CHARS] for t in query_texts]  # huge inputs stay cheap
     queries = normalise(query_vectors).copy()
     rows = [list(h)[-history:] if history else [] for h in (histories or [[]] * len(texts))]
     if len(rows) != len(texts) or len(queries) != len(texts):
         raise ValueError(f"{len(texts)} queries, {len(queries)} query vectors, {len(rows)} histories")
     for i, text in enumerate(texts):
-        recent = list(histories[i])[-HISTORY_QUERY_WINDOW:] if histories is not None else []
+        recent = list(histories[i])[-RECENT_ITEMS:] if histories is not None else []
         if not text.strip() and recent:
             queries[i] = normalise(item_vectors[recent].mean(0))
     words = [hashed_terms(tokens, hash_buckets) for tokens in tokenize(texts)]

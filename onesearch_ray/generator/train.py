@@ -51,7 +51,7 @@ class Example:
 @dataclass
 class TrainConfig:
     epochs: float = 8.0
-    batch_size: int = 128
+    batch_size: int = 128  # the global batch: each of N Ray Train workers takes batch_size / N
     # Three parameter groups, three learning rates. The term weights and the score scales are few
     # and every search moves them: they learn fast and generalise to unseen queries. The decoder,
     # the prompt projections and the code/item corrections learn slower. Per-item offsets and
@@ -208,9 +208,10 @@ def train(
     ``checkpoints`` the whole state is saved there at every selection point (by every worker: the
     store decides who writes) and a restarted worker or a rerun resumes from the latest one
     (batches and target draws are seeded by epoch and step, so a resumed run matches an unbroken
-    one). Under torch.distributed each worker passes its own shard of ``examples``, every worker
-    takes the steps of the smallest shard (``_fewest_examples``), gradients are averaged across
-    workers and only rank 0 selects.
+    one). Under torch.distributed each worker passes its own shard of ``examples`` and takes
+    ``batch_size / world size`` of them a step, so N workers take the steps one would (the same
+    global batch); every worker takes the steps of the smallest shard (``_fewest_examples``),
+    gradients are averaged across workers and only rank 0 selects.
     """
     config.validate()
     fewest = _fewest_examples(len(examples))
@@ -222,7 +223,9 @@ def train(
     torch.manual_seed(config.seed)
     groups = parameter_groups(model, config)
     optimizer = torch.optim.AdamW(groups)
-    steps_per_epoch = max(1, fewest // config.batch_size)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    batch_size = -(-config.batch_size // world)  # one global batch a step, whatever the workers
+    steps_per_epoch = max(1, fewest // batch_size)
     total_steps = max(1, int(config.epochs * steps_per_epoch))
     every = config.evaluate_every or steps_per_epoch
     # OneCycleLR divides by its warm-up's length: a short run (tests, a small alignment round) needs
@@ -246,9 +249,7 @@ def train(
     for step in range(state["step"] + 1, total_steps + 1):
         epoch, position = divmod(step - 1, steps_per_epoch)
         order = np.random.default_rng([config.seed, epoch]).permutation(len(examples))
-        batch = [
-            examples[i] for i in order[position * config.batch_size : (position + 1) * config.batch_size]
-        ]
+        batch = [examples[i] for i in order[position * batch_size : (position + 1) * batch_size]]
         model.train()
         losses = loss_fn(model, batch, np.random.default_rng([config.seed, epoch, step]))
         loss = losses["item"] + config.code_loss_weight * losses["code"]

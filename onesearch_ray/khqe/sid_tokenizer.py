@@ -220,18 +220,6 @@ class SemanticIdTokenizer:
     def all_sids(self) -> list[tuple[int, ...]]:
         return list(self._items_by_sid)
 
-    def position_tokens(self, position: int) -> list[str]:
-        """Every token that may appear at one SID position."""
-        letter, offset = self._position_letter_offset(position)
-        return [f"<{letter}_{offset + c}>" for c in range(self.layout.level_sizes[position])]
-
-    def token_vocabulary(self) -> list[str]:
-        """All SID tokens, deduplicated, in position order (for extending an LM vocabulary)."""
-        seen: dict[str, None] = {}
-        for position in range(self.sid_length):
-            seen.update(dict.fromkeys(self.position_tokens(position)))
-        return list(seen)
-
     def codes_to_tokens(self, codes: Sequence[int]) -> list[str]:
         if len(codes) != self.sid_length:
             raise ValueError(f"a SID has {self.sid_length} codes, got {len(codes)}")

@@ -159,10 +159,6 @@ class FeedbackLog:
         )
         return {"impressions": impressions, "clicks": clicks, "orders": orders}
 
-    def to_table(self) -> pa.Table:
-        """One row per shown item per impression, with the strongest event on it (LIVE_FEEDBACK_SCHEMA)."""
-        return _export(self._connect())
-
     def close(self) -> None:
         db = getattr(self._local, "db", None)
         if db is not None:

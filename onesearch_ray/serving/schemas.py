@@ -11,7 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-MAX_QUERY_CHARS = 512
+from onesearch_ray.catalogue.lexical import MAX_QUERY_CHARS
+
 MAX_K = 350
 MAX_BEAM = 512
 MAX_HISTORY = 1000
@@ -136,7 +137,7 @@ class ModelSwapRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(
-        min_length=1, max_length=200, description="a model of this run: a name listed by GET /model"
+        min_length=1, max_length=200, description="a model of this run: a name listed by GET /models"
     )
 
 

@@ -188,7 +188,8 @@ class ServiceSystem(ImpressionPages):
         self._impressions: list[str | None] = []
 
     def search(self, requests: Sequence[SimRequest], k: int) -> list[list[int]]:
-        from onesearch_ray.serving.schemas import MAX_QUERY_CHARS, SearchRequest
+        from onesearch_ray.catalogue.lexical import MAX_QUERY_CHARS
+        from onesearch_ray.serving.schemas import SearchRequest
 
         answers = self.service.search(
             [
@@ -228,7 +229,7 @@ class HttpSystem(ImpressionPages):
         self._impressions: list[str | None] = []
 
     def search(self, requests: Sequence[SimRequest], k: int) -> list[list[int]]:
-        from onesearch_ray.serving.schemas import MAX_QUERY_CHARS
+        from onesearch_ray.catalogue.lexical import MAX_QUERY_CHARS
 
         answers = []
         for request in requests:
