@@ -348,7 +348,7 @@ def test_a_killed_ray_train_worker_is_survived_from_the_last_checkpoint(
     args = training(run, small_track, encoded_small_run, tmp_path) + ["--workers", "2", "--max-failures", "2"]
     (tmp_path / "generator.yaml").write_text(
         "generator:\n  model: {hash_buckets: 1024}\n  select_queries: 4\n"
-        "  train: {epochs: 2, batch_size: 8, evaluate_every: 6, patience: 0}\n"
+        "  train: {epochs: 1, batch_size: 8, evaluate_every: 4, patience: 0}\n"
     )
     with onesearch(args, tmp_path) as command:
         registered = run / "ray_train/generator/checkpoint_manager_snapshot.json"
