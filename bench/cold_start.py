@@ -29,7 +29,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from onesearch_ray.data import load_track  # noqa: E402
-from onesearch_ray.eval.coldstart import ColdStartConfig, cold_start_markdown, cold_start_report  # noqa: E402
+from onesearch_ray.eval.coldstart import cold_start_markdown, cold_start_report  # noqa: E402
+from onesearch_ray.eval.config import ColdStartConfig
 from onesearch_ray.io import atomic_path, write_json  # noqa: E402
 from onesearch_ray.serving.service import SearchService  # noqa: E402
 

@@ -31,11 +31,11 @@ from onesearch_ray.eval import (  # noqa: E402
     SEARCH_TABLE_METRICS,
     format_table,
     plot_results,
-    run_next_item_baselines,
-    run_search_baselines,
     write_eval_json,
 )
-from onesearch_ray.khqe.encoder import EncoderConfig, SentenceTransformerEncoder, TextEncoder  # noqa: E402
+from onesearch_ray.khqe.config import EncoderConfig
+from onesearch_ray.khqe.encoder import SentenceTransformerEncoder, TextEncoder  # noqa: E402
+from onesearch_ray.retrieval import run_next_item_baselines, run_search_baselines  # noqa: E402
 
 
 def _load(path: Path | None) -> np.ndarray | None:

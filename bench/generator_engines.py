@@ -23,8 +23,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 
 from onesearch_ray.data import load_track  # noqa: E402
-from onesearch_ray.eval.metrics import search_metrics  # noqa: E402
-from onesearch_ray.eval.tracks import run_search_baselines  # noqa: E402
 from onesearch_ray.generator.catalogue import load_catalogue  # noqa: E402
 from onesearch_ray.generator.evaluate import judged_split, rank  # noqa: E402
 from onesearch_ray.generator.job import MODEL_DIR  # noqa: E402
@@ -32,6 +30,8 @@ from onesearch_ray.generator.search import TorchDecoder  # noqa: E402
 from onesearch_ray.generator.store import load_generator  # noqa: E402
 from onesearch_ray.generator.vllm_decoder import VLLMDecoder  # noqa: E402
 from onesearch_ray.io import write_json  # noqa: E402
+from onesearch_ray.metrics import search_metrics  # noqa: E402
+from onesearch_ray.retrieval.tracks import run_search_baselines  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

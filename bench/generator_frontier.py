@@ -37,13 +37,13 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from onesearch_ray.data import load_track  # noqa: E402
-from onesearch_ray.eval.tracks import run_search_baselines  # noqa: E402
 from onesearch_ray.generator.catalogue import load_catalogue  # noqa: E402
 from onesearch_ray.generator.evaluate import search_split  # noqa: E402
 from onesearch_ray.generator.model import CodeItemGenerator  # noqa: E402
 from onesearch_ray.generator.prompts import normalise  # noqa: E402
 from onesearch_ray.generator.search import Decoder, TorchDecoder  # noqa: E402
 from onesearch_ray.io import write_json  # noqa: E402
+from onesearch_ray.retrieval.tracks import run_search_baselines  # noqa: E402
 from onesearch_ray.runs import served_model_dir  # noqa: E402
 from onesearch_ray.serving.service import SearchService  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 Rows (same queries, whole catalogue, docs/evaluation.md metrics):
 
-    bm25, dense, rrf             the baselines (``onesearch_ray.eval.tracks``), with their ms/query
+    bm25, dense, rrf             the baselines (``onesearch_ray.retrieval.tracks``), with their ms/query
     codes + dense item step      untrained: code beam over <query, centroid>, items by <query, item vector>
     + lexical item term          untrained: + the model's term weights (IDF) x saturated term frequency
     + lexical planning           untrained: prefixes also ranked by their best item's lexical score (PAG)
@@ -26,13 +26,13 @@ import torch  # noqa: E402
 
 from onesearch_ray.data import load_track  # noqa: E402
 from onesearch_ray.eval import SEARCH_TABLE_METRICS, format_table  # noqa: E402
-from onesearch_ray.eval.tracks import DenseInputs, run_search_baselines  # noqa: E402
 from onesearch_ray.generator.catalogue import build_generator, load_catalogue  # noqa: E402
 from onesearch_ray.generator.config import SearchConfig  # noqa: E402
 from onesearch_ray.generator.evaluate import search_split  # noqa: E402
 from onesearch_ray.generator.job import MODEL_DIR  # noqa: E402
 from onesearch_ray.generator.store import load_generator  # noqa: E402
 from onesearch_ray.io import read_json, write_json  # noqa: E402
+from onesearch_ray.retrieval.tracks import DenseInputs, run_search_baselines  # noqa: E402
 
 
 def lever_rows(run: Path, track, split: str, k: int) -> dict[str, dict]:

@@ -98,10 +98,15 @@ def _generator(args, test, grown, texts, vectors) -> tuple[float, float]:
 
 
 def _bm25s(titles: list[str], texts: list[str]) -> float:
-    from onesearch_ray.eval.baselines import BM25Retriever
+    import bm25s
 
-    retriever = BM25Retriever(titles, list(range(len(titles))))
-    return _rounds(lambda: retriever.search(list(texts), K))
+    from onesearch_ray.text import tokenize
+
+    model = bm25s.BM25(k1=1.5, b=0.75, method="lucene")
+    model.index(tokenize(titles), show_progress=False)
+    vocabulary = model.vocab_dict
+    queries = [[vocabulary[t] for t in tokens if t in vocabulary] for tokens in tokenize(texts)]
+    return _rounds(lambda: [model.get_scores(ids).argsort()[-K:] for ids in queries if ids])
 
 
 def _tantivy(titles: list[str], texts: list[str]) -> float:

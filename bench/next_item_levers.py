@@ -23,19 +23,19 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from onesearch_ray.data import load_track  # noqa: E402
-from onesearch_ray.eval.baselines import (  # noqa: E402
-    CooccurrenceBaseline,
-    DenseHistoryBaseline,
-    PopularityBaseline,
-)
-from onesearch_ray.eval.metrics import next_item_metrics  # noqa: E402
-from onesearch_ray.eval.tracks import next_item_eval_inputs  # noqa: E402
 from onesearch_ray.generator.catalogue import build_generator, load_catalogue  # noqa: E402
 from onesearch_ray.generator.evaluate import next_item_split  # noqa: E402
 from onesearch_ray.generator.examples import NEXT_ITEM_TRAIN_SPLIT, tuning_user  # noqa: E402
 from onesearch_ray.generator.job import MODEL_DIR  # noqa: E402
 from onesearch_ray.generator.store import load_generator  # noqa: E402
 from onesearch_ray.io import read_json, write_json  # noqa: E402
+from onesearch_ray.metrics import next_item_metrics  # noqa: E402
+from onesearch_ray.retrieval.baselines import (  # noqa: E402
+    CooccurrenceBaseline,
+    DenseHistoryBaseline,
+    PopularityBaseline,
+)
+from onesearch_ray.retrieval.tracks import next_item_eval_inputs  # noqa: E402
 
 PUBLISHED = {  # Amazon 2018 Industrial, HR@10 / NDCG@10 (docs/evaluation.md)
     "TIGER (published)": {"HR@10": 0.1321, "NDCG@10": 0.0908},

@@ -10,8 +10,9 @@ the same for both systems):
 
 At each size each system runs in its own process (its memory is its own): the generator (the run's
 model over the live catalogue, as ``onesearch serve`` holds it: ``generator.items.model_catalogue``
-plus ``LiveCatalogue.add``; its own ``search``, query vectors cached) and the stand-in (BM25 on
-bm25s's inverted index + faiss IndexIVFFlat over the vectors, nprobe ``--nprobe``, fused by RRF).
+plus ``LiveCatalogue.add``; its own ``search``, query vectors cached) and the stand-in (the BM25
+baseline, ``retrieval.BM25Retriever``; figures before 2026-12-07 used bm25s's index) + faiss
+IndexIVFFlat over the vectors, nprobe ``--nprobe``, fused by RRF).
 Both answer the same test queries; CPU ms per query is the median over ``--rounds`` alternating
 rounds of ``--timed`` queries (process CPU time, all threads), NDCG@10 and HR@350 over every judged
 test query, and RSS after the build (GiB; the peak too).
@@ -136,7 +137,7 @@ def _serve_commands(conn, name: str, args: dict, size: int) -> None:
                 system.rank(test.texts[timed], test.vectors[timed])
                 conn.send(1000 * (time.process_time() - cpu) / len(test.texts[timed]))
             elif command == "quality":
-                from onesearch_ray.eval.metrics import search_metrics
+                from onesearch_ray.metrics import search_metrics
 
                 rankings = system.rank(test.texts, test.vectors)
                 metrics = search_metrics(dict(zip(test.query_ids, rankings, strict=True)), test.judgments)
@@ -291,7 +292,7 @@ class _Generator:
 
 
 class _Cascade:
-    """BM25 (bm25s, inverted index) + faiss IVF-Flat (inner product), fused by RRF, top 350."""
+    """BM25 (``retrieval.BM25Retriever``) + faiss IVF-Flat (inner product), fused by RRF, top 350."""
 
     def __init__(self, run: Path, base: _Base, args: dict) -> None:
         self.base, self.nprobe = base, args["nprobe"]
@@ -299,7 +300,7 @@ class _Cascade:
     def add(self, grown: dict) -> None:
         import faiss
 
-        from onesearch_ray.eval.baselines import BM25Retriever
+        from onesearch_ray.retrieval.baselines import BM25Retriever
 
         ids = np.concatenate([self.base.item_ids, grown["item_ids"]])
         self.bm25 = BM25Retriever(list(self.base.titles) + grown["titles"], ids.tolist())
@@ -327,7 +328,7 @@ class _Cascade:
         return self.n
 
     def rank(self, texts, vectors) -> list[list[int]]:
-        from onesearch_ray.eval.baselines import rrf_fuse
+        from onesearch_ray.retrieval.baselines import rrf_fuse
 
         lexical = self.bm25.search(list(texts), K)
         _, rows = self.ivf.search(np.ascontiguousarray(vectors, dtype=np.float32), K)

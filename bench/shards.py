@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from onesearch_ray.catalogue import NewItems
     from onesearch_ray.catalogue.shards import CatalogueShard, LocalShard, ShardScorer
-    from onesearch_ray.eval.metrics import search_metrics
     from onesearch_ray.generator.evaluate import rank
     from onesearch_ray.generator.items import model_catalogue
     from onesearch_ray.generator.store import load_generator
+    from onesearch_ray.metrics import search_metrics
     from onesearch_ray.runs import model_name, served_model_dir
 
     torch.set_num_threads(2)

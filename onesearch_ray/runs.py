@@ -8,10 +8,12 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from onesearch_ray.io import atomic_path, read_json, write_json
 
@@ -114,3 +116,31 @@ def served_model_dir(run: str | Path) -> Path:
     if not is_generator_dir(generator):
         raise FileNotFoundError(f"{run}: no trained generator in this run (run `onesearch generator` first)")
     return generator
+
+
+# --- the cold-start hold-out of docs/evaluation.md: which items a run leaves out of KHQE fitting
+# (and so of training), and where the run records them (RUN/holdout.json)
+HOLDOUT_COLD = "cold"
+HOLDOUT_FILE = "holdout.json"
+
+
+def is_cold_holdout(item_id: int) -> bool:
+    """evaluation.md's rule: 1 item in 20 by a hash of its id, the same on every machine and run."""
+    return int(hashlib.sha1(("cold:" + str(item_id)).encode()).hexdigest(), 16) % 20 == 0
+
+
+def cold_holdout_mask(item_ids: Sequence[int]) -> np.ndarray:
+    return np.fromiter((is_cold_holdout(int(i)) for i in item_ids), dtype=bool, count=len(item_ids))
+
+
+def write_holdout(run: str | Path, item_ids: Sequence[int]) -> Path:
+    path = Path(run) / HOLDOUT_FILE
+    write_json(path, {"rule": HOLDOUT_COLD, "item_ids": [int(i) for i in item_ids]})
+    return path
+
+
+def read_holdout(run: str | Path) -> list[int]:
+    path = Path(run) / HOLDOUT_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: this run holds no item out (encode it with --holdout-cold)")
+    return [int(i) for i in read_json(path)["item_ids"]]

@@ -18,8 +18,8 @@ import torch
 
 from onesearch_ray.catalogue import Snapshot
 from onesearch_ray.data import load_track
-from onesearch_ray.eval.coldstart import ColdStartConfig, cold_start_markdown, cold_start_report
-from onesearch_ray.eval.holdout import HOLDOUT_FILE
+from onesearch_ray.eval.coldstart import cold_start_markdown, cold_start_report
+from onesearch_ray.eval.config import ColdStartConfig, EvalConfig
 from onesearch_ray.eval.report import (
     NEXT_ITEM_TABLE_METRICS,
     SEARCH_TABLE_METRICS,
@@ -27,10 +27,10 @@ from onesearch_ray.eval.report import (
     plot_results,
     write_eval_json,
 )
-from onesearch_ray.eval.runner import TRACK_KINDS, EvalConfig, evaluate
+from onesearch_ray.eval.runner import TRACK_KINDS, evaluate
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.io import atomic_path, write_json
-from onesearch_ray.runs import is_generator_dir, served_model_dir
+from onesearch_ray.runs import HOLDOUT_FILE, is_generator_dir, served_model_dir
 from onesearch_ray.serving.service import SearchService
 
 log = logging.getLogger("onesearch.evaluate")

@@ -42,14 +42,8 @@ import ray.train
 import ray.train.torch
 import torch
 
-from onesearch_ray.generator.job import (
-    MODEL_DIR,
-    GeneratorJobConfig,
-    align_on_worker,
-    evaluate_run,
-    load_job_config,
-    train_on_worker,
-)
+from onesearch_ray.generator.config import GeneratorJobConfig, load_job_config
+from onesearch_ray.generator.job import MODEL_DIR, align_on_worker, evaluate_run, train_on_worker
 from onesearch_ray.generator.train import read_training_state, write_training_state
 from onesearch_ray.rewards import RewardConfig, load_reward_config
 from pipelines.common import TorchTrainer, init_ray

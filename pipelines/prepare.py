@@ -34,7 +34,6 @@ import pyarrow as pa
 import ray
 
 from onesearch_ray.data import load_track
-from onesearch_ray.eval.holdout import HOLDOUT_COLD, HOLDOUT_FILE, cold_holdout_mask, write_holdout
 from onesearch_ray.io import write_json, write_parquet
 from onesearch_ray.khqe import (
     EncodedTexts,
@@ -46,10 +45,17 @@ from onesearch_ray.khqe import (
     catalogue_texts,
     enhance,
 )
-from onesearch_ray.khqe.build import load_khqe_config
 from onesearch_ray.khqe.cache import load_embeddings, store_embeddings
+from onesearch_ray.khqe.config import load_khqe_config
 from onesearch_ray.khqe.encoder import TextKind, make_encoder
-from onesearch_ray.runs import RunDir, texts_digest
+from onesearch_ray.runs import (
+    HOLDOUT_COLD,
+    HOLDOUT_FILE,
+    RunDir,
+    cold_holdout_mask,
+    texts_digest,
+    write_holdout,
+)
 from pipelines.common import init_ray
 
 log = logging.getLogger("onesearch.prepare")

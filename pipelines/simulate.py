@@ -22,10 +22,11 @@ import logging
 import os
 from pathlib import Path
 
-from onesearch_ray.eval.holdout import HOLDOUT_FILE, read_holdout
+from onesearch_ray.runs import HOLDOUT_FILE, read_holdout
 from onesearch_ray.serving.models import ENGINES
 from onesearch_ray.serving.schemas import TOKEN_ENV
-from onesearch_ray.sim import SimulationConfig, World, simulate
+from onesearch_ray.sim import World, simulate
+from onesearch_ray.sim.config import SimulationConfig
 from onesearch_ray.sim.report import to_markdown, write_report
 from onesearch_ray.sim.specs import NAMED_SYSTEMS, SystemOptions, default_systems, system_builders
 

@@ -81,7 +81,8 @@ def generator_small_run(encoded_small_run, small_track, tmp_path_factory) -> Pat
     RUN/generator, and its untrained start as RUN/generator-untrained (a second model to swap to)."""
     from onesearch_ray.data import load_track
     from onesearch_ray.generator.catalogue import build_generator, load_catalogue
-    from onesearch_ray.generator.job import GeneratorJobConfig, train_on_worker
+    from onesearch_ray.generator.config import GeneratorJobConfig
+    from onesearch_ray.generator.job import train_on_worker
     from onesearch_ray.generator.store import save_generator
 
     run = tmp_path_factory.mktemp("generator") / "run"

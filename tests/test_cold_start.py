@@ -14,8 +14,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from onesearch_ray.eval.holdout import cold_holdout_mask, is_cold_holdout, read_holdout
 from onesearch_ray.khqe import QuantizerConfig, SemanticIdTokenizer
+from onesearch_ray.runs import cold_holdout_mask, is_cold_holdout, read_holdout
 
 
 def clustered(n: int, seed: int, dim: int = 16) -> np.ndarray:
@@ -84,7 +84,8 @@ def test_cold_holdout_rule() -> None:
 @pytest.fixture(scope="module")
 def cold_run(ray_cluster, small_track, tmp_path_factory):
     """The small track encoded with the hold-out, and the generator trained briefly on it (in process)."""
-    from onesearch_ray.generator.job import GeneratorJobConfig, train_on_worker
+    from onesearch_ray.generator.config import GeneratorJobConfig
+    from onesearch_ray.generator.job import train_on_worker
     from onesearch_ray.khqe import KHQEConfig
     from pipelines import prepare
 
@@ -126,8 +127,9 @@ def test_the_generator_never_sees_held_out_items(cold_run, small_track):
     distilled pseudo-queries (neither seeded by a held-out title nor labelled with a held-out item)."""
     from onesearch_ray.data import load_track
     from onesearch_ray.generator.catalogue import load_catalogue
-    from onesearch_ray.generator.distill import DistillConfig, distilled_queries
-    from onesearch_ray.generator.job import GeneratorJobConfig, training_searches
+    from onesearch_ray.generator.config import DistillConfig, GeneratorJobConfig
+    from onesearch_ray.generator.distill import distilled_queries
+    from onesearch_ray.generator.job import training_searches
 
     run, _ = cold_run
     track, held = load_track(small_track), set(held_out_items(small_track))
@@ -177,7 +179,8 @@ def test_cold_start_report_on_a_run_with_held_out_items(cold_run, small_track, t
     """The bench's report end to end on a held-out run: its generator (what the run serves) and the
     baselines, after the held-out items are added live."""
     from onesearch_ray.data import load_track
-    from onesearch_ray.eval.coldstart import ColdStartConfig, cold_start_report
+    from onesearch_ray.eval.coldstart import cold_start_report
+    from onesearch_ray.eval.config import ColdStartConfig
     from onesearch_ray.serving.models import GeneratorModel
     from onesearch_ray.serving.service import SearchService
 
@@ -201,7 +204,7 @@ def test_cold_start_report_on_a_run_with_held_out_items(cold_run, small_track, t
 def test_eval_adds_the_held_out_items_live_before_scoring(cold_run, small_track, tmp_path) -> None:
     """`onesearch eval` on a held-out run: the items join the generator live (as /items adds them),
     the whole test split is scored with them in the catalogue, and the cold-start report is written."""
-    from onesearch_ray.eval.runner import EvalConfig
+    from onesearch_ray.eval.config import EvalConfig
     from pipelines.evaluate import run_eval
 
     run = tmp_path / "run"

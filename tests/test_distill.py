@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 
 from onesearch_ray.data import Track, load_track
-from onesearch_ray.eval.baselines import BM25Retriever, DenseRetriever, rrf_fuse
 from onesearch_ray.generator import distill
+from onesearch_ray.generator.config import DistillConfig
 from onesearch_ray.generator.leak import held_out_query_keys, query_key
 from onesearch_ray.khqe import (
     KeyphraseLexicon,
@@ -20,6 +20,7 @@ from onesearch_ray.khqe import (
     catalogue_texts,
 )
 from onesearch_ray.khqe.cache import load_embeddings, store_embeddings
+from onesearch_ray.retrieval.baselines import BM25Retriever, DenseRetriever, rrf_fuse
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def first_test_query(queries: pa.Table) -> str:
     return queries.column("query")[queries.column("split").to_pylist().index("test")].as_py()
 
 
-CONFIG = distill.DistillConfig(pseudo_queries_per_item=2, top_k=4, depth=50, batch_size=256)
+CONFIG = DistillConfig(pseudo_queries_per_item=2, top_k=4, depth=50, batch_size=256)
 
 
 def test_pseudo_queries_are_labelled_by_the_rrf_cascade_and_cached(run, small_track, monkeypatch):

@@ -12,8 +12,9 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from onesearch_ray.generator.grpo import GRPOConfig, ItemRewardTable, grpo_loss_of
-from onesearch_ray.generator.train import Example, TrainConfig, train
+from onesearch_ray.generator.config import GRPOConfig, TrainConfig
+from onesearch_ray.generator.grpo import ItemRewardTable, grpo_loss_of
+from onesearch_ray.generator.train import Example, train
 from onesearch_ray.rewards import RelevanceOracle, RewardConfig
 from tests.ray_jobs import free_port
 from tests.test_generator import tiny_model

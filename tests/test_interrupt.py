@@ -28,11 +28,11 @@ import torch
 
 from onesearch_ray.data import load_track
 from onesearch_ray.generator.catalogue import build_generator, load_catalogue
-from onesearch_ray.generator.job import MODEL_DIR, load_job_config
+from onesearch_ray.generator.config import TrainConfig, load_job_config
+from onesearch_ray.generator.job import MODEL_DIR
 from onesearch_ray.generator.store import load_generator
 from onesearch_ray.generator.train import (
     Example,
-    TrainConfig,
     _resume,
     parameter_groups,
     read_training_state,

@@ -137,8 +137,8 @@ def test_relevance_from_judgments_then_intents_then_default(world):
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_parses(path):
-    from onesearch_ray.generator.job import load_job_config
-    from onesearch_ray.khqe.build import load_khqe_config
+    from onesearch_ray.generator.config import load_job_config
+    from onesearch_ray.khqe.config import load_khqe_config
 
     load_khqe_config(path)
     load_job_config(path)

@@ -195,7 +195,8 @@ def test_simulated_users_search_and_click_through_http(served, small_track):
     """``onesearch simulate --system NAME=URL``: real /search, then the users' clicks and orders
     go to /feedback and land in the server's own log."""
     from onesearch_ray.rewards.feedback_log import read_feedback
-    from onesearch_ray.sim import SimulationConfig, World, simulate
+    from onesearch_ray.sim import World, simulate
+    from onesearch_ray.sim.config import SimulationConfig
     from onesearch_ray.sim.systems import HttpSystem
 
     url, log, _ = served

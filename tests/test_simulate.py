@@ -10,17 +10,10 @@ import numpy as np
 import pytest
 
 from onesearch_ray.data import Event
-from onesearch_ray.eval.holdout import cold_holdout_mask
 from onesearch_ray.rewards.feedback_log import read_feedback
-from onesearch_ray.sim import (
-    CascadeSystem,
-    OracleSystem,
-    RandomSystem,
-    RerankConfig,
-    SimulationConfig,
-    World,
-    simulate,
-)
+from onesearch_ray.runs import cold_holdout_mask
+from onesearch_ray.sim import CascadeSystem, OracleSystem, RandomSystem, World, simulate
+from onesearch_ray.sim.config import RerankConfig, SimulationConfig
 from onesearch_ray.sim.metrics import METRICS
 from onesearch_ray.sim.report import write_report
 from onesearch_ray.sim.tune import tune_rerank

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from onesearch_ray.khqe import CodebookLayout, EncodedTexts, KHQEConfig, ResidualQuantizer
-from onesearch_ray.khqe.build import load_khqe_config
+from onesearch_ray.khqe.config import load_khqe_config
 from onesearch_ray.khqe.proxies import ProxyData, fit_and_measure, layout_proxies, relevance_pairs
 from tuning.results import best_row, ranked, write_results
 from tuning.space import Candidate, SearchSpace, candidates, draw, promote
@@ -151,7 +151,7 @@ def test_two_trial_sweep_from_the_cli_both_rungs(encoded_run, small_track, tmp_p
     """Rung 1 scores 2 layouts by proxies; rung 2 trains the generator on both (code levels from the
     layout), reporting valid metrics per selection point under ASHA; the table and the best config
     (khqe: for encode, generator: for the generator) are written and load."""
-    from onesearch_ray.generator.job import load_job_config
+    from onesearch_ray.generator.config import load_job_config
     from pipelines import cli
 
     config = tmp_path / "sweep.yaml"  # the config file's sections reach the sweep and its generator rung
@@ -204,7 +204,7 @@ def test_inputs_of_a_cold_holdout_run_leave_held_out_items_out(encoded_run, smal
     """A run encoded with --holdout-cold: trials fit and score without its held-out items."""
     import shutil
 
-    from onesearch_ray.eval.holdout import write_holdout
+    from onesearch_ray.runs import write_holdout
     from tuning.sweep import load_inputs
 
     run = tmp_path / "run"

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 import yaml
 
 from onesearch_ray.io import atomic_path, write_json
-from onesearch_ray.khqe.build import KHQEConfig
+from onesearch_ray.khqe.config import KHQEConfig
 from onesearch_ray.khqe.layout import CodebookLayout
 
 if TYPE_CHECKING:
-    from onesearch_ray.generator.job import GeneratorJobConfig
+    from onesearch_ray.generator.config import GeneratorJobConfig
 
 # columns of the markdown table, in this order, when some row has them
 MARKDOWN_COLUMNS = (

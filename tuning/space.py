@@ -14,7 +14,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from onesearch_ray.khqe.encoder import DEFAULT_ENCODER, E5_ENCODER
+from onesearch_ray.khqe.config import DEFAULT_ENCODER, E5_ENCODER
 from onesearch_ray.khqe.layout import CodebookLayout
 
 

@@ -52,18 +52,17 @@ from ray.tune.schedulers import ASHAScheduler
 
 from onesearch_ray.config import parse_config, read_yaml_section
 from onesearch_ray.data import Track, load_track
-from onesearch_ray.eval.holdout import HOLDOUT_FILE, read_holdout
-from onesearch_ray.eval.metrics import relevant_items
-from onesearch_ray.eval.runner import encoded_vectors
-from onesearch_ray.eval.tracks import search_eval_inputs
-from onesearch_ray.generator.distill import DistillConfig
-from onesearch_ray.generator.job import SELECTION_METRIC, GeneratorJobConfig, load_job_config
+from onesearch_ray.generator.config import DistillConfig, GeneratorJobConfig, load_job_config
+from onesearch_ray.generator.job import SELECTION_METRIC
 from onesearch_ray.generator.layout_trial import for_layout, train_on_layout
 from onesearch_ray.io import read_json, write_json
 from onesearch_ray.khqe import EncodedTexts, KeyphraseLexicon, KHQEConfig, catalogue_texts
-from onesearch_ray.khqe.encoder import E5_ENCODER
+from onesearch_ray.khqe.cache import encoded_vectors
+from onesearch_ray.khqe.config import E5_ENCODER
 from onesearch_ray.khqe.proxies import REACH_ITEMS, ProxyData, fit_and_measure, relevance_pairs
-from onesearch_ray.runs import RunDir
+from onesearch_ray.metrics import relevant_items
+from onesearch_ray.retrieval.tracks import search_eval_inputs
+from onesearch_ray.runs import HOLDOUT_FILE, RunDir, read_holdout
 from pipelines.common import init_ray
 from tuning.results import best_row, ranked, trial_khqe_config, write_best_config, write_results
 from tuning.space import Candidate, SearchSpace, candidates, draw, promote

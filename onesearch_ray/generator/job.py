@@ -18,15 +18,15 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-from onesearch_ray.config import parse_config, read_yaml_section
 from onesearch_ray.data import Track, load_track
 from onesearch_ray.generator.catalogue import Catalogue, build_generator, load_catalogue
-from onesearch_ray.generator.config import GeneratorConfig
-from onesearch_ray.generator.distill import DistillConfig
+from onesearch_ray.generator.config import (
+    GeneratorJobConfig,
+)
 from onesearch_ray.generator.evaluate import next_item_split, search_split
 from onesearch_ray.generator.examples import (
     check_no_leak,
@@ -38,11 +38,11 @@ from onesearch_ray.generator.examples import (
     next_item_searches,
     next_item_selection_rows,
 )
-from onesearch_ray.generator.grpo import GRPOConfig, ItemRewardTable, grpo_loss_of, grpo_prompts
+from onesearch_ray.generator.grpo import ItemRewardTable, grpo_loss_of, grpo_prompts
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.preference import attach_reference, dpo_loss_of, feedback_searches
 from onesearch_ray.generator.store import load_generator, save_generator
-from onesearch_ray.generator.train import Checkpoints, Example, TrainConfig, train
+from onesearch_ray.generator.train import Checkpoints, Example, train
 from onesearch_ray.io import write_json
 from onesearch_ray.khqe.online import RunTextEncoder
 from onesearch_ray.rewards import RewardConfig
@@ -54,41 +54,6 @@ MODEL_DIR = GENERATOR_DIR
 SELECTION_METRIC = "NDCG@10"
 # next-item tracks: the test rows of the users outside the tuning half (no selection or default saw them)
 HELD_OUT_USERS = "test-held-out-users"
-
-
-@dataclass
-class DPOConfig:
-    """DPO from the feedback log (``generator.preference``); other optimizer settings are ``train``'s.
-
-    Rates 10-20x below SFT's: on simulated feedback (synthetic, 2,357 impressions) the SFT rates with
-    the anchor took valid NDCG@10 0.732 -> 0.704, these 0.732 -> 0.728."""
-
-    beta: float = 0.1
-    anchor: float = 1.0  # weight of the winners' negative log-likelihood beside the DPO term
-    epochs: float = 2.0
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    weight_learning_rate: float = 1e-3
-
-
-@dataclass
-class GeneratorJobConfig:
-    model: GeneratorConfig = field(default_factory=GeneratorConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    # cascade-labelled pseudo-queries (off: 0 per item)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    select_queries: int = 400  # the first N valid queries with a relevant item score each checkpoint
-    evaluate_k: int = 350
-    dpo: DPOConfig = field(default_factory=DPOConfig)  # ``--feedback``: DPO from a feedback log
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)  # ``--grpo``: TPMA-GRPO on the logged searches
-
-
-def load_job_config(path: str | Path | None) -> GeneratorJobConfig:
-    """The ``generator:`` section of a YAML config (defaults when absent)."""
-    config = parse_config(GeneratorJobConfig, read_yaml_section(path, "generator"), str(path or "defaults"))
-    config.model.validate()
-    config.train.validate()
-    return config
 
 
 def selection_rows(track: Track, config: GeneratorJobConfig) -> list[int]:

@@ -20,8 +20,8 @@ import numpy as np
 
 from onesearch_ray.data import Track
 from onesearch_ray.generator.catalogue import build_generator, catalogue_of
-from onesearch_ray.generator.config import GeneratorConfig
-from onesearch_ray.generator.job import SELECTION_METRIC, GeneratorJobConfig, split_metrics, training_searches
+from onesearch_ray.generator.config import GeneratorConfig, GeneratorJobConfig
+from onesearch_ray.generator.job import SELECTION_METRIC, split_metrics, training_searches
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.train import train
 from onesearch_ray.khqe import CodebookLayout, SemanticIdTokenizer

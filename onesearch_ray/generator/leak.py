@@ -7,7 +7,7 @@ checks every training search against :func:`held_out_query_keys` and raises :cla
 from __future__ import annotations
 
 from onesearch_ray.data import Track
-from onesearch_ray.khqe.keywords import normalize_text
+from onesearch_ray.text import normalize_text
 
 
 class LeakError(ValueError):

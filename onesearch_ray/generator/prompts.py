@@ -16,8 +16,9 @@ import torch
 
 from onesearch_ray.behavior.copurchase import recent_items
 from onesearch_ray.behavior.views import RECENT_ITEMS
-from onesearch_ray.catalogue.lexical import MAX_QUERY_CHARS, hashed_terms, tokenize
+from onesearch_ray.catalogue.lexical import hashed_terms
 from onesearch_ray.generator.model import PromptBatch
+from onesearch_ray.text import MAX_QUERY_CHARS, tokenize
 
 
 class Vocabulary(Protocol):

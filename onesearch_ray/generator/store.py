@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from onesearch_ray.catalogue.lexical import LexicalIndex
+from onesearch_ray.config import parse_config
 from onesearch_ray.generator.codes import CodeTree
 from onesearch_ray.generator.config import GeneratorConfig
 from onesearch_ray.generator.model import CodeItemGenerator
@@ -62,7 +63,8 @@ def load_generator(path: str | Path) -> tuple[CodeItemGenerator, np.ndarray]:
         raise ValueError(
             f"{path / 'config.json'}: format {meta.get('format')!r}, this version reads {FORMAT_VERSION}"
         )
-    config = GeneratorConfig.from_dict(meta["config"])
+    config = parse_config(GeneratorConfig, meta["config"], str(path / "config.json"))
+    config.validate()
     lexical = LexicalIndex.from_arrays(_arrays(path / "lexical.npz"))
     raw = _arrays(path / "codes.npz")
     level_sizes = tuple(int(s) for s in raw["level_sizes"])

@@ -30,6 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from onesearch_ray.behavior.copurchase import own_pair_values, recent_items
+from onesearch_ray.generator.config import TrainConfig
 from onesearch_ray.generator.model import CodeItemGenerator, PromptBatch
 from onesearch_ray.generator.prompts import build_prompts
 from onesearch_ray.io import atomic_path
@@ -46,35 +47,6 @@ class Example:
     history: list[int] = field(default_factory=list)  # catalogue rows, oldest first
     query_id: int | None = None  # the track's query (rewards grade rollouts by it); None: no query
     reference: np.ndarray | None = None  # preference training: the reference model's log p(targets)
-
-
-@dataclass
-class TrainConfig:
-    epochs: float = 8.0
-    batch_size: int = 128  # the global batch: each of N Ray Train workers takes batch_size / N
-    # Three parameter groups, three learning rates. The term weights and the score scales are few
-    # and every search moves them: they learn fast and generalise to unseen queries. The decoder,
-    # the prompt projections and the code/item corrections learn slower. Per-item offsets and
-    # biases only move for items some training search targets: on a search track they memorise the
-    # judged items (Home Depot valid NDCG@10 0.37 -> 0.20 in 4 epochs), so they start frozen there.
-    learning_rate: float = 1e-3
-    weight_learning_rate: float = 0.02
-    item_learning_rate: float = 0.0
-    weight_decay: float = 0.05  # on the zero-initialised corrections: the pull toward the start
-    code_loss_weight: float = 0.5
-    evaluate_every: int = 0  # steps between selection scores and checkpoints (0: once per epoch)
-    # stop after this many selection scores in a row below the best (0: never). On Home Depot the
-    # decoder peaks after 2 epochs and then memorises the 7,089 train queries (valid 0.397 -> 0.340)
-    patience: int = 2
-    max_minutes: float = 45.0  # the budget on the wall clock; training stops when it is spent
-    seed: int = 0
-
-    def validate(self) -> None:
-        rates = (self.learning_rate, self.weight_learning_rate, self.item_learning_rate)
-        if self.epochs <= 0 or self.batch_size < 1 or min(rates) < 0 or max(rates) == 0:
-            raise ValueError(
-                f"train config: epochs and batch_size must be positive, some learning rate too: {self}"
-            )
 
 
 def example_prompts(model: CodeItemGenerator, examples: Sequence[Example]):

@@ -5,20 +5,14 @@ encoder (text -> vector) -> keywords (lexicon, Aho-Corasick, fusion) -> quantize
 ``proxies`` scores a fitted layout against valid queries (the layout sweep's first rung).
 """
 
-from onesearch_ray.khqe.build import (
-    EncodedTexts,
-    KHQEConfig,
-    build_semantic_ids,
-    catalogue_texts,
-    enhance,
-    item_text,
-)
-from onesearch_ray.khqe.encoder import EncoderConfig, SentenceTransformerEncoder, TextEncoder
-from onesearch_ray.khqe.keywords import KeyphraseLexicon, LexiconConfig
+from onesearch_ray.khqe.build import EncodedTexts, build_semantic_ids, catalogue_texts, enhance, item_text
+from onesearch_ray.khqe.config import EncoderConfig, KHQEConfig, LexiconConfig, QuantizerConfig
+from onesearch_ray.khqe.encoder import SentenceTransformerEncoder, TextEncoder
+from onesearch_ray.khqe.keywords import KeyphraseLexicon
 from onesearch_ray.khqe.layout import CodebookLayout
 from onesearch_ray.khqe.metrics import code_metrics
 from onesearch_ray.khqe.proxies import ProxyData, fit_and_measure, layout_proxies, relevance_pairs
-from onesearch_ray.khqe.quantizer import QuantizerConfig, ResidualQuantizer
+from onesearch_ray.khqe.quantizer import ResidualQuantizer
 from onesearch_ray.khqe.sid_tokenizer import SemanticIdTokenizer
 
 __all__ = [

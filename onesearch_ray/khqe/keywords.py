@@ -7,31 +7,17 @@ text, restricted to whole words, longest match first, non-overlapping.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import ahocorasick
 import numpy as np
-from bm25s.stopwords import STOPWORDS_EN
+
+from onesearch_ray.khqe.config import LexiconConfig
+from onesearch_ray.text import STOPWORDS, normalize_text
 
 QUERY_NGRAM = "query_ngram"
-_TOKEN = re.compile(r"[a-z0-9]+(?:[.\-/][a-z0-9]+)*")
-_STOPWORDS = frozenset(STOPWORDS_EN)
-
-
-def normalize_text(text: str) -> str:
-    """Lower-case word tokens joined by single spaces (the form both lexicon and matcher use)."""
-    return " ".join(_TOKEN.findall(text.lower()))
-
-
-@dataclass
-class LexiconConfig:
-    max_ngram: int = 3
-    min_query_count: int = 3
-    max_phrases: int = 20000
-    min_phrase_chars: int = 3
 
 
 @dataclass
@@ -145,7 +131,7 @@ def _is_keyphrase(phrase: str, config: LexiconConfig) -> bool:
     words = phrase.split()
     if len(phrase) < config.min_phrase_chars or not words:
         return False
-    if words[0] in _STOPWORDS or words[-1] in _STOPWORDS:
+    if words[0] in STOPWORDS or words[-1] in STOPWORDS:
         return False
     return not all(word.replace(".", "").isdigit() for word in words)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from onesearch_ray.config import parse_config
 from onesearch_ray.io import read_json
-from onesearch_ray.khqe.build import EncodedTexts, KHQEConfig, enhance
+from onesearch_ray.khqe.build import EncodedTexts, enhance
+from onesearch_ray.khqe.config import KHQEConfig, run_khqe_config
 from onesearch_ray.khqe.encoder import TextEncoder, TextKind, make_encoder
 from onesearch_ray.khqe.keywords import KeyphraseLexicon
 
@@ -50,10 +50,3 @@ class RunTextEncoder:
         """The keyword fusion of the encode stage, on vectors the encoder already made for ``texts``."""
         fused, _ = enhance(EncodedTexts(texts, vectors), self.lexicon, self.phrase_vectors, self.text_weight)
         return fused
-
-
-def run_khqe_config(run: str | Path) -> KHQEConfig:
-    """The KHQE config recorded with the run's SID tokenizer (defaults for runs that predate it)."""
-    path = Path(run) / "sid_tokenizer/sid_tokenizer.json"
-    recorded = read_json(path).get("metadata", {}).get("khqe") if path.exists() else None
-    return parse_config(KHQEConfig, recorded, str(path))

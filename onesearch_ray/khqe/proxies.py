@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from onesearch_ray.khqe.build import EncodedTexts, KHQEConfig, build_semantic_ids, enhance
+from onesearch_ray.khqe.build import EncodedTexts, build_semantic_ids, enhance
+from onesearch_ray.khqe.config import KHQEConfig
 from onesearch_ray.khqe.keywords import KeyphraseLexicon
 from onesearch_ray.khqe.quantizer import ResidualQuantizer
 from onesearch_ray.khqe.sid_tokenizer import SemanticIdTokenizer

@@ -9,28 +9,14 @@ pushes most items to a SID of their own. faiss does the clustering; encoding is 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
+from onesearch_ray.khqe.config import QuantizerConfig
 from onesearch_ray.khqe.layout import CodebookLayout
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class QuantizerConfig:
-    layout: str = "4096-1024-512+opq2x256"
-    balanced_last_level: bool = True
-    kmeans_niter: int = 20
-    balanced_niter: int = 10
-    opq_niter: int = 25
-    seed: int = 0
-    min_points_per_code: int = 8
-    # SemanticIdTokenizer moves colliding items to the nearest free tail among this many
-    # candidates per tail position (0 = keep raw nearest codes, items may share SIDs).
-    collision_candidates: int = 16
 
 
 class ResidualQuantizer:

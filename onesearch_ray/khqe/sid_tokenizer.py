@@ -34,9 +34,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from onesearch_ray.io import atomic_dir, file_sha256, read_json, write_json
+from onesearch_ray.khqe.config import QuantizerConfig
 from onesearch_ray.khqe.layout import CodebookLayout
 from onesearch_ray.khqe.metrics import code_metrics
-from onesearch_ray.khqe.quantizer import QuantizerConfig, ResidualQuantizer
+from onesearch_ray.khqe.quantizer import ResidualQuantizer
 
 FORMAT_NAME = "onesearch-sid-tokenizer"
 FORMAT_VERSION = 1

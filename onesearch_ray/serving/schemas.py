@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from onesearch_ray.catalogue.lexical import MAX_QUERY_CHARS
+from onesearch_ray.text import MAX_QUERY_CHARS
 
 MAX_K = 350
 MAX_BEAM = 512

@@ -38,17 +38,16 @@ from onesearch_ray.behavior import BehaviorIndex, UserContext
 from onesearch_ray.catalogue import AddLog, NewItems, Snapshot
 from onesearch_ray.catalogue.shards import ShardClient, ShardScorer
 from onesearch_ray.data import Track, load_track
-from onesearch_ray.eval.baselines import BM25Retriever
-from onesearch_ray.eval.holdout import HOLDOUT_FILE, read_holdout
 from onesearch_ray.khqe import SemanticIdTokenizer, item_text
 from onesearch_ray.khqe.online import RunTextEncoder
+from onesearch_ray.retrieval.baselines import BM25Retriever
 from onesearch_ray.rewards.feedback_log import (
     FeedbackLog,
     ItemNotShownError,
     ShownItem,
     UnknownImpressionError,
 )
-from onesearch_ray.runs import model_name, served_model_dir
+from onesearch_ray.runs import HOLDOUT_FILE, model_name, read_holdout, served_model_dir
 from onesearch_ray.serving.models import GeneratorModel, Search, ServedModel, model_dirs
 from onesearch_ray.serving.schemas import (
     MAX_ADD_ITEMS,

@@ -2,12 +2,11 @@
 systems; clicks and orders follow the generator's behaviour model (``onesearch simulate``)."""
 
 from onesearch_ray.sim.ab import simulate
-from onesearch_ray.sim.session import SimulationConfig
+from onesearch_ray.sim.config import RerankConfig, SimulationConfig
 from onesearch_ray.sim.systems import (
     CascadeSystem,
     OracleSystem,
     RandomSystem,
-    RerankConfig,
     SearchSystem,
     ServiceSystem,
     SimRequest,

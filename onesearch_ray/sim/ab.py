@@ -15,8 +15,9 @@ from dataclasses import asdict
 
 import numpy as np
 
+from onesearch_ray.sim.config import SimulationConfig
 from onesearch_ray.sim.metrics import Slice, compare, user_sums
-from onesearch_ray.sim.session import SimulationConfig, Traffic, draw_traffic, long_tail_queries, run_system
+from onesearch_ray.sim.session import Traffic, draw_traffic, long_tail_queries, run_system
 from onesearch_ray.sim.systems import SearchSystem
 from onesearch_ray.sim.world import World
 

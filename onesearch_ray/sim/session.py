@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import psutil
 
+from onesearch_ray.sim.config import SimulationConfig
 from onesearch_ray.sim.systems import FeedbackRecorder, SearchSystem, SimRequest
 from onesearch_ray.sim.world import World
 
@@ -43,32 +44,6 @@ OUTCOME_COLUMNS = (
     "cold_relevance_sum",
     "cold_expected_orders",
 )
-
-
-@dataclass(frozen=True)
-class SimulationConfig:
-    searches: int = 2000
-    seed: int = 0
-    page_size: int = 10  # items shown per search (the log showed 10)
-    cold_user_fraction: float = 0.2
-    long_tail_share: float = 0.3
-    long_tail_max_count: int = 2
-    preferred_query_fraction: float = 0.75
-    batch_size: int = 16  # searches sent to a system at once
-    bootstrap: int = 1000  # resamples of the users for the confidence intervals
-    confidence: float = 0.95
-
-    def __post_init__(self) -> None:
-        for name in ("searches", "page_size", "batch_size", "bootstrap"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"simulation: {name} must be >= 1, got {getattr(self, name)}")
-        if self.long_tail_max_count < 0:
-            raise ValueError(f"simulation: long_tail_max_count must be >= 0, got {self.long_tail_max_count}")
-        for name in ("cold_user_fraction", "long_tail_share", "preferred_query_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"simulation: {name} must lie in [0, 1], got {getattr(self, name)}")
-        if not 0.0 < self.confidence < 1.0:
-            raise ValueError(f"simulation: confidence must lie in (0, 1), got {self.confidence}")
 
 
 @dataclass

@@ -15,13 +15,12 @@ from pathlib import Path
 
 from onesearch_ray.runs import is_generator_dir
 from onesearch_ray.serving.models import ENGINES, model_dirs
-from onesearch_ray.sim.session import SimulationConfig
+from onesearch_ray.sim.config import RerankConfig, SimulationConfig
 from onesearch_ray.sim.systems import (
     CascadeSystem,
     HttpSystem,
     OracleSystem,
     RandomSystem,
-    RerankConfig,
     SearchSystem,
     ServiceSystem,
 )
@@ -102,8 +101,8 @@ def _model_dir(path: str, run: Path) -> Path:
 def _cascade(
     name: str, run: Path, world: World, rerank: RerankConfig | None, tuning: SimulationConfig | None = None
 ) -> CascadeSystem:
-    from onesearch_ray.eval.runner import encoded_vectors
     from onesearch_ray.khqe import EncoderConfig, catalogue_texts
+    from onesearch_ray.khqe.cache import encoded_vectors
     from onesearch_ray.khqe.encoder import make_encoder
 
     config = EncoderConfig()

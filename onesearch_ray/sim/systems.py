@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
-from onesearch_ray.eval.baselines import RRF_DEPTH, RRF_K, BM25Retriever, DenseRetriever, rrf_fuse
 from onesearch_ray.khqe.encoder import TextEncoder
+from onesearch_ray.retrieval.baselines import RRF_DEPTH, RRF_K, BM25Retriever, DenseRetriever, rrf_fuse
+from onesearch_ray.sim.config import DEFAULT_RERANK, RerankConfig
 from onesearch_ray.sim.world import World
 
 if TYPE_CHECKING:
@@ -84,31 +85,13 @@ class OracleSystem:
         return items[np.lexsort([-np.asarray(key, dtype=np.float64) for key in keys])].tolist()
 
 
-@dataclass(frozen=True)
-class RerankConfig:
-    """Score of a candidate at RRF rank r (1-based): (RRF_K + 1) / (RRF_K + r) plus, per facet, its
-    weight times the share of the user's history items with the candidate's value of that facet."""
-
-    depth: int = 50  # RRF candidates re-ranked
-    category: float = 0.1
-    brand: float = 0.3
-    colour: float = 0.15
-    history: int = 100  # the user's most recent clicked and ordered items
-
-    def __post_init__(self) -> None:
-        if self.depth < 1 or self.history < 1:
-            raise ValueError(f"rerank: depth and history must be >= 1, got {self.depth}, {self.history}")
-        if min(self.category, self.brand, self.colour) < 0:
-            raise ValueError("rerank: facet weights must be >= 0")
-
-
 class CascadeSystem:
     def __init__(
         self,
         world: World,
         item_vectors: np.ndarray,
         encoder: TextEncoder,
-        rerank: RerankConfig | None = RerankConfig(),
+        rerank: RerankConfig | None = DEFAULT_RERANK,
         name: str = "cascade",
     ) -> None:
         self.name, self.world = name, world
@@ -188,8 +171,8 @@ class ServiceSystem(ImpressionPages):
         self._impressions: list[str | None] = []
 
     def search(self, requests: Sequence[SimRequest], k: int) -> list[list[int]]:
-        from onesearch_ray.catalogue.lexical import MAX_QUERY_CHARS
         from onesearch_ray.serving.schemas import SearchRequest
+        from onesearch_ray.text import MAX_QUERY_CHARS
 
         answers = self.service.search(
             [
@@ -229,7 +212,7 @@ class HttpSystem(ImpressionPages):
         self._impressions: list[str | None] = []
 
     def search(self, requests: Sequence[SimRequest], k: int) -> list[list[int]]:
-        from onesearch_ray.catalogue.lexical import MAX_QUERY_CHARS
+        from onesearch_ray.text import MAX_QUERY_CHARS
 
         answers = []
         for request in requests:

@@ -12,8 +12,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from onesearch_ray.sim.session import OUTCOME_COLUMNS, SimulationConfig, draw_traffic, page_outcome
-from onesearch_ray.sim.systems import CascadeSystem, RerankConfig
+from onesearch_ray.sim.config import RerankConfig, SimulationConfig
+from onesearch_ray.sim.session import OUTCOME_COLUMNS, draw_traffic, page_outcome
+from onesearch_ray.sim.systems import CascadeSystem
 from onesearch_ray.sim.world import World
 
 RERANK_GRID = {

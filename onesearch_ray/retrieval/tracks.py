@@ -17,7 +17,9 @@ import numpy as np
 import pyarrow.compute as pc
 
 from onesearch_ray.data import Track
-from onesearch_ray.eval.baselines import (
+from onesearch_ray.khqe.encoder import TextEncoder
+from onesearch_ray.metrics import NEXT_ITEM_KS, SEARCH_KS, next_item_metrics, search_metrics
+from onesearch_ray.retrieval.baselines import (
     RRF_DEPTH,
     RRF_K,
     BM25Retriever,
@@ -27,8 +29,6 @@ from onesearch_ray.eval.baselines import (
     PopularityBaseline,
     rrf_fuse,
 )
-from onesearch_ray.eval.metrics import NEXT_ITEM_KS, SEARCH_KS, next_item_metrics, search_metrics
-from onesearch_ray.khqe.encoder import TextEncoder
 
 log = logging.getLogger(__name__)
 

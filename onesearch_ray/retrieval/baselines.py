@@ -9,12 +9,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-import bm25s
 import faiss
 import numpy as np
-import Stemmer
 
 from onesearch_ray.behavior.views import RECENT_ITEMS
+from onesearch_ray.catalogue.lexical import LexicalIndex
 from onesearch_ray.khqe.encoder import TextEncoder
 
 RRF_K = 60
@@ -22,7 +21,8 @@ RRF_DEPTH = 1000
 
 
 class BM25Retriever:
-    """BM25 (bm25s, Lucene scoring) over titles with the English Snowball stemmer and stopwords.
+    """BM25 over titles, Lucene scoring: the catalogue's own lexical index (``catalogue.lexical``),
+    so this baseline and the generator's lexical term tokenise and score words the same way.
 
     Only items with a positive score are returned, so a query none of whose terms occurs in the
     corpus (misspellings, stopwords only, "4 x 6") returns an empty list. Equal scores (identical
@@ -32,17 +32,10 @@ class BM25Retriever:
     def __init__(self, titles: Sequence[str], item_ids: Sequence[int], k1: float = 1.5, b: float = 0.75):
         if len(titles) != len(item_ids):
             raise ValueError(f"{len(titles)} titles but {len(item_ids)} item ids")
-        self._stemmer = Stemmer.Stemmer("english")
         self._item_ids = np.asarray(item_ids, dtype=np.int64)
-        self._model = bm25s.BM25(k1=k1, b=b, method="lucene")
-        self._model.index(self.tokenize(titles), show_progress=False)
-        self._vocab: dict[str, int] = self._model.vocab_dict
-
-    def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
-        """Lower-cased word tokens of 2+ characters, stopwords removed, stemmed."""
-        return bm25s.tokenize(
-            list(texts), stopwords="en", stemmer=self._stemmer, return_ids=False, show_progress=False
-        )
+        self.index = LexicalIndex.build(titles, k1, b)
+        self._postings = self.index.saturation.tocsc()  # a query reads its terms' columns
+        self._idf = self.index.idf()
 
     def search(self, queries: Sequence[str], k: int) -> list[list[int]]:
         """Top-``k`` item ids per query (fewer when fewer items match; [] when none do)."""
@@ -50,14 +43,13 @@ class BM25Retriever:
 
     def search_scored(self, queries: Sequence[str], k: int) -> list[list[tuple[int, float]]]:
         """Top-``k`` (item id, BM25 score) per query, best first."""
-        return [self._search_one(tokens, k) for tokens in self.tokenize(queries)]
+        return [self._search_one(terms, k) for terms in self.index.query_terms(queries)]
 
-    def _search_one(self, tokens: list[str], k: int) -> list[tuple[int, float]]:
+    def _search_one(self, terms: np.ndarray, k: int) -> list[tuple[int, float]]:
         """Items with a positive score, by score then catalogue order (ties are common: equal titles)."""
-        token_ids = [self._vocab[t] for t in tokens if t in self._vocab]
-        if not token_ids or k <= 0:
+        if not len(terms) or k <= 0:
             return []
-        scores = self._model.get_scores(token_ids)
+        scores = np.asarray(self._postings[:, terms] @ self._idf[terms]).ravel()
         matched = np.flatnonzero(scores > 0)
         order = matched[np.lexsort((matched, -scores[matched]))][:k]
         return list(zip(self._item_ids[order].tolist(), scores[order].astype(float).tolist(), strict=True))

