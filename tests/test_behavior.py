@@ -1,36 +1,21 @@
-"""Multi-view behaviour: behaviour-built user ID (hand-computed), long view, windows, cold start, index."""
+"""Multi-view behaviour: each user's history at a moment (the index), from a log and from sequences."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 import pytest
 
-from onesearch_ray.behavior import (
-    BehaviorIndex,
-    UserContext,
-    cold_start_sequence,
-)
+from onesearch_ray.behavior import BehaviorIndex, UserContext
 from onesearch_ray.data import (
     INTERACTION_SCHEMA,
     QUERY_SCHEMA,
     SEQUENCE_SCHEMA,
-    USER_SCHEMA,
     Event,
     SyntheticConfig,
     generate_synthetic,
 )
 
 SHOWN, CLICKED, ORDERED = int(Event.SHOWN), int(Event.CLICKED), int(Event.ORDERED)
-
-
-# ---- behaviour-built user ID ---------------------------------------------------------------
-def test_cold_start_sequence_query_clicks_then_popular():
-    clicks = {7: [40, 41]}
-    popular = [41, 1, 2, 3, 4]
-    # most-clicked 40, 41, then popular (41 skipped); returned oldest first: most-clicked LAST
-    assert cold_start_sequence(7, clicks, popular, length=4) == [2, 1, 41, 40]
-    assert cold_start_sequence(99, clicks, popular, length=2) == [1, 41]
-    assert cold_start_sequence(None, {}, [], length=5) == []
 
 
 # ---- BehaviorIndex -------------------------------------------------------------------------
@@ -58,51 +43,23 @@ def _queries() -> pa.Table:
     )
 
 
-def _users() -> pa.Table:
-    return pa.Table.from_pydict(
-        {"user_id": ["u1", "u2"], "segment": ["pro", None], "preferred_categories": [["tools"], []],
-         "preferred_brands": [[], []], "preferred_colours": [None, None]},
-        schema=USER_SCHEMA,
-    )  # fmt: skip
-
-
 def test_index_context_cuts_at_timestamp():
-    index = BehaviorIndex.from_interactions(_log(), _queries(), _users())
+    index = BehaviorIndex.from_interactions(_log(), _queries())
     full = index.context_for("u1")
-    assert full.known and not full.cold_start
     assert full.short_items == [10, 11, 12, 13]  # clicks, oldest first
     assert full.long_items == [10, 10, 11, 12, 13]  # clicks and orders
     assert full.recent_queries == ["brass lamp", "red drill"]  # deduplicated, most recent last
-    assert full.profile == "segment: pro"
     early = index.context_for("u1", before_timestamp=310, short_len=2)
     assert early.short_items == [10, 11] and early.long_items == [10, 10, 11]
     assert early.recent_queries == ["red drill", "brass lamp"]
-    # the current session's query is given separately: exclude it from the recent queries
-    assert index.context_for("u1", before_timestamp=310, exclude_session=3).recent_queries == ["red drill"]
     assert index.context_for("u1", before_timestamp=100).short_items == []
 
 
-def test_index_unknown_user_and_cold_start():
+def test_index_unknown_user_gets_an_empty_context():
     index = BehaviorIndex.from_interactions(_log(), _queries())
-    unknown = index.context_for("nobody", before_timestamp=1000)
-    assert unknown == UserContext("nobody", known=False)
-    assert index.context_for(None).known is False
-    # clicks for query 1: item 10 twice, 13 once; popularity: 10 (2), then 11, 12, 13, 14 (1 each)
-    assert index.clicks_by_query[1] == [10, 13]
-    cold = index.context_for("nobody", query_id=1, short_len=3)
-    assert cold.cold_start and cold.short_items == [11, 13, 10]
-    assert index.context_for("nobody", query_id=999, short_len=2).short_items == [11, 10]
-    default = index.cold_start_context(1, length=2)
-    assert (default.user_id, default.known, default.cold_start) == (None, False, True)
-    assert default.short_items == default.long_items == [13, 10]
-    # a known user without clicks before the time also gets the query's default sequence
-    assert index.context_for("u1", before_timestamp=105, query_id=1, short_len=1).short_items == [10]
-
-
-def test_index_stats_before_ignores_later_clicks():
-    index = BehaviorIndex.from_interactions(_log(), _queries(), stats_before=300)
-    assert index.clicks_by_query == {1: [10]}
-    assert index.popular == [10, 11]
+    assert index.context_for("nobody", before_timestamp=1000) == UserContext("nobody")
+    assert index.context_for(None) == UserContext(None)
+    assert "u1" in index and "nobody" not in index and index.user_ids() == ["u1", "u2"]
 
 
 def test_index_from_synthetic_track_matches_log():
@@ -141,5 +98,5 @@ def test_index_from_sequences_chains_rows_of_one_split():
 
 def test_context_from_a_single_history():
     context = UserContext.from_history("a", [1, 2, 3, 4, 5, 6], short_len=2, long_len=4)
-    assert (context.short_items, context.long_items, context.known) == ([5, 6], [3, 4, 5, 6], True)
-    assert UserContext.from_history("b", []).known is False
+    assert (context.short_items, context.long_items) == ([5, 6], [3, 4, 5, 6])
+    assert UserContext.from_history("b", []) == UserContext("b")

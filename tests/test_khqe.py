@@ -164,30 +164,13 @@ def test_sid_tokens_round_trip_and_opq_offset(tokenizer):
     codes = tokenizer.item_codes([100])[0]
     sid = tokenizer.sid_string(codes)
     assert sid.startswith("<a_") and sid.count("<d_") == 2
-    assert tokenizer.parse_sid(sid) == tuple(codes)
     last = tokenizer.codes_to_tokens(codes)[-1]
     assert int(last[3:-1]) >= 16  # second OPQ code is offset past the first's tokens
-    assert 100 in tokenizer.items_for_sid(codes)
 
 
-@pytest.mark.parametrize(
-    "bad", ["", "<a_1>", "<a_1><b_1><c_1><d_1><d_1>", "<a_999><b_1><c_1><d_1><d_17>", "junk"]
-)
-def test_parse_sid_rejects_invalid(tokenizer, bad):
-    with pytest.raises(ValueError):
-        tokenizer.parse_sid(bad)
-
-
-def test_shared_sid_items_follow_documented_tie_break():
+def test_shared_sids_are_counted():
     data = np.repeat(clustered_vectors(50, 8), 2, axis=0)  # every vector twice -> shared SIDs
-    data[1::2] += 0.001  # the odd copies are slightly worse described by the same SID
-    ids = np.arange(len(data))[::-1].copy()  # ids descending so id order alone would be wrong
-    tok = SemanticIdTokenizer.fit(ids, data, config=QuantizerConfig(layout="8-4"))
-    errors = dict(zip(tok._table.item_ids.tolist(), tok._table.errors.tolist(), strict=True))
-    for sid in tok.all_sids():
-        items = tok.items_for_sid(sid)
-        keys = [(errors[i], i) for i in items]
-        assert keys == sorted(keys)
+    tok = SemanticIdTokenizer.fit(np.arange(len(data)), data, config=QuantizerConfig(layout="8-4"))
     assert tok.metrics()["items_per_sid"]["max"] >= 2
 
 
@@ -197,12 +180,12 @@ def test_save_load_and_cold_start(tokenizer, tmp_path):
     np.testing.assert_array_equal(loaded.item_codes(), tokenizer.item_codes())
     new_vectors = clustered_vectors(5, seed=7)
     codes = loaded.add_items([1, 2, 3, 4, 5], new_vectors)
-    assert {tuple(c) for c in codes.tolist()} <= set(tokenizer.all_sids())  # trained SIDs only
+    assert {tuple(c) for c in codes.tolist()} <= {
+        tuple(c) for c in tokenizer.item_codes().tolist()
+    }  # trained SIDs only
     assert loaded.has_item(3) and loaded.n_items == tokenizer.n_items + 5
     with pytest.raises(ValueError, match="already has a SID"):
         loaded.add_items([3], new_vectors[:1])
-    loaded.remove_items([3])
-    assert not loaded.has_item(3)
 
 
 def test_load_detects_corruption(tokenizer, tmp_path):

@@ -37,8 +37,8 @@ def test_outputs_and_report(encoded_run):
     items = pq.read_table(run / "items.parquet").to_pylist()
     assert len(items) == 400 and tokenizer.n_items == 400
     for row in items[:20]:
-        assert tokenizer.parse_sid(row["sid"]) == tuple(row["codes"])
-        assert row["item_id"] in tokenizer.items_for_sid(row["codes"])
+        assert row["sid"] == tokenizer.sid_string(row["codes"])
+        assert tokenizer.item_codes([row["item_id"]])[0].tolist() == row["codes"]
     queries = pq.read_table(run / "queries.parquet")
     assert queries.num_rows == 120 and set(queries.column("split").to_pylist()) <= {"train", "valid", "test"}
     stage = RunDir(run).stage("encode")

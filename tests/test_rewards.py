@@ -166,12 +166,11 @@ def test_reward_config_from_yaml(tmp_path):
 def test_composite_item_reward_of_v2():
     config = RewardConfig()
     rewards = composite_item_reward(
-        ordered=[True, False, False, True],
-        clicked=[True, True, False, False],
-        ctr=[0.4, 1.7, -0.2, 0.9],
-        tier=[3, 2, 0, 3],
-        valid=[True, True, True, False],
+        ordered=[True, False, False],
+        clicked=[True, True, False],
+        ctr=[0.4, 1.7, -0.2],
+        tier=[3, 2, 0],
         config=config,
     )
-    # 4 + 0.4 + 3 + 1 (valid SID); 3 + 1 (ctr clipped) + 2 + 1; 0 + 0 (clipped) + 0 + 1; invalid -> 0.
-    np.testing.assert_allclose(rewards, [8.4, 7.0, 1.0, 0.0])
+    # 4 + 0.4 + 3; 3 + 1 (ctr clipped) + 2; 0 + 0 (clipped) + 0.
+    np.testing.assert_allclose(rewards, [7.4, 6.0, 0.0])

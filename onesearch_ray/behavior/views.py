@@ -5,7 +5,7 @@ Index convention everywhere: sequences are OLDEST FIRST, so the most recent item
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 # The short-term view's width: a next-item search's dense query is the mean of these last items, and
@@ -21,9 +21,6 @@ class UserContext:
     recent_queries: list[str] = field(default_factory=list)
     short_items: list[int] = field(default_factory=list)
     long_items: list[int] = field(default_factory=list)
-    profile: str | None = None
-    known: bool = True  # False: the user has no history in the index (cold-start user)
-    cold_start: bool = False  # True: short_items is the query's default sequence, not the user's own
 
     @classmethod
     def from_history(
@@ -33,25 +30,4 @@ class UserContext:
         items = [int(i) for i in items]
         short = items[-short_len:] if short_len > 0 else []
         long = items[-long_len:] if long_len > 0 else []
-        return cls(user_id, short_items=short, long_items=long, known=bool(items))
-
-
-def cold_start_sequence(
-    query_key: Hashable | None,
-    clicks_by_query: Mapping[Hashable, Sequence[int]],
-    popular: Sequence[int],
-    length: int = 5,
-) -> list[int]:
-    """Default behaviour for a user without history: the items most clicked for the query.
-
-    ``clicks_by_query[key]`` is most-clicked first; missing slots are filled from the globally
-    ``popular`` items (most popular first), without repeats. The result is returned AS A BEHAVIOUR
-    SEQUENCE, oldest first: the most-clicked item comes LAST, where it weighs most.
-    """
-    chosen: list[int] = []
-    for item in [*clicks_by_query.get(query_key, ()), *popular]:
-        if len(chosen) == length:
-            break
-        if item not in chosen:
-            chosen.append(int(item))
-    return chosen[::-1]
+        return cls(user_id, short_items=short, long_items=long)

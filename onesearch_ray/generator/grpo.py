@@ -74,7 +74,7 @@ class ItemRewardTable:
             if example.query_id is not None:
                 grades[b] = self.oracle.grades([example.query_id] * rows.shape[1], self.item_ids[rows[b]])
         tier = relevance_tier(grades)
-        return composite_item_reward(ordered, clicked, self.ctr[rows], tier, np.ones(rows.shape), self.config)
+        return composite_item_reward(ordered, clicked, self.ctr[rows], tier, self.config)
 
 
 def grpo_prompts(examples: Sequence[Example], config: GRPOConfig) -> list[Example]:

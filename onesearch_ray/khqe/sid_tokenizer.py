@@ -1,7 +1,7 @@
 """SemanticIdTokenizer: the item "ID card" as a first-class, versioned object.
 
-It owns the fitted codebooks and the item -> SID table, turns codes into SID tokens and back,
-places NEW items with frozen codebooks (cold start), and maps a SID to its items.
+It owns the fitted codebooks and the item -> SID table, turns codes into SID tokens, and places NEW
+items with frozen codebooks (cold start).
 
 SID tokens: one letter per RQ level (``<a_i><b_j><c_k>``), then the OPQ sub-codes share one
 letter with the m-th sub-code offset by ``m * K`` so that sub-codebooks use disjoint tokens
@@ -10,19 +10,17 @@ letter with the m-th sub-code offset by ``m * K`` so that sub-codebooks use disj
 Collision resolution (initial fit only, on by default, ``collision_candidates``): an item whose SID
 another item already holds moves to the nearest free tail code under the same prefix (see
 ``_resolve_collisions``), so near-duplicate products still get IDs of their own. Items can still
-share a SID when every candidate tail is taken; the tie-break for them is ascending reconstruction
-error (the item the SID describes best comes first), then ascending item_id.
+share a SID when every candidate tail is taken (the item step tells them apart).
 
 Cold start (``add_items`` after the fit): the model has learnt to generate exactly the SIDs of the
 fitted table, so a new item joins the EXISTING SID that describes it best (least reconstruction
-error) and is returned with that SID's items, ranked by its own error. A fresh SID (its raw code, or
-a free tail) would be one the model never generates. Saved without pickle: JSON + ``.npz`` + parquet.
+error). A fresh SID (its raw code, or a free tail) would be one the model never generates. Saved
+without pickle: JSON + ``.npz`` + parquet.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 import string
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,7 +39,6 @@ from onesearch_ray.khqe.quantizer import ResidualQuantizer
 
 FORMAT_NAME = "onesearch-sid-tokenizer"
 FORMAT_VERSION = 1
-_SID_TOKEN = re.compile(r"<([a-z])_(\d+)>")
 
 
 @dataclass
@@ -66,7 +63,7 @@ class SemanticIdTokenizer:
         self.layout = quantizer.layout
         self.metadata = dict(metadata or {})
         self._table = table or SidTable(codes=np.zeros((0, len(self.layout.level_sizes)), np.int32))
-        self._items_by_sid: dict[tuple[int, ...], list[int]] = {}
+        self._sids = np.zeros((0, len(self.layout.level_sizes)), np.int32)  # the distinct SIDs
         self._sid_search: tuple[np.ndarray, faiss.Index] | None = None  # built on the first cold add
         self._rebuild_index()
 
@@ -113,10 +110,10 @@ class SemanticIdTokenizer:
 
     def nearest_existing_sids(self, vectors: np.ndarray) -> np.ndarray:
         """For each vector, the codes of the table's SID whose reconstruction is nearest (exact L2)."""
-        if not self._items_by_sid:
+        if not len(self._sids):
             raise ValueError("no SID in the table yet: fit the tokenizer on the catalogue first")
         if self._sid_search is None:  # the reconstructions of every SID, kept while the SID set holds
-            sids = np.asarray(list(self._items_by_sid), dtype=np.int32)
+            sids = self._sids
             index = faiss.IndexFlatL2(self.quantizer.dim)
             index.add(np.ascontiguousarray(self.quantizer.reconstruct(sids), dtype=np.float32))
             self._sid_search = (sids, index)
@@ -183,11 +180,6 @@ class SemanticIdTokenizer:
             taken.add(tuple(codes[row].tolist()))
         return codes
 
-    def remove_items(self, item_ids: Sequence[int]) -> None:
-        keep = ~np.isin(self._table.item_ids, np.asarray(item_ids, np.int64))
-        self._table = SidTable(self._table.item_ids[keep], self._table.codes[keep], self._table.errors[keep])
-        self._rebuild_index()
-
     @property
     def codebooks_digest(self) -> str:
         """SHA-256 of the frozen codebooks: codes made under other codebooks do not mean the same."""
@@ -214,13 +206,6 @@ class SemanticIdTokenizer:
     def has_item(self, item_id: int) -> bool:
         return int(item_id) in self._row_by_item
 
-    def items_for_sid(self, codes: Sequence[int]) -> list[int]:
-        """All items carrying this SID, best first (see module docstring for the tie-break)."""
-        return list(self._items_by_sid.get(tuple(int(c) for c in codes), ()))
-
-    def all_sids(self) -> list[tuple[int, ...]]:
-        return list(self._items_by_sid)
-
     def codes_to_tokens(self, codes: Sequence[int]) -> list[str]:
         if len(codes) != self.sid_length:
             raise ValueError(f"a SID has {self.sid_length} codes, got {len(codes)}")
@@ -235,22 +220,6 @@ class SemanticIdTokenizer:
 
     def sid_string(self, codes: Sequence[int]) -> str:
         return "".join(self.codes_to_tokens(codes))
-
-    def parse_sid(self, text: str) -> tuple[int, ...]:
-        """'<a_1><b_2>...' -> codes; raises ValueError naming what is wrong."""
-        found = _SID_TOKEN.findall(text)
-        if "".join(f"<{letter}_{number}>" for letter, number in found) != text.strip():
-            raise ValueError(f"not a SID string: {text[:80]!r}")
-        if len(found) != self.sid_length:
-            raise ValueError(f"SID {text!r}: expected {self.sid_length} tokens, got {len(found)}")
-        codes = []
-        for position, (letter, number) in enumerate(found):
-            expected_letter, offset = self._position_letter_offset(position)
-            code = int(number) - offset
-            if letter != expected_letter or not 0 <= code < self.layout.level_sizes[position]:
-                raise ValueError(f"SID {text!r}: token {position} <{letter}_{number}> is not valid there")
-            codes.append(code)
-        return tuple(codes)
 
     def metrics(self) -> dict:
         return code_metrics(self._table.codes, self.layout.level_sizes)
@@ -327,13 +296,7 @@ class SemanticIdTokenizer:
     def _rebuild_index(self) -> None:
         table = self._table
         self._row_by_item = {int(i): row for row, i in enumerate(table.item_ids)}
-        order = np.lexsort((table.item_ids, table.errors))
-        items_by_sid: dict[tuple[int, ...], list[int]] = {}
-        for row in order:
-            items_by_sid.setdefault(tuple(table.codes[row].tolist()), []).append(int(table.item_ids[row]))
-        if items_by_sid.keys() != self._items_by_sid.keys():
+        sids = np.unique(table.codes, axis=0).astype(np.int32)
+        if not np.array_equal(sids, self._sids):
             self._sid_search = None
-        self._items_by_sid = items_by_sid
-
-
-__all__ = ["QuantizerConfig", "SemanticIdTokenizer", "SidTable"]
+        self._sids = sids

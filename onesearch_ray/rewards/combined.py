@@ -21,18 +21,17 @@ class RewardConfig:
 
     calibration_lambda: float = 1.0  # lambda of the calibrated CTR/CVR harmonic mean
     # R_item = click_order_weight * (ordered_score | clicked_score | 0)
-    #   + ctr_weight * clip(calibrated ctr, 0, 1) + tier_weight * tier (0-3) + format_weight * valid.
+    #   + ctr_weight * clip(calibrated ctr, 0, 1) + tier_weight * tier (0-3).
     ordered_score: float = 4.0
     clicked_score: float = 3.0
     click_order_weight: float = 1.0
     ctr_weight: float = 1.0
     tier_weight: float = 1.0
-    format_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.calibration_lambda <= 0:
             raise ValueError("calibration_lambda must be > 0")
-        require_non_negative(self, ("click_order_weight", "ctr_weight", "tier_weight", "format_weight"))
+        require_non_negative(self, ("click_order_weight", "ctr_weight", "tier_weight"))
         if not self.ordered_score >= self.clicked_score >= 0:
             raise ValueError("expected ordered_score >= clicked_score >= 0")
 
@@ -42,13 +41,14 @@ def load_reward_config(path: str | Path | None = None) -> RewardConfig:
     return parse_config(RewardConfig, read_yaml_section(path, "rewards"), str(path or "defaults"))
 
 
-def composite_item_reward(ordered, clicked, ctr, tier, valid, config: RewardConfig) -> np.ndarray:
-    """V2 R_item of rollouts, element-wise; an invalid SID names no item and earns nothing at all."""
-    ordered, clicked, valid = (np.asarray(x, dtype=bool) for x in (ordered, clicked, valid))
+def composite_item_reward(ordered, clicked, ctr, tier, config: RewardConfig) -> np.ndarray:
+    """V2 R_item of rollouts, element-wise (a rollout is an item: trie-constrained decoding never
+    emits an invalid SID, so the paper's format term would be the same constant for all)."""
+    ordered, clicked = (np.asarray(x, dtype=bool) for x in (ordered, clicked))
     click_order = np.where(ordered, config.ordered_score, np.where(clicked, config.clicked_score, 0.0))
     reward = (
         config.click_order_weight * click_order
         + config.ctr_weight * np.clip(np.asarray(ctr, dtype=np.float64), 0.0, 1.0)
         + config.tier_weight * np.asarray(tier, dtype=np.float64)
     )
-    return np.where(valid, reward + config.format_weight, 0.0)
+    return reward

@@ -32,7 +32,8 @@ LIVE_FEEDBACK_SCHEMA = pa.schema(
         pa.field("timestamp", pa.int64(), nullable=False),  # seconds, when the search was served
         pa.field("user_id", pa.string()),  # null for an anonymous search
         pa.field("query", pa.string(), nullable=False),
-        pa.field("prompt", pa.string(), nullable=False),  # exactly the prompt the model decoded from
+        # the search as the model saw it, JSON {"query", "history"} (DPO rebuilds its prompt from it)
+        pa.field("prompt", pa.string(), nullable=False),
         pa.field("position", pa.int32(), nullable=False),  # 0-based rank shown
         pa.field("item_id", pa.int64(), nullable=False),
         pa.field("sid", pa.string(), nullable=False),
