@@ -41,7 +41,7 @@ from onesearch_ray.generator.catalogue import load_catalogue  # noqa: E402
 from onesearch_ray.generator.evaluate import search_split  # noqa: E402
 from onesearch_ray.generator.model import CodeItemGenerator  # noqa: E402
 from onesearch_ray.generator.prompts import normalise  # noqa: E402
-from onesearch_ray.generator.search import Decoder, TorchDecoder  # noqa: E402
+from onesearch_ray.generator.search import DecodingEngine, TorchDecoder  # noqa: E402
 from onesearch_ray.io import write_json  # noqa: E402
 from onesearch_ray.retrieval.tracks import run_search_baselines  # noqa: E402
 from onesearch_ray.runs import served_model_dir  # noqa: E402
@@ -73,7 +73,7 @@ class CastDecoder(TorchDecoder):
         return hidden @ self.model.code_head(level).T, self.model.item_correction(hidden)
 
 
-def lever_decoders(model: CodeItemGenerator) -> dict[str, Decoder]:
+def lever_decoders(model: CodeItemGenerator) -> dict[str, DecodingEngine]:
     from onesearch_ray.generator.vllm_decoder import VLLMDecoder
 
     return {
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     model, items = service.model.model, service.catalogue.snapshot  # the served catalogue, hold-out in
     catalogue = replace(catalogue, item_ids=np.asarray(service.model.item_ids))
     own_beam = model.config.search.beams[-1]
-    decoders: dict[str, Decoder | None] = {f"generator, beam {b}": None for b in args.beams}
+    decoders: dict[str, DecodingEngine | None] = {f"generator, beam {b}": None for b in args.beams}
     if args.levers:
         decoders |= {f"generator, beam {own_beam}, {lever}": d for lever, d in lever_decoders(model).items()}
     beams = {name: int(name.split("beam ")[1].split(",")[0]) for name in decoders}

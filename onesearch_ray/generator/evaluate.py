@@ -14,7 +14,7 @@ from onesearch_ray.generator.config import SearchConfig
 from onesearch_ray.generator.items import model_catalogue
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.prompts import build_prompts
-from onesearch_ray.generator.search import Decoder, search
+from onesearch_ray.generator.search import DecodingEngine, search
 from onesearch_ray.metrics import next_item_metrics, relevant_items, search_metrics
 from onesearch_ray.retrieval.tracks import search_eval_inputs
 
@@ -28,7 +28,7 @@ def rank(
     k: int,
     config: SearchConfig | None = None,
     histories: Sequence[Sequence[int]] | None = None,
-    decoder: Decoder | None = None,
+    decoder: DecodingEngine | None = None,
     items: Snapshot | None = None,
 ) -> list[list[int]]:
     """The top-``k`` items of each search, in batches: ids of ``items`` (the catalogue snapshot searched;
@@ -76,7 +76,7 @@ def search_split(
     k: int = 350,
     config: SearchConfig | None = None,
     limit: int = 0,
-    decoder: Decoder | None = None,
+    decoder: DecodingEngine | None = None,
     items: Snapshot | None = None,
 ) -> dict:
     """Metrics of ``split``'s queries that have a relevant item (the first ``limit`` when set),
@@ -98,7 +98,7 @@ def next_item_split(
     split: str,
     k: int = 350,
     rows: Sequence[int] | None = None,
-    decoder: Decoder | None = None,
+    decoder: DecodingEngine | None = None,
     items: Snapshot | None = None,
 ) -> dict:
     """Next-item metrics of ``split``'s sequence rows (or of the rows at positions ``rows``): each row

@@ -11,9 +11,10 @@ catalogue's snapshot (dense + lexical postings + bias), adds ``code_weight`` tim
 log-probability (BeamFusion), and returns the top ``k`` items with their scores. The cost of a
 search is set by what the codes keep, not by the catalogue's size.
 
-The decoder itself runs in a :class:`Decoder`: :class:`TorchDecoder` (the reference, the model's own
-forward) or ``generator.vllm_decoder.VLLMDecoder`` (vLLM with prompt embeddings); everything else
-here is the same for both, so both return the same ranking.
+The decoder itself runs in a :class:`DecodingEngine` (named apart from ``model.decoder``, the Qwen3
+module it runs): :class:`TorchDecoder` (the reference, the model's own forward) or
+``generator.vllm_decoder.VLLMDecoder`` (vLLM with prompt embeddings); everything else here is the
+same for both, so both return the same ranking.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from onesearch_ray.generator.model import CodeItemGenerator, PromptBatch
 Ranking = list[tuple[int, float]]  # (item id, or model row, and score), best first
 
 
-class Decoder(Protocol):
+class DecodingEngine(Protocol):
     def last_outputs(self, sequences: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
         """For input embeddings (n, T, width): at the last position, code level ``level``'s head
         (``model.code_head``) and the item correction (``model.item_correction``) of the output."""
@@ -55,7 +56,7 @@ def search(
     prompts: PromptBatch,
     k: int,
     config: SearchConfig | None = None,
-    decoder: Decoder | None = None,
+    decoder: DecodingEngine | None = None,
     catalogue: Snapshot | None = None,
 ) -> list[Ranking]:
     """Top-``k`` items per search (fewer when the kept prefixes hold fewer items): catalogue item ids
@@ -92,7 +93,15 @@ def search(
 
 
 def _plan(
-    model, decoder: Decoder, trie, config: SearchConfig, prompt, query_vector, first_logits, catalogue, terms
+    model,
+    decoder: DecodingEngine,
+    trie,
+    config: SearchConfig,
+    prompt,
+    query_vector,
+    first_logits,
+    catalogue,
+    terms,
 ):
     """The kept prefixes (n, levels) and their code log-probabilities after the last decoded level."""
     prefixes = np.zeros((1, 0), dtype=np.int64)

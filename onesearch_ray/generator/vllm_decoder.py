@@ -94,7 +94,7 @@ def vllm_kwargs(max_model_len: int) -> dict[str, Any]:
 
 
 class VLLMDecoder:
-    """``generator.search.Decoder`` on an in-process ``vllm.LLM``: pass it as ``search(decoder=...)``."""
+    """A ``generator.search.DecodingEngine`` on an in-process ``vllm.LLM`` (``search(decoder=...)``)."""
 
     def __init__(self, llm: Any, model: CodeItemGenerator) -> None:
         engine = llm.llm_engine
