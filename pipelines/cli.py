@@ -26,9 +26,23 @@ QUICKSTART_CONFIG = Path(__file__).resolve().parents[1] / "configs/quickstart.ya
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from onesearch_ray.data import SyntheticConfig, write_synthetic
+    from onesearch_ray.data import (
+        KuaiSearchSynthConfig,
+        SyntheticConfig,
+        write_kuaisearch_synthetic,
+        write_synthetic,
+    )
 
-    path = write_synthetic(args.out, SyntheticConfig(seed=args.seed, n_items=args.items))
+    # Each layout has one language: English for onesearch, Chinese for kuaisearch.
+    lang = args.lang or {"onesearch": "en", "kuaisearch": "zh"}[args.format]
+    if (args.format, lang) == ("onesearch", "zh"):
+        raise ValueError("--lang zh needs --format kuaisearch (the onesearch synthetic track is English)")
+    if (args.format, lang) == ("kuaisearch", "en"):
+        raise ValueError("--format kuaisearch writes a Chinese track: use --lang zh (or leave --lang out)")
+    if args.format == "kuaisearch":
+        path = write_kuaisearch_synthetic(args.out, KuaiSearchSynthConfig(seed=args.seed, n_items=args.items))
+    else:
+        path = write_synthetic(args.out, SyntheticConfig(seed=args.seed, n_items=args.items))
     print(f"synthetic track written to {path}")
     return 0
 
@@ -175,6 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, type=Path)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--items", type=int, default=3000)
+    synth.add_argument(
+        "--format",
+        choices=("onesearch", "kuaisearch"),
+        default="onesearch",
+        help="onesearch: parquet tables (default); kuaisearch: the KuaiSearch JSON-lines layout",
+    )
+    synth.add_argument(
+        "--lang",
+        choices=("en", "zh"),
+        help="text language: en for onesearch, zh for kuaisearch (the default)",
+    )
     synth.set_defaults(handler=_cmd_synth)
 
     encode = commands.add_parser("encode", help="KHQE: embed the catalogue and fit semantic IDs (Ray Data)")

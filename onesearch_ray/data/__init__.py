@@ -1,4 +1,5 @@
-"""Data layer: schemas, loaders for the real tracks, and a synthetic track with known ground truth.
+"""Data layer: schemas, loaders for the real tracks, and synthetic tracks with known ground truth
+(English in the onesearch format, Chinese in the KuaiSearch layout).
 
 Pure Python + pyarrow + numpy (no Ray): the pipelines wrap these functions.
 """
@@ -26,6 +27,7 @@ from onesearch_ray.data.schemas import (
     validate_table,
 )
 from onesearch_ray.data.synthetic import SyntheticConfig, generate_synthetic, write_synthetic
+from onesearch_ray.data.synthetic_kuaisearch import KuaiSearchSynthConfig, write_kuaisearch_synthetic
 
 __all__ = [
     "FORMAT_FILES",
@@ -38,6 +40,7 @@ __all__ = [
     "USER_SCHEMA",
     "DataError",
     "Event",
+    "KuaiSearchSynthConfig",
     "SyntheticConfig",
     "Track",
     "cast_to_schema",
@@ -47,6 +50,7 @@ __all__ = [
     "read_parquet",
     "validate_table",
     "validate_tables",
+    "write_kuaisearch_synthetic",
     "write_synthetic",
     "write_track",
 ]

@@ -8,6 +8,8 @@ Formats (auto-detected; ``format=`` forces one):
   and a ``track.json`` manifest when written by :func:`write_track`; a synthetic track's
   ``synthetic_world.json`` (its query intents) goes to ``extras["query_intent"]``, so the rewards
   know the relevance of every item, not only of the judged ones.
+- ``kuaisearch``: items, users, sessions (+ optional impressions, relevance) .jsonl, the KuaiSearch
+  dataset's layout (:mod:`onesearch_ray.data.kuaisearch`, which converts them into these tables).
 
 Every table is cast to its schema and checked (ids unique, references resolve); any problem is a
 :class:`DataError` naming the file, row and field.
@@ -52,6 +54,7 @@ FORMAT_FILES: dict[str, tuple[str, ...]] = {
     ),
     "homedepot": ("products.parquet", "queries.parquet", "judgments.parquet"),
     "amazon18": ("items.parquet", "sequences.parquet"),
+    "kuaisearch": ("items.jsonl", "users.jsonl", "sessions.jsonl"),
 }
 
 
@@ -99,10 +102,16 @@ def detect_format(directory: str | os.PathLike) -> str:
 
 
 def load_track(directory: str | os.PathLike, format: str | None = None) -> Track:
-    """Load and validate a track directory; ``format`` forces homedepot, amazon18 or onesearch."""
+    """Load and validate a track directory; ``format`` forces homedepot, amazon18, onesearch or
+    kuaisearch."""
     root = _existing_dir(directory)
     fmt = format or detect_format(root)
-    loaders = {"homedepot": _load_homedepot, "amazon18": _load_amazon18, "onesearch": _load_onesearch}
+    loaders = {
+        "homedepot": _load_homedepot,
+        "amazon18": _load_amazon18,
+        "onesearch": _load_onesearch,
+        "kuaisearch": _load_kuaisearch,
+    }
     if fmt not in loaders:
         raise ValueError(f"unknown track format {fmt!r}; expected one of {sorted(loaders)}")
     return loaders[fmt](root)
@@ -217,6 +226,12 @@ def _load_onesearch(root: Path) -> Track:
         raise DataError(root / MANIFEST, None, "tables", "a track needs an items table")
     extras = {"query_intent": read_query_intents(root)} if (root / WORLD_FILE).is_file() else {}
     return Track(name=name, root=root, format="onesearch", extras=extras, **validate_tables(raw, root))
+
+
+def _load_kuaisearch(root: Path) -> Track:
+    from onesearch_ray.data.kuaisearch import load_kuaisearch  # it imports this module
+
+    return load_kuaisearch(root)
 
 
 def read_query_intents(root: Path) -> dict[int, dict[str, str]]:

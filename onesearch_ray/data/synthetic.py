@@ -20,6 +20,7 @@ change the catalogue. Default config: well under a second; 1M items (``n_session
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -351,16 +352,23 @@ def click_model(
 class _Vocab:
     """Global value lists per attribute type, and per-category option matrices of indices into them."""
 
-    def __init__(self, categories: tuple[_Category, ...]) -> None:
+    def __init__(
+        self,
+        categories: tuple[_Category, ...],
+        colours: tuple[str, ...] = COLOURS,
+        styles: tuple[str, ...] = STYLES,
+        shared_brands: tuple[str, ...] = SHARED_BRANDS,
+    ) -> None:
         self.categories = categories
         self.category_names = [c.name for c in categories]
+        self.shared_brand_names = shared_brands
         own_brands = [b for c in categories for b in c.brands]
         self.values: dict[str, list[str]] = {
-            "brand": _unique([*own_brands, *SHARED_BRANDS]),
+            "brand": _unique([*own_brands, *shared_brands]),
             "entity": _unique([e for c in categories for e in c.entities]),
-            "colour": list(COLOURS),
+            "colour": list(colours),
             "material": _unique([m for c in categories for m in c.materials]),
-            "style": list(STYLES),
+            "style": list(styles),
             "audience": _unique([a for c in categories for a in c.audiences]),
             "size": _unique([s for c in categories for s in c.sizes]),
         }
@@ -375,7 +383,7 @@ class _Vocab:
                 ("audience", "audiences"),
             )
         }
-        self.shared_brands = np.array([self.index["brand"][b] for b in SHARED_BRANDS])
+        self.shared_brands = np.array([self.index["brand"][b] for b in shared_brands])
 
     def _matrix(self, per_category: list[tuple[str, ...]], kind: str) -> tuple[np.ndarray, np.ndarray]:
         width = max(1, *(len(v) for v in per_category))
@@ -428,28 +436,34 @@ class _Catalogue:
         return np.where(full, 3, np.where(in_category, 2, 1)).astype(np.int64)
 
 
-def _generate_items(config: SyntheticConfig, vocab: _Vocab, rng: np.random.Generator) -> _Catalogue:
-    n, n_cat = config.n_items, len(vocab.categories)
+def item_codes(vocab: _Vocab, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Category and attribute value indices (-1: none) of ``n`` items, per kind (``ATTRIBUTE_TYPES``)."""
+    n_cat, n_shared = len(vocab.categories), len(vocab.shared_brands)
     # Uneven category sizes, as in a real catalogue.
     share = rng.gamma(2.0, size=n_cat)
     category = rng.choice(n_cat, size=n, p=share / share.sum())
     u = rng.random((8, n))
     own_brand = vocab.pick("brand", category, u[0] ** 1.5)  # skewed: the first brand sells most
-    shared = vocab.shared_brands[(u[1] * len(SHARED_BRANDS)).astype(np.int64) % len(SHARED_BRANDS)]
-    codes = {
+    shared = vocab.shared_brands[(u[1] * n_shared).astype(np.int64) % n_shared]
+    return {
         "category": category,
         "brand": np.where(u[2] < 0.8, own_brand, shared),
         "entity": vocab.pick("entity", category, u[3]),
-        "colour": rng.integers(0, len(COLOURS), size=n),
+        "colour": rng.integers(0, len(vocab.values["colour"]), size=n),
         "material": np.where(u[4] < 0.85, vocab.pick("material", category, u[5]), -1),
-        "style": np.where(u[6] < 0.5, rng.integers(0, len(STYLES), size=n), -1),
+        "style": np.where(u[6] < 0.5, rng.integers(0, len(vocab.values["style"]), size=n), -1),
         "audience": np.where(u[7] < 0.8, vocab.pick("audience", category, rng.random(n)), -1),
         "size": np.where(rng.random(n) < 0.7, vocab.pick("size", category, rng.random(n)), -1),
     }
+
+
+def _generate_items(config: SyntheticConfig, vocab: _Vocab, rng: np.random.Generator) -> _Catalogue:
+    n, n_cat = config.n_items, len(vocab.categories)
+    codes = item_codes(vocab, n, rng)
+    category = codes["category"]
     line = np.where(rng.random(n) < 0.3, rng.integers(0, len(LINES), size=n), -1)
     model = np.where(rng.random(n) < 0.15, rng.integers(0, 26 * 26 * 900, size=n), -1)
-    # Zipf-like popularity over a random ranking of the items.
-    popularity = 1.0 / (rng.permutation(n) + 1.0) ** 0.8
+    popularity = zipf_popularity(n, rng)
     display = {
         kind: _take([_display(v) for v in vocab.values[kind]], codes[kind]) for kind in ATTRIBUTE_TYPES
     }
@@ -472,6 +486,11 @@ def _generate_items(config: SyntheticConfig, vocab: _Vocab, rng: np.random.Gener
     )
     by_category = [np.flatnonzero(category == c) for c in range(n_cat)]
     return _Catalogue(table, codes, popularity, by_category)
+
+
+def zipf_popularity(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Zipf-like popularity over a random ranking of ``n`` items."""
+    return 1.0 / (rng.permutation(n) + 1.0) ** 0.8
 
 
 def _model_numbers(model: np.ndarray) -> pa.Array:
@@ -614,15 +633,17 @@ def _generate_users(
     share = np.array([len(rows) for rows in catalogue.by_category], dtype=float) + 1.0
     category = np.zeros((config.n_users, n_cat), bool)
     brand = np.zeros((config.n_users, n_brand), bool)
-    colour = np.zeros((config.n_users, len(COLOURS)), bool)
+    colours_all = vocab.values["colour"]
+    colour = np.zeros((config.n_users, len(colours_all)), bool)
     preferred, rows = [], []
     width = len(str(max(config.n_users - 1, 0)))
     for user in range(config.n_users):
         n_preferred = min(n_cat, int(rng.integers(1, 4)))
         cats = rng.choice(n_cat, size=n_preferred, replace=False, p=share / share.sum())
-        candidates = _unique([b for c in cats for b in vocab.categories[c].brands] + list(SHARED_BRANDS))
+        own = [b for c in cats for b in vocab.categories[c].brands]
+        candidates = _unique(own + list(vocab.shared_brand_names))
         brands = rng.choice(candidates, size=int(rng.integers(1, 3)), replace=False)
-        colours = rng.choice(len(COLOURS), size=int(rng.integers(1, 3)), replace=False)
+        colours = rng.choice(len(colours_all), size=int(rng.integers(1, 3)), replace=False)
         category[user, cats] = True
         brand[user, [vocab.index["brand"][b] for b in brands]] = True
         colour[user, colours] = True
@@ -633,7 +654,7 @@ def _generate_users(
                 "segment": SEGMENTS[int(rng.integers(len(SEGMENTS)))],
                 "preferred_categories": [vocab.category_names[c] for c in cats],
                 "preferred_brands": [str(b) for b in brands],
-                "preferred_colours": [COLOURS[c] for c in colours],
+                "preferred_colours": [colours_all[c] for c in colours],
             }
         )
     table = pa.Table.from_pylist(rows, schema=USER_SCHEMA) if rows else USER_SCHEMA.empty_table()
@@ -647,25 +668,9 @@ def _generate_queries(
     config: SyntheticConfig, vocab: _Vocab, catalogue: _Catalogue, rng: np.random.Generator
 ) -> tuple[pa.Table, list[dict[str, int]]]:
     """Queries sampled from popular items' attributes, so every query has at least one exact match."""
-    texts: list[str] = []
-    intents: list[dict[str, int]] = []
-    seen: set[str] = set()
-    n_items = config.n_items
-    if n_items and config.n_queries:
-        weights = catalogue.popularity**0.5  # flatter than sales: the long tail gets queries too
-        attempts = 0
-        while len(texts) < config.n_queries and attempts < 50 * config.n_queries:
-            batch = rng.choice(n_items, size=config.n_queries, p=weights / weights.sum())
-            for row in batch:
-                attempts += 1
-                intent = _intent_from_item(catalogue.codes, int(row), rng)
-                text = _vary(_query_text(vocab, intent, rng), config, rng)
-                if text.lower() not in seen:
-                    seen.add(text.lower())
-                    texts.append(text)
-                    intents.append(intent)
-                if len(texts) == config.n_queries:
-                    break
+    texts, intents = sample_queries(
+        config, catalogue, rng, lambda intent: _vary(_query_text(vocab, intent, rng), config, rng)
+    )
     n = len(texts)
     split = np.full(n, "train", dtype=object)
     order = rng.permutation(n)
@@ -681,6 +686,36 @@ def _generate_queries(
         schema=QUERY_SCHEMA,
     )
     return table, intents
+
+
+def sample_queries(
+    config: SyntheticConfig,
+    catalogue: _Catalogue,
+    rng: np.random.Generator,
+    text_of: Callable[[dict[str, int]], str],
+) -> tuple[list[str], list[dict[str, int]]]:
+    """Up to ``config.n_queries`` distinct (case-insensitive) query texts and their intents, each
+    intent drawn from a popular item's attributes and written by ``text_of``."""
+    texts: list[str] = []
+    intents: list[dict[str, int]] = []
+    seen: set[str] = set()
+    n_items = config.n_items
+    if n_items and config.n_queries:
+        weights = catalogue.popularity**0.5  # flatter than sales: the long tail gets queries too
+        attempts = 0
+        while len(texts) < config.n_queries and attempts < 50 * config.n_queries:
+            batch = rng.choice(n_items, size=config.n_queries, p=weights / weights.sum())
+            for row in batch:
+                attempts += 1
+                intent = _intent_from_item(catalogue.codes, int(row), rng)
+                text = text_of(intent)
+                if text.lower() not in seen:
+                    seen.add(text.lower())
+                    texts.append(text)
+                    intents.append(intent)
+                if len(texts) == config.n_queries:
+                    break
+    return texts, intents
 
 
 def _intent_from_item(codes: dict[str, np.ndarray], row: int, rng: np.random.Generator) -> dict[str, int]:
