@@ -1,6 +1,6 @@
 """Baselines of docs/evaluation.md on the real tracks' test split, printed as tables.
 
-Home Depot: BM25 (bm25s, English stemmer + stopwords), dense all-MiniLM-L6-v2 + faiss flat IP, and
+Home Depot: BM25 (the catalogue's own, `text.tokenize` tokens), dense all-MiniLM-L6-v2 + faiss flat IP, and
 their RRF (k=60, depth 1000). Amazon Industrial: popularity, item co-occurrence (last 3 history
 items) and dense mean-of-last-3-history-titles, all fit on the valid rows only.
 

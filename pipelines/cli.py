@@ -144,7 +144,9 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     if load_track(data).interactions is not None:  # GRPO learns from the search log's clicks and orders
         generator.train_generator(run, data, job, name="grpo", rewards=load_reward_config(args.config))
     print("[4/5] evaluate: the generator beside BM25, dense and RRF")
-    track = {"onesearch": "synthetic", "homedepot": "homedepot", "amazon18": "amazon18"}[detect_format(data)]
+    track = {"onesearch": "synthetic", "kuaisearch": "kuaisearch"}.get(
+        detect_format(data), detect_format(data)
+    )
     evaluate.run_eval(run, track, data, evaluate.EvalConfig(k=350))
     print(f"\nrun directory: {run.resolve()}")
     if args.no_serve:

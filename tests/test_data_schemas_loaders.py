@@ -302,3 +302,32 @@ def test_real_tracks(name, n_items, extra_rows):
     track = load_track(directory)
     assert track.items.num_rows == n_items
     assert {k: track.tables()[k].num_rows for k in extra_rows} == extra_rows
+
+
+def test_a_query_file_names_its_problems_and_drops_unknown_items(tmp_path):
+    from onesearch_ray.data.query_file import read_query_file
+
+    path = tmp_path / "q.jsonl"
+    path.write_text(
+        '{"query": "red drill", "item_id": 1, "relevance": 2.0}\n'
+        '{"query": "red drill", "item_id": 2}\n'
+        '{"query": "oak sofa", "item_id": 99}\n'
+        '{"query_id": 7, "query": "lamp", "item_id": 3}\n'
+    )
+    queries, judgments = read_query_file(path, "test", {1, 2, 3})
+    assert queries.to_pydict() == {
+        "query_id": [0, 2, 7],
+        "query": ["red drill", "oak sofa", "lamp"],
+        "split": ["test"] * 3,
+    }
+    assert judgments.to_pydict() == {
+        "query_id": [0, 0, 7],
+        "item_id": [1, 2, 3],
+        "relevance": [2.0, 3.0, 3.0],
+    }
+    path.write_text('{"query": "lamp", "item_id": "three"}\n')
+    with pytest.raises(DataError, match="row 0.*item_id.*integer"):
+        read_query_file(path, "test", {3})
+    path.write_text("not json\n")
+    with pytest.raises(DataError, match="row 0.*not a JSON line"):
+        read_query_file(path, "test", {3})

@@ -429,8 +429,8 @@ def test_grpo_raises_what_the_user_ordered_among_the_models_own_top_items():
     config = GRPOConfig(group=3)
     table = ItemRewardTable(RewardConfig(), np.arange(5), np.zeros(5), RelevanceOracle())
     assert table.rewards([ordered], rows)[0].tolist() == [
-        1.0 + (4.0 if row == 1 else 0.0) for row in top
-    ]  # format + ordered; no CTR, no judged relevance
+        4.0 if row == 1 else 0.0 for row in top
+    ]  # ordered; no CTR, no judged relevance
     loss = functools.partial(grpo_loss_of, reference=copy.deepcopy(model), rewards=table, config=config)
     train_config = TrainConfig(
         epochs=20, batch_size=8, learning_rate=1e-3, weight_learning_rate=0.01, patience=0

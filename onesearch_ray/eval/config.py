@@ -18,6 +18,9 @@ class EvalConfig:
     # then its vectors are cached in the run directory
     e5: bool = False
     model_dir: str | None = None  # a generator directory to evaluate instead of the run's latest model
+    # a file of new queries with judgments (``data.query_file``) in place of the track's own: encoded
+    # at eval time with the run's encoder, the SIDs and the model untouched (search tracks)
+    queries: str | None = None
 
 
 @dataclass

@@ -18,20 +18,22 @@ import pyarrow as pa
 
 from onesearch_ray.catalogue import Snapshot
 from onesearch_ray.data import Track, load_track
+from onesearch_ray.data.query_file import read_query_file
 from onesearch_ray.eval.config import EvalConfig
-from onesearch_ray.generator.catalogue import load_catalogue
+from onesearch_ray.generator.catalogue import Catalogue, load_catalogue
 from onesearch_ray.generator.evaluate import judged_split, next_item_split, search_split
 from onesearch_ray.generator.model import CodeItemGenerator
+from onesearch_ray.generator.prompts import normalise
 from onesearch_ray.generator.store import load_generator
 from onesearch_ray.khqe import EncoderConfig, catalogue_texts
 from onesearch_ray.khqe.cache import encoded_vectors, load_embeddings
-from onesearch_ray.khqe.config import E5_ENCODER
+from onesearch_ray.khqe.config import E5_ENCODER, run_khqe_config
 from onesearch_ray.khqe.encoder import make_encoder
 from onesearch_ray.retrieval.tracks import DenseInputs, run_next_item_baselines, run_search_baselines
-from onesearch_ray.runs import is_generator_dir, served_model_dir
+from onesearch_ray.runs import is_generator_dir, served_model_dir, texts_digest
 
 log = logging.getLogger(__name__)
-TRACK_KINDS = {"homedepot": "search", "synthetic": "search", "amazon18": "next_item"}
+TRACK_KINDS = {"homedepot": "search", "synthetic": "search", "kuaisearch": "search", "amazon18": "next_item"}
 
 
 def evaluate(
@@ -55,6 +57,10 @@ def evaluate(
         raise FileNotFoundError(f"{model_dir}: not a trained generator (weights.safetensors, codes.npz)")
     model, item_ids, items = live or (*load_generator(model_dir), None)
     catalogue = dataclasses.replace(load_catalogue(run, track), item_ids=np.asarray(item_ids))
+    if config.queries:
+        if track_kind != "search":
+            raise ValueError(f"--queries {config.queries}: new queries need a search track")
+        track, catalogue = with_new_queries(run, track, catalogue, config)
     beam = {"beam": model.config.search.beams[-1]}
     if track_kind == "next_item":
         rows = None
@@ -75,6 +81,21 @@ def evaluate(
         )
         results.update(search_baselines(run, track, config, kept_ids))
     return results
+
+
+def with_new_queries(
+    run: Path, track: Track, catalogue: Catalogue, config: EvalConfig
+) -> tuple[Track, Catalogue]:
+    """The track and catalogue with the queries of ``config.queries`` (all of ``config.split``) in
+    place of the track's own: encoded now with the run's encoder, cached in the run by the texts'
+    digest; the SIDs and the model are untouched."""
+    known = set(track.items["item_id"].to_pylist())
+    queries, judgments = read_query_file(config.queries, config.split, known)
+    texts = queries["query"].to_pylist()
+    cache = f"queries_{texts_digest(texts)[:12]}"
+    vectors = encoded_vectors(run, cache, texts, run_khqe_config(run).encoder, "query")
+    track = dataclasses.replace(track, queries=queries, judgments=judgments)
+    return track, dataclasses.replace(catalogue, query_vectors=normalise(vectors))
 
 
 def search_baselines(
