@@ -14,22 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from demo.screenshot import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, column
 from tests.ray_jobs import free_port
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 REPO = Path(__file__).resolve().parents[1]
 K, BEAM = 8, 16
-TIMEOUT_MS = 120_000
 
 pytestmark = [
     pytest.mark.slow,
@@ -52,13 +41,6 @@ def _wait_healthy(url: str, timeout_s: float = 120.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"search API at {url} not healthy after {timeout_s}s")
         time.sleep(0.5)
-
-
-def _column(page, elem_id: str, col: int) -> list[str]:
-    """The text of one column of a Gradio 6 Dataframe (its body cells are role=gridcell with data-col)."""
-    return [
-        t.strip() for t in page.locator(f"#{elem_id} [role=gridcell][data-col='{col}']").all_inner_texts()
-    ]
 
 
 @pytest.fixture
@@ -152,13 +134,13 @@ def test_demo_search_in_browser(search_api, demo_url, generator_small_run, tmp_p
                 expected_bm25[0]["title"]
             )
 
-            generative_titles = _column(page, "results-onesearch", 1)
-            generative_sids = _column(page, "results-onesearch", 2)
-            bm25_titles = _column(page, "results-bm25", 1)
+            generative_titles = column(page, "results-onesearch", 1)
+            generative_sids = column(page, "results-onesearch", 2)
+            bm25_titles = column(page, "results-bm25", 1)
             assert len(generative_titles) == len(expected_generative) and all(generative_titles)
             assert all(sid.startswith("<a_") for sid in generative_sids)
             assert bm25_titles == [item["title"] for item in expected_bm25]
-            assert _column(page, "results-onesearch", 0)[:3] == ["1", "2", "3"][: len(generative_titles)]
+            assert column(page, "results-onesearch", 0)[:3] == ["1", "2", "3"][: len(generative_titles)]
 
             # The loop made visible: order the first OneSearch result; it lands in the feedback log.
             expect(page.locator("#feedback-item input")).to_have_value(re.compile(r"^OneSearch #1: "))

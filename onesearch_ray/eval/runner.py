@@ -101,10 +101,11 @@ def with_new_queries(
 def search_baselines(
     run: Path, track: Track, config: EvalConfig, kept_ids: set[int] | None = None
 ) -> dict[str, dict]:
-    """BM25, dense (MiniLM) and RRF, with ``config.e5`` also dense e5 and RRF-e5, on the split's
-    queries (only ``kept_ids`` when given), item vectors from the run's cache."""
-    encoders = {"": EncoderConfig()}
-    if config.e5:
+    """BM25, dense and RRF, with ``config.e5`` also dense e5 and RRF-e5, on the split's queries
+    (only ``kept_ids`` when given), item vectors from the run's cache. Dense uses the run's own
+    encoder (MiniLM by default; e5 for a Chinese track's config), as the model does."""
+    encoders = {"": run_khqe_config(run).encoder}
+    if config.e5 and encoders[""].model != E5_ENCODER:
         encoders[E5_ENCODER] = EncoderConfig(model=E5_ENCODER)
     dense = {name: _dense_inputs(run, track, encoder) for name, encoder in encoders.items()}
     if kept_ids is not None:  # baselines on exactly the queries the model saw
