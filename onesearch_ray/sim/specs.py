@@ -101,11 +101,12 @@ def _model_dir(path: str, run: Path) -> Path:
 def _cascade(
     name: str, run: Path, world: World, rerank: RerankConfig | None, tuning: SimulationConfig | None = None
 ) -> CascadeSystem:
-    from onesearch_ray.khqe import EncoderConfig, catalogue_texts
+    from onesearch_ray.khqe import catalogue_texts
     from onesearch_ray.khqe.cache import encoded_vectors
+    from onesearch_ray.khqe.config import run_khqe_config
     from onesearch_ray.khqe.encoder import make_encoder
 
-    config = EncoderConfig()
+    config = run_khqe_config(run).encoder  # the run's own encoder, as the models have (e5 for Chinese)
     encoder = make_encoder(config)
     texts = catalogue_texts(world.track.items)
     vectors = encoded_vectors(run, "items", texts, config, "passage", encoder)
