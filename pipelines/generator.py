@@ -83,10 +83,10 @@ def _worker(loop_config: dict) -> None:
     context = ray.train.get_context()
     torch.set_num_threads(loop_config["threads"])
     run, data, job = loop_config["run"], loop_config["data"], loop_config["config"]
-    place = (context.get_world_rank(), context.get_world_size())
+    rank = context.get_world_rank()
     checkpoints = RayTrainCheckpoints(loop_config["storage"])
     if loop_config["name"] is None:
-        train_on_worker(run, data, job, *place, checkpoints)
+        train_on_worker(run, data, job, rank, checkpoints)
     else:
         align_on_worker(
             run,
@@ -95,7 +95,7 @@ def _worker(loop_config: dict) -> None:
             loop_config["name"],
             loop_config["feedback"],
             loop_config["rewards"],
-            *place,
+            rank,
             checkpoints,
         )
 

@@ -7,7 +7,7 @@ bash scripts/setup_browser.sh
 . .venv/bin/activate
 export OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 RAY_ENABLE_UV_RUN_RUNTIME_ENV=0
 set +e
-python -m pytest -q "$@"
+python -m pytest -q --durations=25 "$@"
 status=$?
 set -e
 # pytest exits 5 when it collected no tests: that is not a failure of the suite.

@@ -35,7 +35,16 @@ from onesearch_ray.generator.leak import LeakError
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.prompts import build_prompts
 from onesearch_ray.generator.store import load_generator, save_generator
-from onesearch_ray.generator.train import Example, example_prompts, item_log_probs, loss_of, train
+from onesearch_ray.generator.train import (
+    Example,
+    example_prompts,
+    item_candidates,
+    item_log_probs,
+    item_logits,
+    loss_of,
+    sampled_item_logits,
+    train,
+)
 from onesearch_ray.khqe import SemanticIdTokenizer
 from onesearch_ray.khqe.encoder import SentenceTransformerEncoder
 from onesearch_ray.metrics import search_metrics
@@ -302,6 +311,40 @@ def test_save_and_load_give_the_same_searches(tmp_path, catalogue):
     (path / "codes.npz").unlink()
     with pytest.raises(ValueError, match="missing codes.npz"):
         load_generator(path)
+
+
+def test_sampled_item_loss_scores_its_candidates_as_the_whole_catalogue_does():
+    titles = [
+        f"{colour} {thing} {n}" for n in range(30) for colour, thing in (("red", "drill"), ("blue", "hose"))
+    ]
+    vectors = np.random.default_rng(0).normal(size=(len(titles), 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    codes = CodeTree.build(np.arange(len(titles))[:, None] % 6, (6,), vectors)
+    model = CodeItemGenerator(GeneratorConfig(hash_buckets=64), vectors, codes, LexicalIndex.build(titles))
+    examples = [
+        Example("red drill", vectors[0], np.array([0, 2]), np.array([2.0, 1.0])),
+        Example("blue hose", vectors[1], np.array([1]), np.ones(1)),
+    ]
+    prompts = example_prompts(model, examples)
+    last = model.hidden(model.prompt_embeddings(prompts))[:, -1]
+    first_codes = model.code_logits(0, last, prompts.query_vectors).detach()
+    rows, correction, fixed = item_candidates(model, examples, first_codes, 8, np.random.default_rng(1))
+    assert {0, 1, 2} <= set(fixed.tolist()) and np.array_equal(rows[: len(fixed)], fixed)
+    assert len(set(rows.tolist())) == len(rows) and len(rows) < len(titles)
+    best = set(torch.topk(first_codes, 4, dim=1).indices.flatten().tolist()) | {0, 1}  # targets' codes
+    assert {int(c) for c in model.codes.item_codes[fixed, 0]} <= best  # hard negatives: under the best codes
+    drawn = len(rows) - len(fixed)
+    assert torch.equal(correction[: len(fixed)], torch.zeros(len(fixed)))
+    assert correction[len(fixed) :].tolist() == pytest.approx(
+        [np.log((len(titles) - len(fixed)) / drawn)] * drawn
+    )
+    whole = item_logits(model, prompts, last)[:, torch.as_tensor(rows)]
+    torch.testing.assert_close(sampled_item_logits(model, prompts, last, rows), whole, rtol=1e-5, atol=1e-5)
+    sampled = loss_of(model, examples, np.random.default_rng(1), negatives=8)["item"]
+    exact = loss_of(model, examples, np.random.default_rng(1))["item"]
+    assert 0 < float(sampled.detach()) <= float(exact.detach()) + 1.0  # an estimate of the same loss
+    sampled.backward()
+    assert model.term_weight.grad is not None and model.term_weight.grad.abs().sum() > 0
 
 
 def test_tiny_training_ranks_relevant_items_above_a_random_order(encoded_small_run, small_track, catalogue):

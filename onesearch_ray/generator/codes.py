@@ -11,6 +11,7 @@ model learns corrections on top. The prefix constraint is the project's ``SidTri
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -44,6 +45,25 @@ class CodeTree:
     @property
     def levels(self) -> int:
         return len(self.level_sizes)
+
+    def sample_under(self, codes: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+        """``count`` rows drawn uniformly (with replacement) from the items whose first-level code is
+        one of ``codes``: a cost set by ``count``, not by the catalogue."""
+        order, starts = self._by_first_code
+        sizes = starts[codes + 1] - starts[codes]
+        ends = np.cumsum(sizes)
+        if not len(ends) or ends[-1] == 0:
+            return np.zeros(0, np.int64)
+        picks = rng.integers(0, ends[-1], count)
+        which = np.searchsorted(ends, picks, side="right")
+        return order[starts[codes][which] + picks - (ends - sizes)[which]]
+
+    @cached_property
+    def _by_first_code(self) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ordered by first-level code, and where each code's rows start in that order."""
+        first = self.item_codes[:, 0]
+        order = np.argsort(first, kind="stable")
+        return order, np.searchsorted(first[order], np.arange(self.level_sizes[0] + 1))
 
     def trie(self) -> SidTrie:
         return SidTrie(self.item_codes, self.level_sizes)

@@ -115,6 +115,10 @@ class TrainConfig:
     item_learning_rate: float = 0.0
     weight_decay: float = 0.05  # on the zero-initialised corrections: the pull toward the start
     code_loss_weight: float = 0.5
+    # the item loss's softmax: over the whole catalogue (0), or over the batch's targets, this many
+    # hard negatives (under each search's best codes) and this many uniform draws standing for the
+    # rest (``train.item_candidates``): a step's cost set by the batch, not the catalogue
+    sampled_negatives: int = 0
     evaluate_every: int = 0  # steps between selection scores and checkpoints (0: once per epoch)
     # stop after this many selection scores in a row below the best (0: never). On Home Depot the
     # decoder peaks after 2 epochs and then memorises the 7,089 train queries (valid 0.397 -> 0.340)
@@ -124,6 +128,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         rates = (self.learning_rate, self.weight_learning_rate, self.item_learning_rate)
+        if self.sampled_negatives < 0:
+            raise ValueError(f"train config: sampled_negatives {self.sampled_negatives} must be >= 0")
         if self.epochs <= 0 or self.batch_size < 1 or min(rates) < 0 or max(rates) == 0:
             raise ValueError(
                 f"train config: epochs and batch_size must be positive, some learning rate too: {self}"

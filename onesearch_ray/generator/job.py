@@ -22,6 +22,8 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
+import torch
+
 from onesearch_ray.data import Track, load_track
 from onesearch_ray.generator.catalogue import Catalogue, build_generator, load_catalogue
 from onesearch_ray.generator.config import (
@@ -114,18 +116,17 @@ def train_on_worker(
     data: Path,
     config: GeneratorJobConfig,
     rank: int = 0,
-    world_size: int = 1,
     checkpoints: Checkpoints | None = None,
 ) -> None:
-    """One worker's share: build, train on its shard of the searches (resuming from ``checkpoints``'
-    latest state), and (rank 0) save the model."""
+    """One worker's part: build, train (every worker on the same searches, each taking its share of
+    every batch; resuming from ``checkpoints``' latest state), and (rank 0) save the model."""
     track = load_track(data)
     catalogue = load_catalogue(run, track)
     searches = training_searches(run, track, catalogue, config)
+    torch.manual_seed(config.train.seed)  # the same start whatever the number of workers
     model = build_generator(catalogue, config.model, searches)
-    examples = searches[rank::world_size]
     select = selection(catalogue, track, config) if rank == 0 else None
-    history = train(model, examples, config.train, select, checkpoints)
+    history = train(model, searches, config.train, select, checkpoints)
     if rank == 0:
         save_generator(model, catalogue.item_ids, run / MODEL_DIR)
         write_json(run / MODEL_DIR / "history.json", history)
@@ -140,7 +141,6 @@ def align_on_worker(
     feedback: Path | None = None,
     rewards: RewardConfig | None = None,
     rank: int = 0,
-    world_size: int = 1,
     checkpoints: Checkpoints | None = None,
 ) -> None:
     """Align the run's served generator (``RUN/generator`` after SFT, the last alignment after one)
@@ -153,7 +153,7 @@ def align_on_worker(
     reference = copy.deepcopy(model)  # frozen: the start both losses measure against
     rows = {int(item): row for row, item in enumerate(item_ids)}
     if feedback is not None:
-        examples = _preference_examples(run, track, feedback, rows)[rank::world_size]
+        examples = _preference_examples(run, track, feedback, rows)
         attach_reference(reference, examples)
         settings = config.dpo
         loss = partial(dpo_loss_of, beta=settings.beta, anchor=settings.anchor)
@@ -167,8 +167,8 @@ def align_on_worker(
                 f"track {track.name}: GRPO needs a search log with clicks or orders on train queries"
             )
         check_no_leak(searches, track)
-        examples = grpo_prompts(searches, settings)[rank::world_size]
-        log.info("grpo: %d prompts (%d logged searches)", len(examples) * world_size, len(searches))
+        examples = grpo_prompts(searches, settings)
+        log.info("grpo: %d prompts (%d logged searches)", len(examples), len(searches))
         table = ItemRewardTable.from_track(track, item_ids, rewards or RewardConfig())
         loss = partial(grpo_loss_of, reference=reference, rewards=table, config=settings)
     train_config = replace(

@@ -160,6 +160,19 @@ class CodeItemGenerator(nn.Module):
         scores = torch.sparse.mm(self._saturation(), (indicator * self.term_weight).T).T
         return self.log_lexical_scale.exp() * scores
 
+    def lexical_logits_of(self, lexical_terms: list[np.ndarray], rows: np.ndarray) -> torch.Tensor:
+        """(B, len(rows)) ``lexical_logits`` of catalogue ``rows`` only, over the batch's own terms: a
+        cost set by the rows and the terms, not by the catalogue or its vocabulary."""
+        terms = np.unique(np.concatenate([np.zeros(0, np.int64), *lexical_terms]))
+        if not len(terms):
+            return torch.zeros(len(lexical_terms), len(rows))
+        indicator = torch.zeros(len(lexical_terms), len(terms))
+        for row, own in enumerate(lexical_terms):
+            indicator[row, torch.as_tensor(np.searchsorted(terms, own))] = 1.0
+        saturation = torch.as_tensor(self.lexical.saturation[rows][:, terms].toarray())
+        weighted = indicator * self.term_weight[torch.as_tensor(terms)]
+        return self.log_lexical_scale.exp() * weighted @ saturation.T
+
     def _saturation(self) -> torch.Tensor:
         cached = getattr(self, "_saturation_tensor", None)
         if cached is None or cached.shape[0] != self.lexical.n_items:

@@ -7,7 +7,11 @@ An ``Example`` is one search (query text and vector, the user's recent items) wi
 2. code loss: level 1 against the gain-weighted mix of the targets' first codes, deeper levels
    against the drawn target's codes;
 3. item loss: the targets' gain distribution against a softmax over EVERY item (dense + lexical +
-   bias): the model learns the order of the targets, not only its top item;
+   bias): the model learns the order of the targets, not only its top item. With
+   ``sampled_negatives`` the softmax is over the batch's targets, hard negatives (items under each
+   search's best first-level codes: where its search will look) and uniform draws from the rest
+   weighted up to stand for it (``item_candidates``): a step's cost is set by the batch, not by
+   the catalogue;
 4. AdamW with weight decay: every correction starts at zero, so the decay is the pull toward the
    pretrained geometry (the anchor).
 
@@ -17,6 +21,7 @@ The weights that score best on the selection searches (``valid``) are the ones k
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -62,10 +67,14 @@ def example_prompts(model: CodeItemGenerator, examples: Sequence[Example]):
     )
 
 
+HARD_CODES = 4  # first-level codes per search whose items are its hard negatives
+
+
 def loss_of(
-    model: CodeItemGenerator, examples: Sequence[Example], rng: np.random.Generator
+    model: CodeItemGenerator, examples: Sequence[Example], rng: np.random.Generator, negatives: int = 0
 ) -> dict[str, torch.Tensor]:
-    """The item and code losses of one batch."""
+    """The item and code losses of one batch (``negatives``: the sampled softmax's, 0 for the whole
+    catalogue)."""
     prompts = example_prompts(model, examples)
     drawn = np.array([rng.choice(e.targets, p=e.gains / e.gains.sum()) for e in examples])
     levels = model.codes.levels
@@ -84,13 +93,54 @@ def loss_of(
         logits = model.code_logits(level, hidden[:, last + level], prompts.query_vectors)
         code_loss = code_loss + F.cross_entropy(logits, torch.as_tensor(model.codes.item_codes[drawn, level]))
 
-    logits = item_logits(model, prompts, hidden[:, last])
-    log_probs = F.log_softmax(_without_own_pairs(model, examples, logits), -1)
+    if negatives:
+        rows, correction, fixed = item_candidates(model, examples, first.detach(), negatives, rng)
+        logits = sampled_item_logits(model, prompts, hidden[:, last], rows) + correction
+    else:
+        fixed, logits = None, item_logits(model, prompts, hidden[:, last])
+    log_probs = F.log_softmax(_without_own_pairs(model, examples, logits, fixed), -1)
     item_loss = torch.zeros(())
     for row, e in enumerate(examples):
         weights = torch.as_tensor(e.gains / e.gains.sum(), dtype=torch.float32)
-        item_loss = item_loss - (weights * log_probs[row, torch.as_tensor(e.targets)]).sum()
+        columns = e.targets if fixed is None else np.searchsorted(fixed, e.targets)
+        item_loss = item_loss - (weights * log_probs[row, torch.as_tensor(columns)]).sum()
     return {"item": item_loss / len(examples), "code": code_loss}
+
+
+def item_candidates(
+    model: CodeItemGenerator,
+    examples: Sequence[Example],
+    first_codes: torch.Tensor,
+    negatives: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+    """The rows a sampled item loss scores, each one's log-weight, and the fixed rows among them.
+
+    Fixed (sorted, first): the batch's targets and ``negatives`` hard negatives, drawn from the items
+    under each search's ``HARD_CODES`` best first-level codes (``first_codes``: (B, level size)
+    scores), weight 1. Then up to ``negatives`` uniform draws from the other items, each weighted
+    up (log-weight log(rest / draws)) so that together they stand for the rest of the catalogue."""
+    targets = np.concatenate([e.targets for e in examples])
+    best = torch.topk(first_codes, min(HARD_CODES, first_codes.shape[1]), dim=1).indices.numpy()
+    per_search = max(1, negatives // len(examples))
+    hard = [model.codes.sample_under(codes, per_search, rng) for codes in best]
+    fixed = np.unique(np.concatenate([targets, *hard]))
+    drawn = np.setdiff1d(rng.integers(0, model.n_items, negatives), fixed)
+    rest = model.n_items - len(fixed)
+    weight = np.log(rest / len(drawn)) if len(drawn) else 0.0
+    correction = torch.cat([torch.zeros(len(fixed)), torch.full((len(drawn),), float(weight))])
+    return np.concatenate([fixed, drawn]), correction, fixed
+
+
+def sampled_item_logits(
+    model: CodeItemGenerator, prompts: PromptBatch, last: torch.Tensor, rows: np.ndarray
+) -> torch.Tensor:
+    """(B, len(rows)) ``item_logits`` of catalogue ``rows`` only."""
+    item_query = model.item_query(last, prompts.query_vectors)
+    index = torch.as_tensor(rows)
+    vectors = model.item_vectors[index] + model.item_offset[index]
+    dense = model.log_dense_scale.exp() * item_query @ vectors.T + model.item_bias[index]
+    return dense + model.lexical_logits_of(prompts.lexical_terms, rows)
 
 
 def item_log_probs(model: CodeItemGenerator, prompts: PromptBatch) -> torch.Tensor:
@@ -106,10 +156,11 @@ def item_logits(model: CodeItemGenerator, prompts: PromptBatch, last: torch.Tens
 
 
 def _without_own_pairs(
-    model: CodeItemGenerator, examples: Sequence[Example], logits: torch.Tensor
+    model: CodeItemGenerator, examples: Sequence[Example], logits: torch.Tensor, fixed: np.ndarray | None
 ) -> torch.Tensor:
     """The logits with each search's own co-purchase pairs taken out of its targets' scores: the
-    counts were made from these searches (``behavior.copurchase``), which must not see themselves."""
+    counts were made from these searches (``behavior.copurchase``), which must not see themselves.
+    ``fixed``: a sampled loss's fixed rows (its logits' first columns), None for the catalogue's."""
     window = model.config.copurchase_window
     if not window:
         return logits
@@ -119,7 +170,7 @@ def _without_own_pairs(
         if len(recent):
             own = torch.as_tensor(own_pair_values(model.lexical.saturation, recent, e.targets))
             rows.append(torch.full((len(e.targets),), row))
-            targets.append(torch.as_tensor(e.targets))
+            targets.append(torch.as_tensor(e.targets if fixed is None else np.searchsorted(fixed, e.targets)))
             taken.append(own @ model.term_weight[torch.as_tensor(recent)])
     if not rows:
         return logits
@@ -171,21 +222,23 @@ def train(
     config: TrainConfig,
     select: Callable[[CodeItemGenerator], float] | None = None,
     checkpoints: Checkpoints | None = None,
-    loss_fn: LossFn = loss_of,
+    loss_fn: LossFn | None = None,
 ) -> dict:
-    """Train in place; returns the history. ``loss_fn``: ``loss_of`` (the default: graded targets) or
-    another of the same shape (``generator.preference.dpo_loss_of``).
+    """Train in place; returns the history. ``loss_fn``: ``loss_of`` (the default: graded targets,
+    with ``config.sampled_negatives``) or another of the same shape (``preference.dpo_loss_of``).
 
     With ``select`` (higher is better) the best weights win, the untrained start included. With
     ``checkpoints`` the whole state is saved there at every selection point (by every worker: the
     store decides who writes) and a restarted worker or a rerun resumes from the latest one
     (batches and target draws are seeded by epoch and step, so a resumed run matches an unbroken
-    one). Under torch.distributed each worker passes its own shard of ``examples`` and takes
-    ``batch_size / world size`` of them a step, so N workers take the steps one would (the same
-    global batch); every worker takes the steps of the smallest shard (``_fewest_examples``),
-    gradients are averaged across workers and only rank 0 selects.
+    one). Under torch.distributed every worker passes the same ``examples``: each step's global batch
+    (``batch_size`` of them, the batches one worker would take) is split across the workers, rank r
+    taking every N-th from the r-th, and gradients are averaged, so N workers take one worker's
+    steps on one worker's batches; only rank 0 selects. Workers passed lists of different lengths
+    all take the shortest one's steps (``_fewest_examples``), so none waits in a collective alone.
     """
     config.validate()
+    loss_fn = loss_fn or functools.partial(loss_of, negatives=config.sampled_negatives)
     fewest = _fewest_examples(len(examples))
     if not fewest:
         raise ValueError(
@@ -193,10 +246,13 @@ def train(
             "the track has no signal the generator can learn from"
         )
     torch.manual_seed(config.seed)
+    _broadcast_weights(model)
     groups = parameter_groups(model, config)
     optimizer = torch.optim.AdamW(groups)
     world = dist.get_world_size() if dist.is_initialized() else 1
-    batch_size = -(-config.batch_size // world)  # one global batch a step, whatever the workers
+    batch_size = min(config.batch_size, fewest)
+    if batch_size < world:
+        raise ValueError(f"{fewest} training examples for {world} workers: each needs one a step")
     steps_per_epoch = max(1, fewest // batch_size)
     total_steps = max(1, int(config.epochs * steps_per_epoch))
     every = config.evaluate_every or steps_per_epoch
@@ -220,8 +276,9 @@ def train(
     history, started = state["history"], time.perf_counter() - 60 * state["history"].get("minutes", 0.0)
     for step in range(state["step"] + 1, total_steps + 1):
         epoch, position = divmod(step - 1, steps_per_epoch)
-        order = np.random.default_rng([config.seed, epoch]).permutation(len(examples))
-        batch = [examples[i] for i in order[position * batch_size : (position + 1) * batch_size]]
+        order = np.random.default_rng([config.seed, epoch]).permutation(fewest)
+        share = order[position * batch_size : (position + 1) * batch_size][rank::world]
+        batch = [examples[i] for i in share]
         model.train()
         losses = loss_fn(model, batch, np.random.default_rng([config.seed, epoch, step]))
         loss = losses["item"] + config.code_loss_weight * losses["code"]
@@ -288,15 +345,32 @@ def _fewest_examples(count: int) -> int:
     return int(value.item())
 
 
-def _average_gradients(model: CodeItemGenerator) -> None:
+def _broadcast_weights(model: CodeItemGenerator) -> None:
+    """Rank 0's weights on every worker (as DDP does at its start): workers built their models apart,
+    each from its own random initialisation, and averaged gradients would never bring them together."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return
-    for parameter in model.parameters():
-        if parameter.requires_grad:
-            if parameter.grad is None:
-                parameter.grad = torch.zeros_like(parameter)
-            dist.all_reduce(parameter.grad)
-            parameter.grad /= dist.get_world_size()
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(tensor, src=0)
+
+
+def _average_gradients(model: CodeItemGenerator) -> None:
+    """The workers' mean gradient on every worker. A parameter no worker's step touched keeps no
+    gradient (AdamW then leaves it, as one worker would), one some worker's step touched gets zeros
+    from the others."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    touched = torch.tensor([float(p.grad is not None) for p in parameters])
+    dist.all_reduce(touched, op=dist.ReduceOp.MAX)
+    for parameter, used in zip(parameters, touched.tolist(), strict=True):
+        if not used:
+            continue
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+        dist.all_reduce(parameter.grad)
+        parameter.grad /= dist.get_world_size()
 
 
 def _payload(model, optimizer, schedule, state: dict) -> dict:
