@@ -364,10 +364,17 @@ def test_tiny_training_ranks_relevant_items_above_a_random_order(encoded_small_r
     assert untrained > 0  # the untrained start already searches
 
 
-def test_ray_train_job_on_two_workers_trains_selects_saves_and_scores(
-    ray_cluster, encoded_small_run, small_track, tmp_path
+def test_ray_train_job_on_two_nodes_trains_as_one_worker_selects_saves_and_scores(
+    ray_cluster, encoded_small_run, generator_small_run, small_track, tmp_path
 ):
+    """`onesearch generator --workers 2` on a local cluster of two nodes of one CPU each: one worker a
+    node, and the same selection scores as the one in-process worker of ``generator_small_run``
+    (same config: each worker takes its share of one worker's batches)."""
     import shutil
+
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.util.state import list_actors
 
     from pipelines import generator as job
 
@@ -375,17 +382,30 @@ def test_ray_train_job_on_two_workers_trains_selects_saves_and_scores(
     shutil.copytree(encoded_small_run, run, ignore=shutil.ignore_patterns("sft", "model", "generator*"))
     config = tmp_path / "config.yaml"
     config.write_text(
-        yaml.safe_dump({"generator": {"train": {"epochs": 2, "batch_size": 16}, "select_queries": 12}})
+        yaml.safe_dump({"generator": {"train": {"epochs": 1, "batch_size": 64}, "select_queries": 20}})
     )
-    results = job.main(
-        ["--run", str(run), "--data", str(small_track), "--config", str(config), "--address", ray_cluster[0]]
-        + ["--workers", "2"]
-    )
+    ray.shutdown()  # off the session's cluster, onto two nodes of one CPU each
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level="WARNING")
+        results = job.main(
+            ["--run", str(run), "--data", str(small_track), "--config", str(config), "--workers", "2"]
+        )
+        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=100)
+        assert len({w.node_id for w in workers}) == 2  # one worker a node
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        ray.init(address=ray_cluster[0], logging_level="WARNING")  # back on the session's cluster
     assert (run / "generator/weights.safetensors").is_file()
     assert not (run / "ray_train/generator").exists()  # its checkpoints go once the model is saved
     assert served_model_dir(run) == run / "generator"  # the run's latest model, what serve and eval load
     history = yaml.safe_load((run / "generator/history.json").read_text())
+    alone = yaml.safe_load((generator_small_run / "generator/history.json").read_text())
     scores = [s["score"] for s in history["selection"]]
+    assert scores == pytest.approx([s["score"] for s in alone["selection"]], abs=1e-4)  # as one worker
     assert history["best"]["score"] == max(scores)  # the selected weights are the best on valid
     assert set(results) == {"untrained/valid", "untrained/test", "trained/valid", "trained/test"}
     assert results["trained/valid"]["NDCG@10"] >= results["untrained/valid"]["NDCG@10"] - 1e-9
