@@ -40,9 +40,9 @@ from onesearch_ray.data import load_track  # noqa: E402
 from onesearch_ray.generator.catalogue import load_catalogue  # noqa: E402
 from onesearch_ray.generator.evaluate import search_split  # noqa: E402
 from onesearch_ray.generator.model import CodeItemGenerator  # noqa: E402
-from onesearch_ray.generator.prompts import normalise  # noqa: E402
 from onesearch_ray.generator.search import DecodingEngine, TorchDecoder  # noqa: E402
 from onesearch_ray.io import write_json  # noqa: E402
+from onesearch_ray.retrieval.baselines import normalise_rows  # noqa: E402
 from onesearch_ray.retrieval.tracks import run_search_baselines  # noqa: E402
 from onesearch_ray.runs import served_model_dir  # noqa: E402
 from onesearch_ray.serving.service import SearchService  # noqa: E402
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
 
     track = load_track(args.data)
     catalogue = load_catalogue(args.run, track)
-    item_vectors = normalise(np.load(args.run / "embeddings/items.npy"))  # every item, for RRF
+    item_vectors = normalise_rows(np.load(args.run / "embeddings/items.npy"))  # every item, for RRF
     model_dir = args.model or served_model_dir(args.run)
     service = SearchService(args.run, "transformers", data=args.data, model_dir=model_dir)
     service.add_held_out(track)  # a held-out run serves those items too (as `onesearch eval` scores it)

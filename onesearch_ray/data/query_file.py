@@ -12,13 +12,13 @@ dropped and counted (a warning), like any dangling reference.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 
 import pyarrow as pa
 
+from onesearch_ray.data.jsonl import JsonLine, read_jsonl
 from onesearch_ray.data.loaders import read_parquet
 from onesearch_ray.data.schemas import JUDGMENT_SCHEMA, QUERY_SCHEMA, DataError
 
@@ -28,30 +28,25 @@ DEFAULT_RELEVANCE = 3.0
 
 def read_query_file(path: str | os.PathLike, split: str, known_items: set[int]) -> tuple[pa.Table, pa.Table]:
     """The file's queries (all of ``split``) and their judgments, as the track's tables."""
-    rows = _rows(Path(path))
-    if not rows:
+    lines = _lines(Path(path))
+    if not lines:
         raise DataError(path, None, None, "holds no query")
     query_of: dict[int, str] = {}
-    first_row: dict[str, int] = {}  # a query without an id is known by its text
+    first_line: dict[str, int] = {}  # a query without an id is known by its text
     judgments: list[tuple[int, int, float]] = []
     dropped = 0
-    for number, row in enumerate(rows):
-        text = row.get("query")
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(path, number, "query", "must be a non-empty string")
-        query_id = first_row.setdefault(text, number) if row.get("query_id") is None else row["query_id"]
-        query_id = _integer(query_id, path, number, "query_id")
+    for line in lines:
+        text = line.text("query")
+        query_id = line.integer("query_id", required=False)
+        query_id = first_line.setdefault(text, line.line_no - 1) if query_id is None else query_id
         if query_of.setdefault(query_id, text) != text:
-            problem = f"query_id {query_id} already has text {query_of[query_id]!r}"
-            raise DataError(path, number, "query", problem)
-        item = _integer(row.get("item_id"), path, number, "item_id")
-        relevance = row.get("relevance", DEFAULT_RELEVANCE)
-        if not isinstance(relevance, int | float) or isinstance(relevance, bool):
-            raise DataError(path, number, "relevance", f"must be a number, got {relevance!r}")
+            raise line.error("query", f"query_id {query_id} already has text {query_of[query_id]!r}")
+        item = line.integer("item_id")
+        relevance = line.number("relevance", required=False)
         if item not in known_items:
             dropped += 1
             continue
-        judgments.append((query_id, item, float(relevance)))
+        judgments.append((query_id, item, DEFAULT_RELEVANCE if relevance is None else relevance))
     if dropped:
         log.warning("%s: %d judgment(s) of items the track does not hold were dropped", path, dropped)
     queries = pa.table(
@@ -59,34 +54,13 @@ def read_query_file(path: str | os.PathLike, split: str, known_items: set[int]) 
         schema=QUERY_SCHEMA,
     )
     columns = list(zip(*judgments, strict=True)) if judgments else [[], [], []]
-    judged = pa.table(
-        dict(zip(("query_id", "item_id", "relevance"), columns, strict=True)), schema=JUDGMENT_SCHEMA
-    )
+    names = ("query_id", "item_id", "relevance")
+    judged = pa.table(dict(zip(names, columns, strict=True)), schema=JUDGMENT_SCHEMA)
     return queries, judged
 
 
-def _rows(path: Path) -> list[dict]:
-    if path.suffix == ".parquet":
-        return read_parquet(path).to_pylist()
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as err:
-        raise DataError(path, None, None, f"not readable ({err})") from err
-    rows = []
-    for number, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(path, number, None, f"not a JSON line ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(path, number, None, "not a JSON object")
-        rows.append(row)
-    return rows
-
-
-def _integer(value: object, path: Path, row: int, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DataError(path, row, field, f"must be an integer, got {value!r}")
-    return value
+def _lines(path: Path) -> list[JsonLine]:
+    """The file's rows as JSON lines (a parquet file's rows numbered as lines from 1)."""
+    if path.suffix != ".parquet":
+        return list(read_jsonl(path))
+    return [JsonLine(path, number, row) for number, row in enumerate(read_parquet(path).to_pylist(), start=1)]

@@ -23,12 +23,12 @@ from onesearch_ray.eval.config import EvalConfig
 from onesearch_ray.generator.catalogue import Catalogue, load_catalogue
 from onesearch_ray.generator.evaluate import judged_split, next_item_split, search_split
 from onesearch_ray.generator.model import CodeItemGenerator
-from onesearch_ray.generator.prompts import normalise
 from onesearch_ray.generator.store import load_generator
 from onesearch_ray.khqe import EncoderConfig, catalogue_texts
 from onesearch_ray.khqe.cache import encoded_vectors, load_embeddings
 from onesearch_ray.khqe.config import E5_ENCODER, run_khqe_config
 from onesearch_ray.khqe.encoder import make_encoder
+from onesearch_ray.retrieval.baselines import normalise_rows
 from onesearch_ray.retrieval.tracks import DenseInputs, run_next_item_baselines, run_search_baselines
 from onesearch_ray.runs import is_generator_dir, served_model_dir, texts_digest
 
@@ -95,7 +95,7 @@ def with_new_queries(
     cache = f"queries_{texts_digest(texts)[:12]}"
     vectors = encoded_vectors(run, cache, texts, run_khqe_config(run).encoder, "query")
     track = dataclasses.replace(track, queries=queries, judgments=judgments)
-    return track, dataclasses.replace(catalogue, query_vectors=normalise(vectors))
+    return track, dataclasses.replace(catalogue, query_vectors=normalise_rows(vectors))
 
 
 def search_baselines(

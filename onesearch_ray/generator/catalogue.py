@@ -21,9 +21,9 @@ from onesearch_ray.data import Track
 from onesearch_ray.generator.codes import CodeTree
 from onesearch_ray.generator.config import GeneratorConfig
 from onesearch_ray.generator.model import CodeItemGenerator
-from onesearch_ray.generator.prompts import normalise
 from onesearch_ray.generator.train import Example
 from onesearch_ray.khqe import SemanticIdTokenizer
+from onesearch_ray.retrieval.baselines import normalise_rows
 
 
 @dataclass
@@ -73,10 +73,10 @@ def catalogue_of(
     return Catalogue(
         ids,
         titles,
-        normalise(item_vectors)[known],
+        normalise_rows(item_vectors)[known],
         np.asarray(tokenizer.item_codes(ids.tolist())),
         tuple(tokenizer.layout.level_sizes),
-        None if query_vectors is None else normalise(query_vectors),
+        None if query_vectors is None else normalise_rows(query_vectors),
     )
 
 

@@ -18,6 +18,7 @@ from onesearch_ray.behavior.copurchase import recent_items
 from onesearch_ray.behavior.views import RECENT_ITEMS
 from onesearch_ray.catalogue.lexical import hashed_terms
 from onesearch_ray.generator.model import PromptBatch
+from onesearch_ray.retrieval.baselines import normalise_rows
 from onesearch_ray.text import MAX_QUERY_CHARS, tokenize
 
 
@@ -28,12 +29,6 @@ class Vocabulary(Protocol):
     def query_terms(self, texts: Sequence[str]) -> list[np.ndarray]: ...
 
     def item_terms(self, rows: Sequence[int]) -> np.ndarray: ...
-
-
-def normalise(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
 def build_prompts(
@@ -52,14 +47,14 @@ def build_prompts(
     their model rows: ``history_items`` when ``item_vectors`` is not the model's (serving), else
     ``histories`` themselves."""
     texts = [str(t)[:MAX_QUERY_CHARS] for t in query_texts]  # huge inputs stay cheap
-    queries = normalise(query_vectors).copy()
+    queries = normalise_rows(query_vectors)
     rows = [list(h)[-history:] if history else [] for h in (histories or [[]] * len(texts))]
     if len(rows) != len(texts) or len(queries) != len(texts):
         raise ValueError(f"{len(texts)} queries, {len(queries)} query vectors, {len(rows)} histories")
     for i, text in enumerate(texts):
         recent = list(histories[i])[-RECENT_ITEMS:] if histories is not None else []
         if not text.strip() and recent:
-            queries[i] = normalise(item_vectors[recent].mean(0))
+            queries[i] = normalise_rows(item_vectors[recent].mean(0))[0]
     words = [hashed_terms(tokens, hash_buckets) for tokens in tokenize(texts)]
     offsets = np.cumsum([0] + [len(w) for w in words[:-1]])
     terms = lexical.query_terms(texts)

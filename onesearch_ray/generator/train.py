@@ -96,14 +96,15 @@ def loss_of(
     if negatives:
         rows, correction, fixed = item_candidates(model, examples, first.detach(), negatives, rng)
         logits = sampled_item_logits(model, prompts, hidden[:, last], rows) + correction
+        columns = [np.searchsorted(fixed, e.targets) for e in examples]  # targets are fixed rows
     else:
-        fixed, logits = None, item_logits(model, prompts, hidden[:, last])
-    log_probs = F.log_softmax(_without_own_pairs(model, examples, logits, fixed), -1)
+        logits = item_logits(model, prompts, hidden[:, last])
+        columns = [e.targets for e in examples]
+    log_probs = F.log_softmax(_without_own_pairs(model, examples, logits, columns), -1)
     item_loss = torch.zeros(())
-    for row, e in enumerate(examples):
+    for row, (e, targets) in enumerate(zip(examples, columns, strict=True)):
         weights = torch.as_tensor(e.gains / e.gains.sum(), dtype=torch.float32)
-        columns = e.targets if fixed is None else np.searchsorted(fixed, e.targets)
-        item_loss = item_loss - (weights * log_probs[row, torch.as_tensor(columns)]).sum()
+        item_loss = item_loss - (weights * log_probs[row, torch.as_tensor(targets)]).sum()
     return {"item": item_loss / len(examples), "code": code_loss}
 
 
@@ -156,21 +157,21 @@ def item_logits(model: CodeItemGenerator, prompts: PromptBatch, last: torch.Tens
 
 
 def _without_own_pairs(
-    model: CodeItemGenerator, examples: Sequence[Example], logits: torch.Tensor, fixed: np.ndarray | None
+    model: CodeItemGenerator, examples: Sequence[Example], logits: torch.Tensor, columns: list[np.ndarray]
 ) -> torch.Tensor:
     """The logits with each search's own co-purchase pairs taken out of its targets' scores: the
     counts were made from these searches (``behavior.copurchase``), which must not see themselves.
-    ``fixed``: a sampled loss's fixed rows (its logits' first columns), None for the catalogue's."""
+    ``columns``: each search's targets as columns of ``logits``."""
     window = model.config.copurchase_window
     if not window:
         return logits
     rows, targets, taken = [], [], []
-    for row, e in enumerate(examples):
+    for row, (e, target_columns) in enumerate(zip(examples, columns, strict=True)):
         recent = model.lexical.item_terms(recent_items(e.history, window))
         if len(recent):
             own = torch.as_tensor(own_pair_values(model.lexical.saturation, recent, e.targets))
             rows.append(torch.full((len(e.targets),), row))
-            targets.append(torch.as_tensor(e.targets if fixed is None else np.searchsorted(fixed, e.targets)))
+            targets.append(torch.as_tensor(target_columns))
             taken.append(own @ model.term_weight[torch.as_tensor(recent)])
     if not rows:
         return logits
@@ -347,12 +348,14 @@ def _fewest_examples(count: int) -> int:
 
 def _broadcast_weights(model: CodeItemGenerator) -> None:
     """Rank 0's weights on every worker (as DDP does at its start): workers built their models apart,
-    each from its own random initialisation, and averaged gradients would never bring them together."""
+    each from its own random initialisation, and averaged gradients would never bring them together.
+    Buffers (the catalogue's vectors, code centroids) are built from the run alike on every worker:
+    sending them would cost a catalogue's size for nothing."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return
     with torch.no_grad():
-        for tensor in [*model.parameters(), *model.buffers()]:
-            dist.broadcast(tensor, src=0)
+        for parameter in model.parameters():
+            dist.broadcast(parameter, src=0)
 
 
 def _average_gradients(model: CodeItemGenerator) -> None:
