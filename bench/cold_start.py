@@ -3,14 +3,14 @@
 The run must come from ``onesearch encode --holdout-cold``, then trained as usual (``onesearch
 generator``; the run's served generator is scored, its latest: ``RUN/generator`` or an alignment): its
 held-out items (``RUN/holdout.json``) were left out of KHQE fitting and of every training stage.
-This adds them to the served catalogue with the frozen codebooks through the library call behind
-``POST /items`` (``SearchService.add_items``, reference engine), then reports over them:
+This adds them to the served generator's live catalogue with the frozen codebooks as ``POST /items``
+does (``generator.served.load_served``, reference engine), then reports over them:
 
 - ``own_title``: each held-out item's own title as the query; HR@10 / HR@350 of that item;
 - ``test_queries``: the test queries that judge a held-out item relevant, the usual metrics
   counting only held-out items as relevant;
 
-for the model (through ``SearchService.search``, as ``/search`` answers, at its own beam unless
+for the model (``ServedGenerator.rank``, what ``/search`` answers with, at its own beam unless
 ``--beam``; ``model_trained``: its own-title figures for as many trained items, the reference) and
 for BM25, dense and their RRF (``--e5``: also dense e5 and RRF-e5), which index the new items like
 any other. Writes ``cold_start.json`` and ``cold_start.md`` (to ``--out``, default the run directory).
@@ -29,10 +29,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from onesearch_ray.data import load_track  # noqa: E402
-from onesearch_ray.eval.coldstart import cold_start_markdown, cold_start_report  # noqa: E402
-from onesearch_ray.eval.config import ColdStartConfig
-from onesearch_ray.io import atomic_path, write_json  # noqa: E402
-from onesearch_ray.serving.service import SearchService  # noqa: E402
+from onesearch_ray.eval.coldstart import cold_start_report, write_cold_start  # noqa: E402
+from onesearch_ray.eval.config import ColdStartConfig  # noqa: E402
+from onesearch_ray.generator.served import load_served  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -57,15 +56,12 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     config = ColdStartConfig(beam=args.beam, k=args.k, limit=args.limit, e5=args.e5)
     started = time.perf_counter()
-    service = SearchService(args.run, "transformers", data=args.data)
-    report = cold_start_report(service, args.run, load_track(args.data), config)
+    track = load_track(args.data)
+    served, live, held_out = load_served(args.run, track)
+    report = cold_start_report(served, live.snapshot, args.run, track, held_out, config)
     report["held_out"]["total_seconds"] = time.perf_counter() - started
     out = args.out or args.run
-    write_json(out / "cold_start.json", report)
-    markdown = cold_start_markdown(args.run, report, config)
-    with atomic_path(out / "cold_start.md") as tmp:
-        tmp.write_text(markdown)
-    print(markdown)
+    write_cold_start(args.run, report, config, out)
     print(f"wrote {out / 'cold_start.json'} and {out / 'cold_start.md'}")
     return report
 

@@ -41,11 +41,10 @@ from onesearch_ray.generator.catalogue import load_catalogue  # noqa: E402
 from onesearch_ray.generator.evaluate import search_split  # noqa: E402
 from onesearch_ray.generator.model import CodeItemGenerator  # noqa: E402
 from onesearch_ray.generator.search import DecodingEngine, TorchDecoder  # noqa: E402
+from onesearch_ray.generator.served import load_served  # noqa: E402
 from onesearch_ray.io import write_json  # noqa: E402
 from onesearch_ray.retrieval.baselines import normalise_rows  # noqa: E402
 from onesearch_ray.retrieval.tracks import run_search_baselines  # noqa: E402
-from onesearch_ray.runs import served_model_dir  # noqa: E402
-from onesearch_ray.serving.service import SearchService  # noqa: E402
 
 MS_PER_CORE_HOUR = 3.6e6
 
@@ -102,11 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     track = load_track(args.data)
     catalogue = load_catalogue(args.run, track)
     item_vectors = normalise_rows(np.load(args.run / "embeddings/items.npy"))  # every item, for RRF
-    model_dir = args.model or served_model_dir(args.run)
-    service = SearchService(args.run, "transformers", data=args.data, model_dir=model_dir)
-    service.add_held_out(track)  # a held-out run serves those items too (as `onesearch eval` scores it)
-    model, items = service.model.model, service.catalogue.snapshot  # the served catalogue, hold-out in
-    catalogue = replace(catalogue, item_ids=np.asarray(service.model.item_ids))
+    # the served catalogue: a held-out run serves those items too (as `onesearch eval` scores it)
+    served, live, _ = load_served(args.run, track, args.model)
+    model, items = served.model, live.snapshot
+    catalogue = replace(catalogue, item_ids=np.asarray(served.item_ids))
     own_beam = model.config.search.beams[-1]
     decoders: dict[str, DecodingEngine | None] = {f"generator, beam {b}": None for b in args.beams}
     if args.levers:
@@ -146,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {name} | {rows[-1][1]:.4f} | {rows[-1][2]:.4f} | {wall_ms:.2f} | {shown} | "
             f"{ms * 1e6 / MS_PER_CORE_HOUR:.2f} |"
         )
-    out = args.out or model_dir / "frontier.png"
+    out = args.out or served.directory / "frontier.png"
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, column, label in ((axes[0], 1, "NDCG@10"), (axes[1], 2, "HR@350")):
         for name, *values in rows:

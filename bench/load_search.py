@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pyarrow.parquet as pq
 
-from onesearch_ray.serving.models import ENGINES
+from onesearch_ray.generator.served import ENGINES
 
 BAD_REQUESTS = (
     {"query": "   ", "k": 10, "beam": 10},

@@ -20,7 +20,8 @@ from onesearch_ray.io import atomic_path, read_json, write_json
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-LATEST_MODEL = "model/latest.json"  # names the newest trained model: what eval and serve load
+LATEST_MODEL = "latest_model.json"  # names the newest trained model: what eval and serve load
+OLD_LATEST_MODEL = "model/latest.json"  # where runs made before 2026-12-07 name it (still read)
 _TRACKED_PACKAGES = (
     "onesearch-ray",
     "numpy",
@@ -107,6 +108,8 @@ def served_model_dir(run: str | Path) -> Path:
     """The model a run serves and evaluates by default: its latest model (``onesearch generator``
     points it at ``RUN/generator``, an alignment at ``RUN/generator-NAME``), else ``RUN/generator``."""
     pointer = Path(run) / LATEST_MODEL
+    if not pointer.exists():
+        pointer = Path(run) / OLD_LATEST_MODEL
     generator = Path(run) / GENERATOR_DIR
     if pointer.exists():
         latest = Path(run) / json.loads(pointer.read_text())["model"]  # an absolute path stays as it is

@@ -19,7 +19,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from onesearch_ray.serving.models import ENGINES
+from onesearch_ray.generator.served import ENGINES
 
 DEFAULT_QUICKSTART_RUN = Path("runs/quickstart")
 QUICKSTART_CONFIG = Path(__file__).resolve().parents[1] / "configs/quickstart.yaml"

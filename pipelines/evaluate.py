@@ -17,9 +17,7 @@ from pathlib import Path
 
 import torch
 
-from onesearch_ray.catalogue import Snapshot
-from onesearch_ray.data import load_track
-from onesearch_ray.eval.coldstart import cold_start_markdown, cold_start_report
+from onesearch_ray.eval.coldstart import write_cold_start
 from onesearch_ray.eval.config import ColdStartConfig, EvalConfig
 from onesearch_ray.eval.report import (
     NEXT_ITEM_TABLE_METRICS,
@@ -29,10 +27,6 @@ from onesearch_ray.eval.report import (
     write_eval_json,
 )
 from onesearch_ray.eval.runner import TRACK_KINDS, evaluate
-from onesearch_ray.generator.model import CodeItemGenerator
-from onesearch_ray.io import atomic_path, write_json
-from onesearch_ray.runs import HOLDOUT_FILE, is_generator_dir, served_model_dir
-from onesearch_ray.serving.service import SearchService
 
 log = logging.getLogger("onesearch.evaluate")
 
@@ -41,42 +35,21 @@ def run_eval(run: str | Path, track: str, data: str | Path, config: EvalConfig) 
     if config.threads:
         torch.set_num_threads(config.threads)
     kind = TRACK_KINDS[track]
-    live = cold_start(Path(run), data, config) if kind == "search" else None
-    results = evaluate(run, data, kind, config, live)
+    results, cold_start = evaluate(run, data, kind, config)
     # test keeps the plain name; another split gets its own file instead of overwriting it
     stem = Path(run) / "_".join(
         [f"eval_{track}"]
         + ([config.split] if config.split != "test" else [])
         + ([Path(config.queries).stem] if config.queries else [])
     )
-    write_eval_json(stem.with_suffix(".json"), results)
     metrics = SEARCH_TABLE_METRICS if kind == "search" else NEXT_ITEM_TABLE_METRICS
     plot_results(results, stem.with_suffix(".png"), title=f"{track} ({config.split})")
+    write_eval_json(stem.with_suffix(".json"), results)
+    if cold_start is not None:
+        write_cold_start(Path(run), cold_start, ColdStartConfig(k=config.k, limit=config.limit))
     print(format_table(results, list(metrics)))
     print(f"\nwrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
     return results
-
-
-def cold_start(
-    run: Path, data: str | Path, config: EvalConfig
-) -> tuple[CodeItemGenerator, list[int], Snapshot] | None:
-    """A run that holds items out (``onesearch encode --holdout-cold``) serves them as new items: they
-    join the generator live, as through ``POST /items``, before anything is scored (else the model
-    could never show them while the baselines index them), and the cold-start report is written
-    (``RUN/cold_start.json`` and ``.md``). Returns the generator as served then: its item ids and the
-    live catalogue it searches."""
-    model_dir = Path(config.model_dir) if config.model_dir else served_model_dir(run)
-    if not (run / HOLDOUT_FILE).is_file() or not is_generator_dir(model_dir):
-        return None
-    service = SearchService(run, "transformers", data=data, model_dir=model_dir)
-    cold = ColdStartConfig(k=config.k, limit=config.limit, e5=config.e5)
-    report = cold_start_report(service, run, load_track(data), cold)
-    write_json(run / "cold_start.json", report)
-    markdown = cold_start_markdown(run, report, cold)
-    with atomic_path(run / "cold_start.md") as tmp:
-        tmp.write_text(markdown)
-    print(markdown)
-    return service.model.model, service.model.item_ids, service.catalogue.snapshot
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,8 +22,8 @@ import logging
 import os
 from pathlib import Path
 
+from onesearch_ray.generator.served import ENGINES
 from onesearch_ray.runs import HOLDOUT_FILE, read_holdout
-from onesearch_ray.serving.models import ENGINES
 from onesearch_ray.serving.schemas import TOKEN_ENV
 from onesearch_ray.sim import World, simulate
 from onesearch_ray.sim.config import SimulationConfig

@@ -20,8 +20,8 @@ from ray.serve.handle import DeploymentHandle
 
 from onesearch_ray.catalogue import NewItems
 from onesearch_ray.catalogue.shards import CatalogueShard, log_reader
+from onesearch_ray.generator.served import shard_catalogue
 from onesearch_ray.khqe import SemanticIdTokenizer
-from onesearch_ray.serving.models import shard_catalogue
 from onesearch_ray.serving.service import ADD_LOG
 
 

@@ -416,7 +416,6 @@ def test_ray_train_job_on_two_nodes_trains_as_one_worker_selects_saves_and_score
 
 def test_dpo_from_the_feedback_log_raises_what_users_ordered_over_what_they_skipped(tmp_path):
     import copy
-    import json
 
     from onesearch_ray.generator.preference import attach_reference, dpo_loss_of, feedback_searches
     from onesearch_ray.rewards.feedback_log import FeedbackLog, ShownItem
@@ -426,15 +425,11 @@ def test_dpo_from_the_feedback_log_raises_what_users_ordered_over_what_they_skip
     log = FeedbackLog(tmp_path / "feedback.sqlite")
     for _ in range(3):  # users searching "drill" order the bit set and skip the drills above it
         shown = [ShownItem(i, "") for i in (101, 104, 102)]
-        impression = log.record_impression(
-            "drill", json.dumps({"query": "drill", "history": []}), None, shown, "generator"
-        )
+        impression = log.record_impression("drill", [], None, shown, "generator")
         log.record_event(impression, 102, "order")
-    skipped = log.record_impression(
-        "drill", json.dumps({"query": "drill"}), None, [ShownItem(101, "")], "generator"
-    )
+    skipped = log.record_impression("drill", [], None, [ShownItem(101, "")], "generator")
     log.record_impression(  # /search/bm25's pages are in the log too: not the generator's
-        "drill", json.dumps({"query": "drill"}), None, [ShownItem(101, ""), ShownItem(102, "")], "bm25"
+        "drill", [], None, [ShownItem(101, ""), ShownItem(102, "")], "bm25"
     )
     assert skipped
 
@@ -468,14 +463,14 @@ def test_grpo_raises_what_the_user_ordered_among_the_models_own_top_items():
 
     from onesearch_ray.generator.config import GRPOConfig
     from onesearch_ray.generator.grpo import ItemRewardTable, grpo_loss_of, rollout_log_probs
-    from onesearch_ray.generator.search import search
+    from onesearch_ray.generator.search import beam_search
     from onesearch_ray.rewards import RelevanceOracle, RewardConfig
 
     model = tiny_model()
     vector = model.item_vectors[2].numpy()  # a query vector pointing away from the drills
     ordered = Example("drill", vector, np.array([1]), np.array([2.0]), query_id=None)  # the bit set
     prompts = example_prompts(model, [ordered])
-    top = [row for row, _ in search(model, prompts, 3)[0]]
+    top = [row for row, _ in beam_search(model, prompts, 3)[0]]
     assert 1 in top and top[0] != 1  # the model's own top 3 holds it, not on top
 
     rows = np.array([top])
@@ -485,7 +480,7 @@ def test_grpo_raises_what_the_user_ordered_among_the_models_own_top_items():
         assert torch.allclose(per_position[0, :, -1], item_log_probs(model, prompts)[0, rows[0]], atol=1e-5)
 
     def gap_to_the_top() -> float:
-        ranked = dict(search(model, prompts, 3)[0])
+        ranked = dict(beam_search(model, prompts, 3)[0])
         return max(ranked.values()) - ranked.get(1, -np.inf)
 
     before = gap_to_the_top()

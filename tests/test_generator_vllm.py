@@ -24,7 +24,7 @@ from onesearch_ray.generator.codes import CodeTree
 from onesearch_ray.generator.config import GeneratorConfig, SearchConfig
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.prompts import build_prompts
-from onesearch_ray.generator.search import search
+from onesearch_ray.generator.search import beam_search
 from onesearch_ray.generator.store import load_generator, save_generator
 
 pytestmark = [
@@ -39,7 +39,7 @@ VLLM_SCRIPT = textwrap.dedent(
     import json, sys
     import numpy as np
     from onesearch_ray.generator.prompts import build_prompts
-    from onesearch_ray.generator.search import search
+    from onesearch_ray.generator.search import beam_search
     from onesearch_ray.generator.store import load_generator
     from onesearch_ray.generator.vllm_decoder import VLLMDecoder
 
@@ -50,13 +50,13 @@ VLLM_SCRIPT = textwrap.dedent(
         model.lexical, model.config.hash_buckets, spec["queries"], np.asarray(spec["vectors"], np.float32),
         model.item_vectors.numpy(), spec["histories"], model.config.history,
     )
-    batched = search(model, prompts, spec["k"], decoder=decoder)
+    batched = beam_search(model, prompts, spec["k"], decoder=decoder)
     one = build_prompts(
         model.lexical, model.config.hash_buckets, spec["queries"][:1],
         np.asarray(spec["vectors"][:1], np.float32), model.item_vectors.numpy(), spec["histories"][:1],
         model.config.history,
     )
-    alone = search(model, one, spec["k"], decoder=decoder)
+    alone = beam_search(model, one, spec["k"], decoder=decoder)
     print("RESULT " + json.dumps({"batched": batched, "alone": alone}))
     """
 )
@@ -113,7 +113,7 @@ def vllm_rankings(tmp_path_factory):
         spec["histories"],
         model.config.history,
     )
-    return json.loads(lines[-1].removeprefix("RESULT ")), search(model, prompts, K)
+    return json.loads(lines[-1].removeprefix("RESULT ")), beam_search(model, prompts, K)
 
 
 def assert_same_ranking(got: list, want: list) -> None:

@@ -2,8 +2,8 @@
 
 Held-out items (5% of the catalogue, by a hash of the item id) are left out of KHQE fitting and so
 of every training stage (``onesearch encode --holdout-cold`` records them in ``RUN/holdout.json``).
-The evaluation adds them to the served catalogue with the frozen codebooks, through the library
-call behind ``POST /items``, then measures over them: the item for its own title as the query
+The evaluation adds them to the served generator's live catalogue with the frozen codebooks, as
+``POST /items`` does (``generator.served``), then measures over them: the item for its own title as the query
 (HR@10, HR@350), and the test queries that judge a held-out item relevant, counting only held-out
 items as relevant. BM25 and dense index the new items like any other.
 """
@@ -15,22 +15,21 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from onesearch_ray.catalogue import Snapshot
 from onesearch_ray.data import Track
+from onesearch_ray.eval.baselines import search_baselines
 from onesearch_ray.eval.config import ColdStartConfig, EvalConfig
 from onesearch_ray.eval.report import SEARCH_TABLE_METRICS, markdown_table
-from onesearch_ray.eval.runner import search_baselines
+from onesearch_ray.generator.served import Ask, ServedGenerator
+from onesearch_ray.io import atomic_path, write_json
 from onesearch_ray.metrics import SEARCH_KS, relevant_items, search_metrics
 from onesearch_ray.retrieval.tracks import search_eval_inputs
-from onesearch_ray.serving.schemas import SearchRequest
+from onesearch_ray.runs import model_name
 from onesearch_ray.text import MAX_QUERY_CHARS
-
-if TYPE_CHECKING:
-    from onesearch_ray.serving.service import SearchService
 
 log = logging.getLogger(__name__)
 
@@ -66,57 +65,63 @@ def held_out_judgments_track(track: Track, held_out: Sequence[int]) -> Track:
 
 
 def served_rankings(
-    service: SearchService, queries: Sequence[tuple[int, str]], beam: int | None, k: int, batch: int = 8
+    served: ServedGenerator,
+    items: Snapshot,
+    queries: Sequence[tuple[int, str]],
+    beam: int | None,
+    k: int,
+    batch: int = 8,
 ) -> dict[int, list[int]]:
-    """The item ids ``/search`` returns for each (query id, text), as an anonymous user."""
+    """The item ids the served generator returns from ``items`` for each (query id, text), as an
+    anonymous user."""
     rankings: dict[int, list[int]] = {}
     for start in range(0, len(queries), batch):
         chunk = queries[start : start + batch]
-        answers = service.search([SearchRequest(query=text, k=k, beam=beam) for _, text in chunk])
-        for (qid, text), answer in zip(chunk, answers, strict=True):
-            if isinstance(answer, Exception):
-                raise RuntimeError(f"search for {text!r} failed: {answer}") from answer
-            rankings[qid] = [hit.item_id for hit in answer.items]
+        ranked = served.rank([Ask(text, (), k, beam) for _, text in chunk], items)
+        for (qid, _), ranking in zip(chunk, ranked, strict=True):
+            rankings[qid] = [item for item, _ in ranking]
         if start // batch % 50 == 0:
             log.info("searched %d / %d queries", start + len(chunk), len(queries))
     return rankings
 
 
-def cold_start_report(service: SearchService, run: str | Path, track: Track, config: ColdStartConfig) -> dict:
-    """Add the run's held-out items to ``service`` live, then score the served model (through the
-    service) and the baselines on both tasks of :data:`TASKS`: ``{task: {system: metrics}}``, beside
-    ``served_model`` (its name in the run) and ``held_out`` (how many were added, in how long).
+def cold_start_report(
+    served: ServedGenerator,
+    items: Snapshot,
+    run: str | Path,
+    track: Track,
+    held_out: Sequence[int],
+    config: ColdStartConfig,
+) -> dict:
+    """Score the served generator on the ``items`` snapshot its run's ``held_out`` items joined
+    (``generator.served.load_served``), and the baselines, on both tasks of :data:`TASKS`:
+    ``{task: {system: metrics}}``, beside ``served_model`` (its name in the run) and ``held_out``
+    (how many).
 
     ``own_title`` also has ``model_trained``: the model for the titles of as many TRAINED items
     (an even sample of the catalogue), the reference a held-out item's figure compares with.
     """
-    present = track.items["item_id"].to_pylist()
-    trained = [i for i in present if service.sids.has_item(i)]
-    started = time.perf_counter()
-    held_out = service.add_held_out(track)
-    seconds = time.perf_counter() - started
     if not held_out:
         raise FileNotFoundError(f"{run} holds no item out: encode it with --holdout-cold")
+    trained = [i for i in track.items["item_id"].to_pylist() if served.run_items.sids.has_item(i)]
     trained = trained[:: max(1, len(trained) // len(held_out))][: len(held_out)]
-    log.info("added %d held-out items live in %.1f s", len(held_out), seconds)
     tasks = {
         "own_title": own_title_track(track, held_out),
         "test_queries": held_out_judgments_track(track, held_out),
     }
-    report: dict = {
-        "served_model": service.model_name,
-        "held_out": {"n_items": len(held_out), "add_seconds": seconds},
-    }
+    report: dict = {"served_model": model_name(run, served.directory), "held_out": {"n_items": len(held_out)}}
     for task, task_track in tasks.items():
-        model, kept_ids = _model_metrics(service, task_track, config)
+        model, kept_ids = _model_metrics(served, items, task_track, config)
         eval_config = EvalConfig(split="test", k=config.k, e5=config.e5)
         report[task] = {"model": model} | search_baselines(Path(run), task_track, eval_config, kept_ids)
-    report["own_title"]["model_trained"], _ = _model_metrics(service, own_title_track(track, trained), config)
+    report["own_title"]["model_trained"], _ = _model_metrics(
+        served, items, own_title_track(track, trained), config
+    )
     return report
 
 
 def _model_metrics(
-    service: SearchService, task_track: Track, config: ColdStartConfig
+    served: ServedGenerator, items: Snapshot, task_track: Track, config: ColdStartConfig
 ) -> tuple[dict[str, float], set[int] | None]:
     """The model's metrics on the task's test queries that have a relevant item (the first
     ``config.limit`` of them), and the ids of those queries when a limit applies."""
@@ -124,11 +129,11 @@ def _model_metrics(
     relevant = [(q, t) for q, t in zip(query_ids, texts, strict=True) if relevant_items(judgments[q])]
     kept = relevant[: config.limit] if config.limit else relevant
     started = time.perf_counter()
-    rankings = served_rankings(service, kept, config.beam, config.k)
+    rankings = served_rankings(served, items, kept, config.beam, config.k)
     ks = (*(cut for cut in SEARCH_KS if cut < config.k), config.k)
     metrics = search_metrics(rankings, judgments, ks) | {
         "n_skipped": len(query_ids) - len(relevant),
-        "beam": service.model.beam_of(SearchRequest(query="beam", k=config.k, beam=config.beam)),
+        "beam": served.beam_of(config.beam),
         "ms_per_query": 1000 * (time.perf_counter() - started) / max(1, len(kept)),
     }
     return metrics, ({q for q, _ in kept} if config.limit else None)
@@ -140,7 +145,7 @@ def cold_start_markdown(run: str | Path, report: dict, config: ColdStartConfig) 
     lines = [
         f"## Cold-start items: {run}",
         "",
-        f"{held['n_items']} held-out items added live in {held['add_seconds']:.1f} s; "
+        f"{held['n_items']} held-out items added live; "
         f"model {report['served_model']}, beam {report['own_title']['model']['beam']}, k {config.k}"
         + (f", first {config.limit} queries" if config.limit else ""),
     ]
@@ -148,3 +153,14 @@ def cold_start_markdown(run: str | Path, report: dict, config: ColdStartConfig) 
         metrics = OWN_TITLE_METRICS if task == "own_title" else (*SEARCH_TABLE_METRICS, "ms_per_query")
         lines += ["", f"### {task}: {what}", "", markdown_table(report[task], metrics)]
     return "\n".join(lines) + "\n"
+
+
+def write_cold_start(run: Path, report: dict, config: ColdStartConfig, out: Path | None = None) -> None:
+    """``cold_start.json`` and ``cold_start.md`` (printed too) in ``out`` (default: the run), each
+    written atomically."""
+    out = out or run
+    write_json(out / "cold_start.json", report)
+    markdown = cold_start_markdown(run, report, config)
+    with atomic_path(out / "cold_start.md") as tmp:
+        tmp.write_text(markdown)
+    print(markdown)

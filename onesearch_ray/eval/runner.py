@@ -10,53 +10,49 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from onesearch_ray.catalogue import Snapshot
 from onesearch_ray.data import Track, load_track
 from onesearch_ray.data.query_file import read_query_file
-from onesearch_ray.eval.config import EvalConfig
+from onesearch_ray.eval.baselines import next_item_baselines, search_baselines
+from onesearch_ray.eval.coldstart import cold_start_report
+from onesearch_ray.eval.config import ColdStartConfig, EvalConfig
 from onesearch_ray.generator.catalogue import Catalogue, load_catalogue
 from onesearch_ray.generator.evaluate import judged_split, next_item_split, search_split
-from onesearch_ray.generator.model import CodeItemGenerator
-from onesearch_ray.generator.store import load_generator
-from onesearch_ray.khqe import EncoderConfig, catalogue_texts
-from onesearch_ray.khqe.cache import encoded_vectors, load_embeddings
-from onesearch_ray.khqe.config import E5_ENCODER, run_khqe_config
-from onesearch_ray.khqe.encoder import make_encoder
+from onesearch_ray.generator.served import load_served
+from onesearch_ray.khqe.cache import encoded_vectors
+from onesearch_ray.khqe.config import run_khqe_config
 from onesearch_ray.retrieval.baselines import normalise_rows
-from onesearch_ray.retrieval.tracks import DenseInputs, run_next_item_baselines, run_search_baselines
-from onesearch_ray.runs import is_generator_dir, served_model_dir, texts_digest
+from onesearch_ray.runs import texts_digest
 
 log = logging.getLogger(__name__)
 TRACK_KINDS = {"homedepot": "search", "synthetic": "search", "kuaisearch": "search", "amazon18": "next_item"}
 
 
 def evaluate(
-    run: str | Path,
-    data: str | Path,
-    track_kind: str,
-    config: EvalConfig,
-    live: tuple[CodeItemGenerator, Sequence[int], Snapshot] | None = None,
-) -> dict[str, dict]:
+    run: str | Path, data: str | Path, track_kind: str, config: EvalConfig
+) -> tuple[dict, dict | None]:
     """The run's served generator (``runs.served_model_dir``, or ``config.model_dir``; torch engine) on
-    a track's split, beside the baselines.
+    a track's split, beside the baselines: ``(results, cold-start report)``.
 
-    ``live``: that generator as served (its item ids, the live catalogue's snapshot it searches) when
-    items joined the catalogue after training (a cold-start hold-out added live); by default it is
-    loaded as saved and searches its own items."""
+    A search run that holds items out (``onesearch encode --holdout-cold``) serves them as new items:
+    they join the generator's live catalogue before anything is scored (else the model could never
+    show them while the baselines index them), and the cold-start report scores them
+    (``eval.coldstart``; None for a run without a hold-out)."""
     if track_kind not in ("search", "next_item"):
         raise ValueError(f"unknown track kind {track_kind!r} (expected search or next_item)")
     run, track = Path(run), load_track(data)
-    model_dir = Path(config.model_dir) if config.model_dir else served_model_dir(run)
-    if not is_generator_dir(model_dir):
-        raise FileNotFoundError(f"{model_dir}: not a trained generator (weights.safetensors, codes.npz)")
-    model, item_ids, items = live or (*load_generator(model_dir), None)
-    catalogue = dataclasses.replace(load_catalogue(run, track), item_ids=np.asarray(item_ids))
+    served, live, held_out = load_served(
+        run, track if track_kind == "search" else None, Path(config.model_dir) if config.model_dir else None
+    )
+    report = None
+    if held_out:
+        cold = ColdStartConfig(k=config.k, limit=config.limit, e5=config.e5)
+        report = cold_start_report(served, live.snapshot, run, track, held_out, cold)
+    model, items = served.model, live.snapshot
+    catalogue = dataclasses.replace(load_catalogue(run, track), item_ids=np.asarray(served.item_ids))
     if config.queries:
         if track_kind != "search":
             raise ValueError(f"--queries {config.queries}: new queries need a search track")
@@ -72,7 +68,7 @@ def evaluate(
         results = {"model": metrics | beam}
         if config.baselines:
             results.update(next_item_baselines(run, track, config))
-        return results
+        return results, report
     metrics = search_split(model, catalogue, track, config.split, config.k, limit=config.limit, items=items)
     results = {"model": metrics | beam}
     if config.baselines:
@@ -80,7 +76,7 @@ def evaluate(
             set(judged_split(catalogue, track, config.split, config.limit)[0]) if config.limit else None
         )
         results.update(search_baselines(run, track, config, kept_ids))
-    return results
+    return results, report
 
 
 def with_new_queries(
@@ -96,49 +92,3 @@ def with_new_queries(
     vectors = encoded_vectors(run, cache, texts, run_khqe_config(run).encoder, "query")
     track = dataclasses.replace(track, queries=queries, judgments=judgments)
     return track, dataclasses.replace(catalogue, query_vectors=normalise_rows(vectors))
-
-
-def search_baselines(
-    run: Path, track: Track, config: EvalConfig, kept_ids: set[int] | None = None
-) -> dict[str, dict]:
-    """BM25, dense and RRF, with ``config.e5`` also dense e5 and RRF-e5, on the split's queries
-    (only ``kept_ids`` when given), item vectors from the run's cache. Dense uses the run's own
-    encoder (MiniLM by default; e5 for a Chinese track's config), as the model does."""
-    encoders = {"": run_khqe_config(run).encoder}
-    if config.e5 and encoders[""].model != E5_ENCODER:
-        encoders[E5_ENCODER] = EncoderConfig(model=E5_ENCODER)
-    dense = {name: _dense_inputs(run, track, encoder) for name, encoder in encoders.items()}
-    if kept_ids is not None:  # baselines on exactly the queries the model saw
-        mask = np.isin(np.asarray(track.queries.column("query_id").to_pylist()), sorted(kept_ids))
-        track = dataclasses.replace(track, queries=track.queries.filter(pa.array(mask)))
-        for inputs in dense.values():
-            if inputs.query_vectors is not None:
-                inputs.query_vectors = inputs.query_vectors[mask]
-    minilm = dense.pop("")
-    return run_search_baselines(
-        track,
-        config.split,
-        item_vectors=minilm.item_vectors,
-        query_vectors=minilm.query_vectors,
-        encoder=minilm.encoder,
-        k=config.k,
-        dense_variants=dense,
-    )
-
-
-def _dense_inputs(run: Path, track: Track, config: EncoderConfig) -> DenseInputs:
-    """One dense system's inputs: item vectors cached in the run (encoded on first use); query
-    vectors from the encode stage's cache when it used this encoder, else the split's queries are
-    encoded during the timed search, as a served query would be."""
-    queries = load_embeddings(run, "queries", track.queries.column("query").to_pylist(), config)
-    encoder = make_encoder(config) if queries is None else None
-    items = encoded_vectors(run, "items", catalogue_texts(track.items), config, "passage", encoder)
-    return DenseInputs(items, queries, encoder)
-
-
-def next_item_baselines(run: Path, track: Track, config: EvalConfig) -> dict[str, dict]:
-    """Popularity, co-occurrence and dense history on the split (item vectors from the run's cache)."""
-    vectors = encoded_vectors(run, "items", catalogue_texts(track.items), EncoderConfig(), "passage")
-    if config.limit:
-        log.warning("--limit applies to the model only; baselines cover the whole split")
-    return run_next_item_baselines(track, config.split, item_vectors=vectors)

@@ -14,7 +14,7 @@ from onesearch_ray.generator.config import SearchConfig
 from onesearch_ray.generator.items import model_catalogue
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.prompts import build_prompts
-from onesearch_ray.generator.search import DecodingEngine, search
+from onesearch_ray.generator.search import DecodingEngine, beam_search
 from onesearch_ray.metrics import next_item_metrics, relevant_items, search_metrics
 from onesearch_ray.retrieval.tracks import search_eval_inputs
 
@@ -47,7 +47,7 @@ def rank(
             model.config.history,
             model.config.copurchase_window,
         )
-        rankings = search(model, prompts, k, config, decoder, items)
+        rankings = beam_search(model, prompts, k, config, decoder, items)
         out.extend([item for item, _ in ranking] for ranking in rankings)
     return out
 

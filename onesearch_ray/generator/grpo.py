@@ -30,7 +30,7 @@ from onesearch_ray.data import Track
 from onesearch_ray.generator.config import GRPOConfig
 from onesearch_ray.generator.examples import ORDER_GAIN
 from onesearch_ray.generator.model import CodeItemGenerator, PromptBatch
-from onesearch_ray.generator.search import search
+from onesearch_ray.generator.search import beam_search
 from onesearch_ray.generator.tpma import tpma_advantages, tpma_grpo_loss
 from onesearch_ray.generator.train import Example, example_prompts, item_logits
 from onesearch_ray.rewards import (
@@ -120,7 +120,7 @@ def grpo_loss_of(
 ) -> dict[str, torch.Tensor]:
     """Rollouts from the current model, TPMA advantages, the GRPO loss (``rng`` unused)."""
     prompts = example_prompts(model, examples)
-    ranked = search(model, prompts, config.group)
+    ranked = beam_search(model, prompts, config.group)
     model.train()
     if any(len(r) < config.group for r in ranked):
         raise ValueError(f"grpo: a search kept fewer than group={config.group} items; lower grpo.group")

@@ -39,6 +39,7 @@ class PromptBatch:
     hashed_words: torch.Tensor  # (W,) hashed query words of the whole batch, for an EmbeddingBag
     word_offsets: torch.Tensor  # (B,) where each search's words start in ``hashed_words``
     lexical_terms: list[np.ndarray]  # per search: term ids in the lexical index (words, recent items)
+    copurchase_terms: list[np.ndarray] | None = None  # per search: the recent items' terms among them
     history_vectors: torch.Tensor | None = None  # (B, H, D) most recent last, zeros where absent
     history_mask: torch.Tensor | None = None  # (B, H) True where a history item is present
 
@@ -154,9 +155,7 @@ class CodeItemGenerator(nn.Module):
 
     def lexical_logits(self, lexical_terms: list[np.ndarray]) -> torch.Tensor:
         """(B, items) the lexical match of each search with every item, differentiable in the weights."""
-        indicator = torch.zeros(len(lexical_terms), self.lexical.n_terms)
-        for row, terms in enumerate(lexical_terms):
-            indicator[row, torch.as_tensor(terms)] = 1.0
+        indicator = self._term_indicator(lexical_terms)
         scores = torch.sparse.mm(self._saturation(), (indicator * self.term_weight).T).T
         return self.log_lexical_scale.exp() * scores
 
@@ -166,12 +165,22 @@ class CodeItemGenerator(nn.Module):
         terms = np.unique(np.concatenate([np.zeros(0, np.int64), *lexical_terms]))
         if not len(terms):
             return torch.zeros(len(lexical_terms), len(rows))
-        indicator = torch.zeros(len(lexical_terms), len(terms))
-        for row, own in enumerate(lexical_terms):
-            indicator[row, torch.as_tensor(np.searchsorted(terms, own))] = 1.0
+        indicator = self._term_indicator(lexical_terms, terms)
         saturation = torch.as_tensor(self.lexical.saturation[rows][:, terms].toarray())
         weighted = indicator * self.term_weight[torch.as_tensor(terms)]
         return self.log_lexical_scale.exp() * weighted @ saturation.T
+
+    def _term_indicator(
+        self, lexical_terms: list[np.ndarray], columns: np.ndarray | None = None
+    ) -> torch.Tensor:
+        """(B, terms) 1 where a search holds a term: a column per term of the vocabulary, or per term
+        of the sorted ``columns``."""
+        width = self.lexical.n_terms if columns is None else len(columns)
+        indicator = torch.zeros(len(lexical_terms), width)
+        for row, terms in enumerate(lexical_terms):
+            at = terms if columns is None else np.searchsorted(columns, terms)
+            indicator[row, torch.as_tensor(at)] = 1.0
+        return indicator
 
     def _saturation(self) -> torch.Tensor:
         cached = getattr(self, "_saturation_tensor", None)

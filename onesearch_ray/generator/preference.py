@@ -56,7 +56,9 @@ def feedback_searches(
             unknown.add(row["item_id"])
             dropped += 1
             continue
-        search = searches.setdefault(row["impression_id"], {"prompt": row["prompt"], "levels": {}})
+        search = searches.setdefault(
+            row["impression_id"], {"query": row["query"], "history": row["history"], "levels": {}}
+        )
         search["levels"][row_of_item[row["item_id"]]] = LEVELS[int(row["event"])]
     if dropped:
         logger.warning(
@@ -69,17 +71,16 @@ def feedback_searches(
     kept = [s for s in searches.values() if skip_above(np.array(list(s["levels"].values()))).any()]
     if not kept:
         return []
-    prompts = [json.loads(s["prompt"]) for s in kept]
-    vectors = encode_queries([p["query"] for p in prompts])
+    vectors = encode_queries([s["query"] for s in kept])
     return [
         Example(
-            prompt["query"],
+            search["query"],
             vector,
             np.array(list(search["levels"])),
             np.array(list(search["levels"].values())),
-            [row_of_item[i] for i in prompt.get("history", []) if i in row_of_item],
+            [row_of_item[i] for i in json.loads(search["history"]) if i in row_of_item],
         )
-        for prompt, vector, search in zip(prompts, vectors, kept, strict=True)
+        for vector, search in zip(vectors, kept, strict=True)
     ]
 
 

@@ -57,18 +57,17 @@ def build_prompts(
             queries[i] = normalise_rows(item_vectors[recent].mean(0))[0]
     words = [hashed_terms(tokens, hash_buckets) for tokens in tokenize(texts)]
     offsets = np.cumsum([0] + [len(w) for w in words[:-1]])
-    terms = lexical.query_terms(texts)
+    terms, copurchase = lexical.query_terms(texts), None
     if copurchase_window and histories is not None:
         model_rows = histories if history_items is None else history_items
-        terms = [
-            np.union1d(words_of, lexical.item_terms(recent_items(items, copurchase_window)))
-            for words_of, items in zip(terms, model_rows, strict=True)
-        ]
+        copurchase = [lexical.item_terms(recent_items(items, copurchase_window)) for items in model_rows]
+        terms = [np.union1d(words_of, own) for words_of, own in zip(terms, copurchase, strict=True)]
     batch = PromptBatch(
         torch.as_tensor(queries),
         torch.as_tensor(np.concatenate(words) if words else np.zeros(0, np.int64)),
         torch.as_tensor(offsets, dtype=torch.long),
         terms,
+        copurchase,
     )
     if history:
         vectors = np.zeros((len(texts), history, item_vectors.shape[1]), dtype=np.float32)

@@ -51,7 +51,7 @@ class TorchDecoder:
 
 
 @torch.no_grad()
-def search(
+def beam_search(
     model: CodeItemGenerator,
     prompts: PromptBatch,
     k: int,

@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from onesearch_ray.behavior.copurchase import own_pair_values, recent_items
+from onesearch_ray.behavior.copurchase import own_pair_values
 from onesearch_ray.generator.config import TrainConfig
 from onesearch_ray.generator.model import CodeItemGenerator, PromptBatch
 from onesearch_ray.generator.prompts import build_prompts
@@ -54,7 +54,7 @@ class Example:
     reference: np.ndarray | None = None  # preference training: the reference model's log p(targets)
 
 
-def example_prompts(model: CodeItemGenerator, examples: Sequence[Example]):
+def example_prompts(model: CodeItemGenerator, examples: Sequence[Example]) -> PromptBatch:
     return build_prompts(
         model.lexical,
         model.config.hash_buckets,
@@ -100,7 +100,7 @@ def loss_of(
     else:
         logits = item_logits(model, prompts, hidden[:, last])
         columns = [e.targets for e in examples]
-    log_probs = F.log_softmax(_without_own_pairs(model, examples, logits, columns), -1)
+    log_probs = F.log_softmax(_without_own_pairs(model, prompts, examples, logits, columns), -1)
     item_loss = torch.zeros(())
     for row, (e, targets) in enumerate(zip(examples, columns, strict=True)):
         weights = torch.as_tensor(e.gains / e.gains.sum(), dtype=torch.float32)
@@ -157,17 +157,21 @@ def item_logits(model: CodeItemGenerator, prompts: PromptBatch, last: torch.Tens
 
 
 def _without_own_pairs(
-    model: CodeItemGenerator, examples: Sequence[Example], logits: torch.Tensor, columns: list[np.ndarray]
+    model: CodeItemGenerator,
+    prompts: PromptBatch,
+    examples: Sequence[Example],
+    logits: torch.Tensor,
+    columns: list[np.ndarray],
 ) -> torch.Tensor:
     """The logits with each search's own co-purchase pairs taken out of its targets' scores: the
     counts were made from these searches (``behavior.copurchase``), which must not see themselves.
     ``columns``: each search's targets as columns of ``logits``."""
-    window = model.config.copurchase_window
-    if not window:
+    if prompts.copurchase_terms is None:
         return logits
     rows, targets, taken = [], [], []
-    for row, (e, target_columns) in enumerate(zip(examples, columns, strict=True)):
-        recent = model.lexical.item_terms(recent_items(e.history, window))
+    for row, (e, target_columns, recent) in enumerate(
+        zip(examples, columns, prompts.copurchase_terms, strict=True)
+    ):
         if len(recent):
             own = torch.as_tensor(own_pair_values(model.lexical.saturation, recent, e.targets))
             rows.append(torch.full((len(e.targets),), row))

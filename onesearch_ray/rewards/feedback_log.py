@@ -14,6 +14,7 @@ is refused (:class:`UnknownImpressionError`, :class:`ItemNotShownError`).
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import threading
 import time
@@ -32,8 +33,9 @@ LIVE_FEEDBACK_SCHEMA = pa.schema(
         pa.field("timestamp", pa.int64(), nullable=False),  # seconds, when the search was served
         pa.field("user_id", pa.string()),  # null for an anonymous search
         pa.field("query", pa.string(), nullable=False),
-        # the search as the model saw it, JSON {"query", "history"} (DPO rebuilds its prompt from it)
-        pa.field("prompt", pa.string(), nullable=False),
+        # the user's recent item ids the search was served with, a JSON list, oldest first ([] for an
+        # anonymous search): with the query, what DPO rebuilds the search from
+        pa.field("history", pa.string(), nullable=False),
         pa.field("position", pa.int32(), nullable=False),  # 0-based rank shown
         pa.field("item_id", pa.int64(), nullable=False),
         pa.field("sid", pa.string(), nullable=False),
@@ -48,7 +50,7 @@ CREATE TABLE IF NOT EXISTS impressions (
     created REAL NOT NULL,
     user_id TEXT,
     query TEXT NOT NULL,
-    prompt TEXT NOT NULL,
+    history TEXT NOT NULL,
     model_dir TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS shown (
@@ -96,6 +98,7 @@ class FeedbackLog:
         self._local = threading.local()
         with self._connect() as db:
             db.executescript(_SCHEMA_SQL)
+            _migrate(db)
 
     def _connect(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -113,15 +116,28 @@ class FeedbackLog:
         return db
 
     def record_impression(
-        self, query: str, prompt: str, user_id: str | None, items: Sequence[ShownItem], model_dir: str
+        self,
+        query: str,
+        history: Sequence[int],
+        user_id: str | None,
+        items: Sequence[ShownItem],
+        model_dir: str,
     ) -> str:
-        """Store what one search showed; returns its new impression ID."""
+        """Store what one search (its query and the user's recent items) showed; returns its new
+        impression ID."""
         impression_id = uuid.uuid4().hex
         db = self._connect()
         with _transaction(db):
             db.execute(
                 "INSERT INTO impressions VALUES (?, ?, ?, ?, ?, ?)",
-                (impression_id, time.time(), user_id, query, prompt, model_dir),
+                (
+                    impression_id,
+                    time.time(),
+                    user_id,
+                    query,
+                    json.dumps([int(i) for i in history]),
+                    model_dir,
+                ),
             )
             db.executemany(
                 "INSERT OR IGNORE INTO shown VALUES (?, ?, ?, ?)",
@@ -198,10 +214,36 @@ def read_feedback(path: str | Path) -> pa.Table:
         raise FeedbackError(f"feedback log {path}: not a readable SQLite database ({err})") from None
 
 
+def _migrate(db: sqlite3.Connection) -> None:
+    """A log written before 2026-12-07 keeps each search as JSON {"query", "history"} in a ``prompt``
+    column: it becomes ``history``, the list alone, in one transaction (none of it if one fails)."""
+    with _transaction(db):  # the check inside the lock: two processes opening an old log migrate it once
+        if not _old_layout(db):
+            return
+        db.execute("ALTER TABLE impressions RENAME COLUMN prompt TO history")
+        rows = db.execute("SELECT impression_id, history FROM impressions").fetchall()
+        db.executemany(
+            "UPDATE impressions SET history = ? WHERE impression_id = ?",
+            [(_history_of(stored), impression) for impression, stored in rows],
+        )
+
+
+def _old_layout(db: sqlite3.Connection) -> bool:
+    return "prompt" in {row[1] for row in db.execute("PRAGMA table_info(impressions)")}
+
+
+def _history_of(stored: str) -> str:
+    """The history list of an old log's ``prompt`` JSON."""
+    value = json.loads(stored)
+    return json.dumps(value.get("history", []) if isinstance(value, dict) else value)
+
+
 def _export(db: sqlite3.Connection) -> pa.Table:
+    old = _old_layout(db)  # read as it is (a read-only reader does not migrate it)
     rows = db.execute(
-        """
-        SELECT i.impression_id, CAST(i.created AS INTEGER), i.user_id, i.query, i.prompt,
+        f"""
+        SELECT i.impression_id, CAST(i.created AS INTEGER), i.user_id, i.query,
+               i.{"prompt" if old else "history"},
                s.position, s.item_id, s.sid, COALESCE(MAX(e.event), ?), i.model_dir
         FROM impressions i JOIN shown s ON s.impression_id = i.impression_id
         LEFT JOIN events e ON e.impression_id = s.impression_id AND e.item_id = s.item_id
@@ -210,6 +252,8 @@ def _export(db: sqlite3.Connection) -> pa.Table:
         """,
         (int(Event.SHOWN),),
     ).fetchall()
+    if old:
+        rows = [(*row[:4], _history_of(row[4]), *row[5:]) for row in rows]
     columns = list(zip(*rows, strict=True)) if rows else [[] for _ in LIVE_FEEDBACK_SCHEMA]
     return pa.Table.from_arrays(
         [

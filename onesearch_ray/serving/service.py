@@ -1,7 +1,7 @@
 """The search service behind the HTTP API: request -> the served model -> items.
 
 Pure Python (no Ray): ``serve_apps/search_app.py`` wraps it in a Ray Serve deployment. It serves a
-generator of the run (``serving.models``): the run's latest, ``RUN/generator`` or an alignment of it
+generator of the run (``generator.served``): the run's latest, ``RUN/generator`` or an alignment of it
 (``RUN/generator-NAME``). The catalogue is live (``onesearch_ray.catalogue``): ``add_items`` encodes
 new items with the frozen KHQE codebooks, puts each on the trained SID that describes it best
 (``SemanticIdTokenizer.nearest_existing_sids``), writes them to the run's add log when the service
@@ -27,19 +27,23 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from onesearch_ray.behavior import BehaviorIndex, UserContext
 from onesearch_ray.catalogue import AddLog, NewItems, Snapshot
 from onesearch_ray.catalogue.shards import ShardClient, ShardScorer
 from onesearch_ray.data import Track, load_track
-from onesearch_ray.khqe import SemanticIdTokenizer, item_text
-from onesearch_ray.khqe.online import RunTextEncoder
+from onesearch_ray.generator.served import (
+    Ask,
+    RunItems,
+    ServedGenerator,
+    held_out_items,
+    model_dirs,
+    track_items,
+)
 from onesearch_ray.retrieval.baselines import BM25Retriever
 from onesearch_ray.rewards.feedback_log import (
     FeedbackLog,
@@ -47,8 +51,7 @@ from onesearch_ray.rewards.feedback_log import (
     ShownItem,
     UnknownImpressionError,
 )
-from onesearch_ray.runs import HOLDOUT_FILE, model_name, read_holdout, served_model_dir
-from onesearch_ray.serving.models import GeneratorModel, Search, ServedModel, model_dirs
+from onesearch_ray.runs import HOLDOUT_FILE, model_name, served_model_dir
 from onesearch_ray.serving.schemas import (
     MAX_ADD_ITEMS,
     AddItemsRequest,
@@ -92,6 +95,20 @@ class ConflictError(ValueError):
     """The request would create something that already exists (HTTP 409)."""
 
 
+@dataclass
+class ResolvedRequest:
+    """One request with what the service knows of its user."""
+
+    request: SearchRequest
+    context: UserContext | None
+
+    @property
+    def ask(self) -> Ask:
+        """The request as the generator reads it."""
+        history = list(self.context.short_items) if self.context is not None else []
+        return Ask(self.request.query, history, self.request.k, self.request.beam)
+
+
 class SearchService:
     def __init__(
         self,
@@ -103,23 +120,19 @@ class SearchService:
         add_log: str | Path | None = None,
         shards: Sequence[ShardClient] = (),
     ) -> None:
-        """``engine``: one of ``serving.models.ENGINES`` ("vllm", "vllm-compiled", "transformers").
+        """``engine``: one of ``generator.served.ENGINES`` ("vllm", "vllm-compiled", "transformers").
         ``add_log``: the write-ahead file of live adds (``ADD_LOG`` under the run is what ``onesearch
         serve`` keeps); its items join at start. Without it, adds live in memory only (evaluation).
         ``shards``: the catalogue's shards (``catalogue.shards``), which then hold the trained rows
         and score them; this service plans and shows hits (none: it holds everything itself)."""
         self.run = Path(run)
         self.engine = engine
-        self.sids = SemanticIdTokenizer.load(self.run / "sid_tokenizer")
-        self.text_encoder = RunTextEncoder.from_run(self.run)
+        self.run_items = RunItems.load(self.run)
+        self.sids = self.run_items.sids
         self._model_dir = Path(model_dir) if model_dir else served_model_dir(self.run)
         self.model = self._load(self._model_dir)
-        items = pq.read_table(self.run / "items.parquet", columns=["item_id", "title"])
-        titles = dict(
-            zip(items.column("item_id").to_pylist(), items.column("title").to_pylist(), strict=True)
-        )
         self._shards = ShardScorer(shards) if shards else None
-        self.catalogue = self.model.catalogue(self.sids, titles, self.model_name, self._shards)
+        self.catalogue = self.model.catalogue(self.model_name, self._shards)
         self.add_log = None
         if add_log is not None:
             self.add_log = AddLog(add_log, self.sids.codebooks_digest)
@@ -131,8 +144,8 @@ class SearchService:
         self._update_lock = threading.Lock()  # catalogue updates and model swaps, one at a time
         self._swap_gate = _SwapGate()
 
-    def _load(self, directory: Path) -> ServedModel:
-        return GeneratorModel(directory, self.engine, self.text_encoder)
+    def _load(self, directory: Path) -> ServedGenerator:
+        return ServedGenerator(directory, self.engine, self.run_items)
 
     def _replay(self, batches: list[NewItems]) -> None:
         """Items of the add log join as one batch (one segment: cost in proportion to them)."""
@@ -172,34 +185,33 @@ class SearchService:
         started = time.perf_counter()
         model, items = self.model, self.catalogue.snapshot  # one snapshot for the whole batch
         results: list[SearchResponse | Exception] = []
-        searches: list[Search] = []
+        searches: list[ResolvedRequest] = []
         slots: list[int] = []
         for request in requests:
             try:
-                search = self.search_for(request, items)
+                search = self.resolve(request, items)
             except NotFoundError as err:
                 results.append(err)
                 continue
             slots.append(len(results))
             searches.append(search)
             results.append(search)  # replaced by its answer below
-        found = [self.hits(ranking, items) for ranking in model.search(searches, items)] if searches else []
+        rankings = model.rank([search.ask for search in searches], items) if searches else []
+        found = [self.hits(ranking, items) for ranking in rankings]
         elapsed = 1000 * (time.perf_counter() - started)
         for slot, search, hits in zip(slots, searches, found, strict=True):
             results[slot] = SearchResponse(
                 items=hits,
                 timing_ms=elapsed,
                 trie_version=items.version,
-                beam=model.beam_of(search.request),
+                beam=model.beam_of(search.request.beam),
                 impression_id=self._record(search, hits, self.model_name),
             )
         return results
 
-    def search_for(self, request: SearchRequest, items: Snapshot | None = None) -> Search:
-        """The request with its user's context and the served model's prompt (unknown user: 404)."""
-        search = Search(request, self._context(request, items or self.catalogue.snapshot))
-        search.prompt = self.model.describe(search)
-        return search
+    def resolve(self, request: SearchRequest, items: Snapshot | None = None) -> ResolvedRequest:
+        """The request with its user's context (unknown user: 404)."""
+        return ResolvedRequest(request, self._context(request, items or self.catalogue.snapshot))
 
     def _context(self, request: SearchRequest, items: Snapshot) -> UserContext | None:
         if request.history is not None:
@@ -221,7 +233,7 @@ class SearchService:
         """The BM25 baseline on titles, for side-by-side comparison; users are checked as in ``search``."""
         started = time.perf_counter()
         snapshot = self.catalogue.snapshot
-        search = self.search_for(request, snapshot)  # validates user and history; the impression keeps it
+        search = self.resolve(request, snapshot)  # validates user and history; the impression keeps it
         version, retriever = self._bm25 or (None, None)
         if version != snapshot.version:  # built again on the first BM25 search after a catalogue change
             titles = [title for s in snapshot.segments for title in s.titles.to_pylist()]
@@ -238,12 +250,12 @@ class SearchService:
         )
 
     # ---- feedback --------------------------------------------------------------------------
-    def _record(self, search: Search, items: list[SearchHit], model: str) -> str | None:
+    def _record(self, search: ResolvedRequest, items: list[SearchHit], model: str) -> str | None:
         if self.feedback_log is None:
             return None
         shown = [ShownItem(hit.item_id, hit.sid) for hit in items]
         query, user = search.request.query, search.request.user_id
-        return self.feedback_log.record_impression(query, search.prompt, user, shown, model)
+        return self.feedback_log.record_impression(query, search.ask.history, user, shown, model)
 
     def record_feedback(self, request: FeedbackRequest) -> FeedbackResponse:
         """A click or order on an item an impression showed (unknown impression or item: NotFoundError)."""
@@ -294,9 +306,7 @@ class SearchService:
 
     def _rebase(self) -> None:
         """The catalogue's trained items as the newly loaded model has them; added items stay."""
-        base = self.catalogue.snapshot.segments[0]
-        titles = dict(zip(base.item_ids.tolist(), base.titles.to_pylist(), strict=True))
-        fresh = self.model.catalogue(self.sids, titles, self.model_name, self._shards)
+        fresh = self.model.catalogue(self.model_name, self._shards)
         learned = fresh.snapshot
         self.catalogue.rebase(
             learned.segments[0], fresh.learned_weights, fresh.lexical_scale, self.model_name
@@ -323,10 +333,9 @@ class SearchService:
             taken = [i for i, where in zip(ids, snapshot.locate(ids), strict=True) if where]
             if taken:
                 raise ConflictError(f"items: item_id(s) {taken[:5]} already in the catalogue")
-            texts = [item_text(item.title, item.brand) for item in request.items]
-            raw = self.text_encoder.encoder.encode(texts, "passage")
-            codes = self.sids.nearest_existing_sids(self.text_encoder.fuse(texts, raw))
-            items = NewItems(np.asarray(ids, np.int64), [item.title for item in request.items], raw, codes)
+            items = self.model.new_items(
+                ids, [item.title for item in request.items], [item.brand for item in request.items]
+            )
             if self.add_log is not None:
                 self.add_log.append(items)  # durable before it is visible or acknowledged
             if self._shards is not None:  # the shards first: the planner's snapshot names this add
@@ -337,12 +346,8 @@ class SearchService:
 
     def add_track_items(self, track: Track, item_ids: Sequence[int]) -> None:
         """Add rows of ``track.items`` (by item id) exactly as ``POST /items`` would, a request at a time."""
-        items = track.items.filter(pc.is_in(track.items["item_id"], value_set=pa.array(item_ids, pa.int64())))
-        brands = items["brand"].to_pylist() if "brand" in items.column_names else [None] * items.num_rows
-        new = [
-            NewItem(item_id=i, title=t, brand=b)
-            for i, t, b in zip(items["item_id"].to_pylist(), items["title"].to_pylist(), brands, strict=True)
-        ]
+        ids, titles, brands = track_items(track, item_ids)
+        new = [NewItem(item_id=i, title=t, brand=b) for i, t, b in zip(ids, titles, brands, strict=True)]
         for start in range(0, len(new), MAX_ADD_ITEMS):
             self.add_items(AddItemsRequest(items=new[start : start + MAX_ADD_ITEMS]))
 
@@ -357,10 +362,7 @@ class SearchService:
             if self.data is None or not Path(self.data).exists():
                 raise FileNotFoundError(f"{self.run} holds items out but its track is not found: pass data")
             track = load_track(self.data)
-        held_out = read_holdout(self.run)
-        missing = sorted(set(held_out) - set(track.items["item_id"].to_pylist()))
-        if missing:
-            raise ValueError(f"held-out items {missing[:5]} of {self.run} are not in track {track.name!r}")
+        held_out = held_out_items(self.run, track)
         snapshot = self.catalogue.snapshot
         joining = [i for i, where in zip(held_out, snapshot.locate(held_out), strict=True) if where is None]
         self.add_track_items(track, joining)

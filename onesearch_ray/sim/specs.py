@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from onesearch_ray.generator.served import ENGINES, model_dirs
 from onesearch_ray.runs import is_generator_dir
-from onesearch_ray.serving.models import ENGINES, model_dirs
 from onesearch_ray.sim.config import RerankConfig, SimulationConfig
 from onesearch_ray.sim.systems import (
     CascadeSystem,
@@ -33,7 +33,7 @@ NAMED_SYSTEMS = ("cascade", "rrf", "random", "oracle")
 
 @dataclass(frozen=True)
 class SystemOptions:
-    engine: str = "transformers"  # the generators' engine (serving.models.ENGINES)
+    engine: str = "transformers"  # the generators' engine (generator.served.ENGINES)
     beam: int = 50
     seed: int = 0  # the random system's stream
     rerank: RerankConfig = field(default_factory=RerankConfig)
