@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def ray_cluster(tmp_path_factory):
     import ray
 
     port, dashboard_port = free_port(), free_port()
-    temp_dir = tmp_path_factory.mktemp("ray")
+    temp_dir = tempfile.mkdtemp(prefix="ray_")  # short: Ray's socket paths (<= 107 bytes) live under it
     log = tmp_path_factory.mktemp("ray_start") / "ray_start.log"
     command = [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", f"--temp-dir={temp_dir}"]
     command += [f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--disable-usage-stats"]
@@ -56,7 +57,8 @@ def ray_cluster(tmp_path_factory):
         yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}"
     finally:
         ray.shutdown()
-        stop_head(head, str(temp_dir))
+        stop_head(head, temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

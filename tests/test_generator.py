@@ -377,6 +377,7 @@ def test_ray_train_job_on_two_nodes_trains_as_one_worker_selects_saves_and_score
     from ray.util.state import list_actors
 
     from pipelines import generator as job
+    from tests.ray_jobs import free_port
 
     run = tmp_path / "run"
     shutil.copytree(encoded_small_run, run, ignore=shutil.ignore_patterns("sft", "model", "generator*"))
@@ -385,7 +386,8 @@ def test_ray_train_job_on_two_nodes_trains_as_one_worker_selects_saves_and_score
         yaml.safe_dump({"generator": {"train": {"epochs": 1, "batch_size": 64}, "select_queries": 20}})
     )
     ray.shutdown()  # off the session's cluster, onto two nodes of one CPU each
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    # a dashboard port of its own (the state API reads it): 8265 may be another cluster's
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "dashboard_port": free_port()})
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
@@ -393,7 +395,7 @@ def test_ray_train_job_on_two_nodes_trains_as_one_worker_selects_saves_and_score
         results = job.main(
             ["--run", str(run), "--data", str(small_track), "--config", str(config), "--workers", "2"]
         )
-        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=100)
+        workers = list_actors(cluster.address, filters=[("class_name", "=", "RayTrainWorker")], limit=100)
         assert len({w.node_id for w in workers}) == 2  # one worker a node
     finally:
         ray.shutdown()

@@ -74,3 +74,10 @@ def test_the_library_never_imports_ray_or_the_shells():
             if name.split(".")[0] in ("ray", "pipelines", "serve_apps", "tuning", "demo")
         }
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_the_service_and_the_evaluation_stay_apart():
+    """Both use the served generator (``generator.served``); the evaluation is below the service and
+    the service never needs the evaluation."""
+    for path in sorted((ROOT / "onesearch_ray/serving").rglob("*.py")):
+        assert not {n for n in project_imports(path) if n.startswith("onesearch_ray.eval")}, path

@@ -1,7 +1,7 @@
 """Evaluation of a trained run exactly as ``docs/evaluation.md`` defines it: the run's model beside
 the baselines (``onesearch_ray.retrieval``) on a track's split, scored with ``onesearch_ray.metrics``,
-the cold-start report, and the tables and plots. The top of the library: it reads runs, models and
-the served catalogue, and nothing in the library imports it.
+the cold-start report, and the tables and plots. It scores the generator as served
+(``generator.served``), below the service, and nothing in the library imports it.
 """
 
 from onesearch_ray.eval.report import (
