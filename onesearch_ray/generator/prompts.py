@@ -30,6 +30,8 @@ class Vocabulary(Protocol):
 
     def item_terms(self, rows: Sequence[int]) -> np.ndarray: ...
 
+    def repeat_terms(self, rows: Sequence[int]) -> np.ndarray: ...
+
 
 def build_prompts(
     lexical: Vocabulary,
@@ -41,11 +43,12 @@ def build_prompts(
     history: int = 0,
     copurchase_window: int = 0,
     history_items: Sequence[Sequence[int]] | None = None,
+    repeat_window: int = 0,
 ) -> PromptBatch:
     """The prompts of a batch of searches (``histories``: rows of ``item_vectors``, each user's recent
     items). The last ``copurchase_window`` of them join the lexical terms as co-purchase terms, by
     their model rows: ``history_items`` when ``item_vectors`` is not the model's (serving), else
-    ``histories`` themselves."""
+    ``histories`` themselves; the last ``repeat_window`` of them join as repeat terms alike."""
     texts = [str(t)[:MAX_QUERY_CHARS] for t in query_texts]  # huge inputs stay cheap
     queries = normalise_rows(query_vectors)
     rows = [list(h)[-history:] if history else [] for h in (histories or [[]] * len(texts))]
@@ -58,10 +61,16 @@ def build_prompts(
     words = [hashed_terms(tokens, hash_buckets) for tokens in tokenize(texts)]
     offsets = np.cumsum([0] + [len(w) for w in words[:-1]])
     terms = lexical.query_terms(texts)
-    if copurchase_window and histories is not None:
+    if (copurchase_window or repeat_window) and histories is not None:
         model_rows = histories if history_items is None else history_items
         terms = [
-            np.union1d(words_of, lexical.item_terms(recent_items(items, copurchase_window)))
+            np.union1d(
+                words_of,
+                np.union1d(
+                    lexical.item_terms(recent_items(items, copurchase_window)),
+                    lexical.repeat_terms(list(items)[-repeat_window:] if repeat_window else []),
+                ),
+            )
             for words_of, items in zip(terms, model_rows, strict=True)
         ]
     batch = PromptBatch(

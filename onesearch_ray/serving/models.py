@@ -141,6 +141,7 @@ class GeneratorModel:
                 self.model.config.history,
                 self.model.config.copurchase_window,
                 [[self.row_of_item[i] for i in h if i in self.row_of_item] for h in recent],
+                self.model.config.repeat_window,
             )
             k = max(searches[s].request.k for s in slots)
             beams = replace(config, beams=(*config.beams[:-1], beam))
