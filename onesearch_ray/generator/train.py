@@ -219,7 +219,10 @@ def parameter_groups(model: CodeItemGenerator, config: TrainConfig) -> list[dict
         if group["lr"] == 0:
             for parameter in group["params"]:
                 parameter.requires_grad_(False)
-    return [g for g in groups if g["lr"] > 0 and g["params"]]
+    groups = [g for g in groups if g["lr"] > 0 and g["params"]]
+    if not groups:
+        raise ValueError(f"no parameter of this model learns at a positive rate: {config}")
+    return groups
 
 
 def train(
