@@ -4,18 +4,19 @@ training search that never sees its own pairs."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from onesearch_ray.behavior.copurchase import copurchase_counts, own_pair_values, recent_items
 from onesearch_ray.catalogue import LiveCatalogue
 from onesearch_ray.catalogue.lexical import LexicalIndex
 from onesearch_ray.generator.codes import CodeTree
-from onesearch_ray.generator.config import GeneratorConfig
+from onesearch_ray.generator.config import GeneratorConfig, TrainConfig
 from onesearch_ray.generator.evaluate import rank
 from onesearch_ray.generator.items import model_catalogue
 from onesearch_ray.generator.model import CodeItemGenerator
 from onesearch_ray.generator.prompts import build_prompts
-from onesearch_ray.generator.train import Example, item_logits, loss_of
+from onesearch_ray.generator.train import Example, item_logits, loss_of, parameter_groups, train
 
 TITLES = ["drill", "drill bits", "paint", "paint roller", "hose", "hose reel"]
 # item 0 (drill) was followed by 1 (bits) three times and by 4 (hose) once; 2 (paint) by 3 (roller)
@@ -85,3 +86,81 @@ def test_a_training_search_does_not_see_its_own_pairs():
         loss = loss_of(model, [example], np.random.default_rng(0))["item"]
     assert np.isclose(float(loss), float(-torch.log_softmax(taken, 0)[4]), atol=1e-5)
     assert float(loss) > float(-torch.log_softmax(served, 0)[4]) + 1.0
+
+
+def repeat_model(window: int = 2) -> CodeItemGenerator:
+    vectors = np.eye(len(TITLES), 8, dtype=np.float32)
+    codes = CodeTree.build(np.arange(len(TITLES))[:, None] % 2, (2,), vectors)
+    counts = copurchase_counts(HISTORIES, TARGETS, len(TITLES), window=2)
+    lexical = LexicalIndex.build(TITLES).with_repeat(window).with_copurchase(counts)
+    config = GeneratorConfig(
+        hash_buckets=64, copurchase_window=2, copurchase_weight=5.0, repeat_window=window
+    )
+    return CodeItemGenerator(config, vectors, codes, lexical)
+
+
+def test_repeat_terms_post_the_item_itself_at_its_latest_position():
+    lexical = LexicalIndex.build(TITLES).with_repeat(2)
+    last, before = lexical.repeat_terms([5, 0]), lexical.repeat_terms([0, 5, 0])
+    assert np.array_equal(last, before)  # 0 is the last item in both, 5 the one before
+    ids, positions = lexical.repeat_term_positions()
+    position = dict(zip(ids.tolist(), positions.tolist(), strict=True))
+    postings = lexical.saturation.toarray()
+    assert sorted(position[t] for t in last) == [0, 1]
+    for term in last:
+        assert np.flatnonzero(postings[:, term]).tolist() == [0 if position[term] == 0 else 5]
+    assert len(lexical.repeat_terms([])) == 0
+
+
+def test_repeat_weights_start_at_zero_and_demote_the_last_item_everywhere():
+    """At zero the ranking is the co-purchase model's; a negative weight for the last position
+    demotes the item just bought, in training's logits, in search and in serving's snapshot."""
+    model, plain = repeat_model(), co_purchase_model()
+    empty = np.zeros((2, 8), np.float32)
+    histories = [[0], [5, 2]]
+    assert rank(model, ["", ""], empty, k=3, histories=histories) == rank(
+        plain, ["", ""], empty, k=3, histories=histories
+    )
+    with torch.no_grad():
+        model.repeat_weight[0] = -100.0
+    ranked = rank(model, ["", ""], empty, k=3, histories=histories)
+    assert ranked[0][:2] == [1, 4] and 0 not in ranked[0]  # the drill went to the bottom
+    assert ranked[1][0] == 5 and 2 not in ranked[1]  # paint (the last) demoted, 5 kept (position 1)
+    assert (
+        rank(model, ["", ""], empty, k=3, histories=histories, items=model_catalogue(model).snapshot)
+        == ranked
+    )
+    prompts = build_prompts(
+        model.lexical, 64, [""], np.zeros((1, 8)), model.item_vectors.numpy(), [[0]], 0, 2, repeat_window=2
+    )
+    with torch.no_grad():
+        hidden = torch.zeros(1, model.config.decoder.hidden_size)
+        logits = item_logits(model, prompts, hidden)[0]
+        model.repeat_weight.zero_()
+        start = item_logits(model, prompts, hidden)[0]
+    assert torch.allclose(logits - start, torch.tensor([-100.0, 0, 0, 0, 0, 0]))
+
+
+def test_only_the_repeat_weights_learn_at_their_own_rate():
+    model = repeat_model()
+    config = TrainConfig(
+        epochs=1,
+        batch_size=2,
+        learning_rate=0.0,
+        weight_learning_rate=0.0,
+        repeat_learning_rate=0.5,
+        patience=0,
+    )
+    groups = parameter_groups(model, config)
+    assert len(groups) == 1 and groups[0]["params"] == [model.repeat_weight]
+    # the drill's buyers bought bits next, never the drill again: its repeat weight falls
+    searches = [Example("", np.zeros(8, np.float32), np.array([1]), np.ones(1), [0]) for _ in range(8)]
+    before = model.term_weight.detach().clone()
+    train(model, searches, config)
+    assert float(model.repeat_weight.detach()[0]) < 0 and torch.equal(model.term_weight.detach(), before)
+
+
+def test_a_rate_for_repeat_weights_the_model_lacks_is_named():
+    config = TrainConfig(learning_rate=0.0, weight_learning_rate=0.0, repeat_learning_rate=0.5)
+    with pytest.raises(ValueError, match="positive rate"):
+        parameter_groups(co_purchase_model(), config)

@@ -160,7 +160,7 @@ def test_bad_configs_name_the_problem():
     with pytest.raises(ValueError, match="unknown key 'beam'"):
         parse_config(GeneratorConfig, {"beam": 3})
     with pytest.raises(ValueError, match="learning rate"):
-        TrainConfig(learning_rate=0, weight_learning_rate=0).validate()
+        TrainConfig(learning_rate=0, weight_learning_rate=0, repeat_learning_rate=0).validate()
 
 
 # --- on the small synthetic track (real MiniLM vectors, real KHQE) -------------------------------

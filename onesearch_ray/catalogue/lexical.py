@@ -14,6 +14,10 @@ also a term, ``item_term(h)``, whose postings are the items that followed it, va
 ``log(1 + count(h -> i))``. A search's recent items are then terms like its words
 (``item_terms``): the same weights, postings, block-max planning bounds, shards and live
 catalogue serve both, and the untrained co-purchase term ranks like the co-occurrence baseline.
+
+Repeat terms (``with_repeat``): ``repeat_term(p, h)`` has one posting, item ``h`` itself (value 1):
+a search whose ``p``-th most recent item (0: the last) is ``h`` holds it (``repeat_terms``), so a
+weight on it moves the score of re-buying ``h`` (the generator ties them: one weight a position).
 """
 
 from __future__ import annotations
@@ -28,11 +32,23 @@ import scipy.sparse as sp
 from onesearch_ray.text import tokenize
 
 ITEM_TERM_MARK = "\x1f"  # starts a co-purchase term's key; no tokenised word holds it
+REPEAT_TERM_MARK = "\x1e"  # starts a repeat term's key
 
 
 def item_term(row: int) -> str:
     """The vocabulary key of trained item ``row`` as a co-purchase term."""
     return f"{ITEM_TERM_MARK}{int(row)}"
+
+
+def repeat_term(position: int, row: int) -> str:
+    """The vocabulary key of trained item ``row`` as a search's ``position``-th most recent item."""
+    return f"{REPEAT_TERM_MARK}{int(position)}:{int(row)}"
+
+
+def repeat_keys(rows: Sequence[int]) -> list[str]:
+    """The repeat-term keys of recent items ``rows`` (oldest first): each item at its latest position."""
+    latest = dict.fromkeys(int(r) for r in reversed(rows))
+    return [repeat_term(position, row) for position, row in enumerate(latest)]
 
 
 def hashed_terms(tokens: Sequence[str], buckets: int) -> np.ndarray:
@@ -104,6 +120,29 @@ class LexicalIndex:
     def item_terms(self, rows: Sequence[int]) -> np.ndarray:
         """The co-purchase term ids of trained item ``rows`` (items no history held have none)."""
         return known_terms(self.vocabulary, [item_term(r) for r in rows], self.n_terms)
+
+    def repeat_terms(self, rows: Sequence[int]) -> np.ndarray:
+        """The repeat term ids of recent item ``rows`` (oldest first; see ``with_repeat``)."""
+        return known_terms(self.vocabulary, repeat_keys(rows), self.n_terms)
+
+    def repeat_term_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, positions) of every repeat term (``with_repeat``)."""
+        marked = (t for t in self.vocabulary if t.startswith(REPEAT_TERM_MARK))
+        found = [(self.vocabulary[t], int(t[1:].split(":")[0])) for t in marked]
+        ids, positions = zip(*found, strict=True) if found else ((), ())
+        return np.array(ids, dtype=np.int64), np.array(positions, dtype=np.int64)
+
+    def with_repeat(self, window: int) -> LexicalIndex:
+        """This index plus ``repeat_term(p, h)`` for every item ``h`` and position ``p < window``,
+        each posting item ``h`` alone at value 1."""
+        vocabulary = dict(self.vocabulary)
+        n = self.n_items
+        for position in range(window):
+            vocabulary.update({repeat_term(position, h): self.n_terms + position * n + h for h in range(n)})
+        postings = sp.hstack([sp.identity(n, np.float32, format="csr")] * window, format="csr")
+        saturation = sp.hstack([self.saturation, postings], format="csr", dtype=np.float32)
+        frequency = np.bincount(saturation.indices, minlength=len(vocabulary)).astype(np.float64)
+        return LexicalIndex(vocabulary, frequency, saturation, n, self.average_length, self.k1, self.b)
 
     def copurchase_term_ids(self) -> np.ndarray:
         """The ids of every co-purchase term (``with_copurchase``)."""

@@ -33,6 +33,7 @@ from onesearch_ray.catalogue.lexical import (
     item_term,
     known_terms,
     lucene_idf,
+    repeat_keys,
     saturation_rows,
 )
 from onesearch_ray.catalogue.segment import Segment, build_segment, merge_segments
@@ -89,6 +90,10 @@ class Snapshot:
     def item_terms(self, rows: Sequence[int]) -> np.ndarray:
         """The co-purchase term ids of trained item ``rows``, as ``LexicalIndex.item_terms``."""
         return known_terms(self.vocabulary, [item_term(r) for r in rows], len(self.term_weights))
+
+    def repeat_terms(self, rows: Sequence[int]) -> np.ndarray:
+        """The repeat term ids of recent trained item ``rows``, as ``LexicalIndex.repeat_terms``."""
+        return known_terms(self.vocabulary, repeat_keys(rows), len(self.term_weights))
 
     def group_facts(self, level: int, keys: np.ndarray, terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per key at index level ``level``: the items under it, and the best lexical score any of

@@ -103,6 +103,8 @@ def lexical_index(catalogue: Catalogue, config: GeneratorConfig, searches: Seque
     """The titles' BM25 index and, with ``config.copurchase_window``, the co-purchase terms of the
     training ``searches`` (their recent items -> their targets)."""
     index = LexicalIndex.build(catalogue.titles)
+    if config.repeat_window:
+        index = index.with_repeat(config.repeat_window)
     if not config.copurchase_window:
         return index
     counts = copurchase_counts(

@@ -46,6 +46,7 @@ def rank(
             None if histories is None else histories[start:end],
             model.config.history,
             model.config.copurchase_window,
+            repeat_window=model.config.repeat_window,
         )
         rankings = beam_search(model, prompts, k, config, decoder, items)
         out.extend([item for item, _ in ranking] for ranking in rankings)

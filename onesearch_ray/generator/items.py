@@ -83,7 +83,7 @@ def model_catalogue(
     return LiveCatalogue(
         base,
         model.lexical,
-        model.term_weight.numpy(),
+        model.term_weights().detach().numpy(),
         lexical_scale=float(model.log_lexical_scale.exp()),
         vector_dtype=vector_dtype,
         centroids=centroids,

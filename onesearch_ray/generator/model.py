@@ -10,7 +10,8 @@ untrained model already searches (code scores are ``<query, residual centroid>``
 - item step: ``dense_scale * <q + B h, v_i + offset_i> + bias_i + lexical_scale * sum_t w_t sat(i, t)``
   where ``v_i`` is the item's own text vector and ``w`` the model's term weights (IDF at start);
   with ``copurchase_window`` the user's recent items are terms too, their postings the items that
-  followed them in training (``behavior.copurchase``; weight ``copurchase_weight`` at start).
+  followed them in training (``behavior.copurchase``; weight ``copurchase_weight`` at start);
+  with ``repeat_window`` the last items score themselves, one weight a recency position (0 at start).
 
 A new item needs nothing trained: its row is its text vector (offset and bias 0) and its title's
 terms, its codes come from the frozen codebooks; it joins the live catalogue the item step reads
@@ -90,6 +91,11 @@ class CodeItemGenerator(nn.Module):
         weights = lexical.idf()
         weights[lexical.copurchase_term_ids()] = config.copurchase_weight
         self.term_weight = nn.Parameter(torch.as_tensor(weights))
+        if config.repeat_window:  # the repeat terms' weights, tied by position (``term_weights``)
+            self.repeat_weight = nn.Parameter(torch.zeros(config.repeat_window))
+            ids, positions = lexical.repeat_term_positions()
+            self.register_buffer("repeat_ids", torch.as_tensor(ids), persistent=False)
+            self.register_buffer("repeat_positions", torch.as_tensor(positions), persistent=False)
         self.log_dense_scale = nn.Parameter(torch.tensor(float(np.log(config.dense_scale))))
         self.log_lexical_scale = nn.Parameter(torch.tensor(float(np.log(config.lexical_scale))))
         self.log_code_scale = nn.Parameter(torch.tensor(float(np.log(config.code_scale))))
@@ -153,10 +159,16 @@ class CodeItemGenerator(nn.Module):
         vectors = self.item_vectors + self.item_offset
         return self.log_dense_scale.exp() * item_query @ vectors.T + self.item_bias
 
+    def term_weights(self) -> torch.Tensor:
+        """(terms,) every lexical term's weight: ``term_weight``, the repeat terms' from their position."""
+        if not self.config.repeat_window:
+            return self.term_weight
+        return self.term_weight.index_put((self.repeat_ids,), self.repeat_weight[self.repeat_positions])
+
     def lexical_logits(self, lexical_terms: list[np.ndarray]) -> torch.Tensor:
         """(B, items) the lexical match of each search with every item, differentiable in the weights."""
         indicator = self._term_indicator(lexical_terms)
-        scores = torch.sparse.mm(self._saturation(), (indicator * self.term_weight).T).T
+        scores = torch.sparse.mm(self._saturation(), (indicator * self.term_weights()).T).T
         return self.log_lexical_scale.exp() * scores
 
     def lexical_logits_of(self, lexical_terms: list[np.ndarray], rows: np.ndarray) -> torch.Tensor:
@@ -167,7 +179,7 @@ class CodeItemGenerator(nn.Module):
             return torch.zeros(len(lexical_terms), len(rows))
         indicator = self._term_indicator(lexical_terms, terms)
         saturation = torch.as_tensor(self.lexical.saturation[rows][:, terms].toarray())
-        weighted = indicator * self.term_weight[torch.as_tensor(terms)]
+        weighted = indicator * self.term_weights()[torch.as_tensor(terms)]
         return self.log_lexical_scale.exp() * weighted @ saturation.T
 
     def _term_indicator(

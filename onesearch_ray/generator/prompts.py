@@ -30,6 +30,8 @@ class Vocabulary(Protocol):
 
     def item_terms(self, rows: Sequence[int]) -> np.ndarray: ...
 
+    def repeat_terms(self, rows: Sequence[int]) -> np.ndarray: ...
+
 
 def build_prompts(
     lexical: Vocabulary,
@@ -41,11 +43,12 @@ def build_prompts(
     history: int = 0,
     copurchase_window: int = 0,
     history_items: Sequence[Sequence[int]] | None = None,
+    repeat_window: int = 0,
 ) -> PromptBatch:
     """The prompts of a batch of searches (``histories``: rows of ``item_vectors``, each user's recent
     items). The last ``copurchase_window`` of them join the lexical terms as co-purchase terms, by
     their model rows: ``history_items`` when ``item_vectors`` is not the model's (serving), else
-    ``histories`` themselves."""
+    ``histories`` themselves; the last ``repeat_window`` of them join as repeat terms alike."""
     texts = [str(t)[:MAX_QUERY_CHARS] for t in query_texts]  # huge inputs stay cheap
     queries = normalise_rows(query_vectors)
     rows = [list(h)[-history:] if history else [] for h in (histories or [[]] * len(texts))]
@@ -58,10 +61,13 @@ def build_prompts(
     words = [hashed_terms(tokens, hash_buckets) for tokens in tokenize(texts)]
     offsets = np.cumsum([0] + [len(w) for w in words[:-1]])
     terms, copurchase = lexical.query_terms(texts), None
-    if copurchase_window and histories is not None:
-        model_rows = histories if history_items is None else history_items
+    model_rows = histories if history_items is None else history_items
+    if copurchase_window and model_rows is not None:
         copurchase = [lexical.item_terms(recent_items(items, copurchase_window)) for items in model_rows]
         terms = [np.union1d(words_of, own) for words_of, own in zip(terms, copurchase, strict=True)]
+    if repeat_window and model_rows is not None:
+        repeats = [lexical.repeat_terms(list(items)[-repeat_window:]) for items in model_rows]
+        terms = [np.union1d(words_of, own) for words_of, own in zip(terms, repeats, strict=True)]
     batch = PromptBatch(
         torch.as_tensor(queries),
         torch.as_tensor(np.concatenate(words) if words else np.zeros(0, np.int64)),

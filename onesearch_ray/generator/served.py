@@ -132,6 +132,7 @@ class ServedGenerator:
                 config.history,
                 config.copurchase_window,
                 [[self.row_of_item[i] for i in h if i in self.row_of_item] for h in recent],
+                config.repeat_window,
             )
             k = max(asks[s].k for s in slots)
             beams = replace(config.search, beams=(*config.search.beams[:-1], beam))

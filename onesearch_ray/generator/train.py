@@ -64,6 +64,7 @@ def example_prompts(model: CodeItemGenerator, examples: Sequence[Example]) -> Pr
         [e.history for e in examples],
         model.config.history,
         model.config.copurchase_window,
+        repeat_window=model.config.repeat_window,
     )
 
 
@@ -201,24 +202,31 @@ LossFn = Callable[[CodeItemGenerator, Sequence[Example], np.random.Generator], d
 
 WEIGHT_PARAMETERS = ("term_weight", "log_dense_scale", "log_lexical_scale", "log_code_scale")
 ITEM_PARAMETERS = ("item_offset", "item_bias")
+REPEAT_PARAMETERS = ("repeat_weight",)
 
 
 def parameter_groups(model: CodeItemGenerator, config: TrainConfig) -> list[dict]:
-    """AdamW groups: the scoring weights, the per-item rows, everything else (groups at rate 0 left out)."""
+    """AdamW groups: the scoring weights, the per-item rows, the repeat weights, everything else
+    (groups at rate 0, or with no parameter, left out)."""
     named = dict(model.named_parameters())
     weights = [named[n] for n in WEIGHT_PARAMETERS]
     items = [named[n] for n in ITEM_PARAMETERS]
-    rest = [p for n, p in named.items() if n not in WEIGHT_PARAMETERS + ITEM_PARAMETERS]
+    repeat = [named[n] for n in REPEAT_PARAMETERS if n in named]
+    rest = [p for n, p in named.items() if n not in WEIGHT_PARAMETERS + ITEM_PARAMETERS + REPEAT_PARAMETERS]
     groups = [
         {"params": weights, "lr": config.weight_learning_rate, "weight_decay": 0.0},
         {"params": items, "lr": config.item_learning_rate, "weight_decay": config.weight_decay},
+        {"params": repeat, "lr": config.repeat_learning_rate, "weight_decay": 0.0},
         {"params": rest, "lr": config.learning_rate, "weight_decay": config.weight_decay},
     ]
     for group in groups:
         if group["lr"] == 0:
             for parameter in group["params"]:
                 parameter.requires_grad_(False)
-    return [g for g in groups if g["lr"] > 0]
+    groups = [g for g in groups if g["lr"] > 0 and g["params"]]
+    if not groups:
+        raise ValueError(f"no parameter of this model learns at a positive rate: {config}")
+    return groups
 
 
 def train(
