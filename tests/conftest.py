@@ -106,3 +106,12 @@ def toy_sids():
 
     vectors = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
     return SemanticIdTokenizer.fit(np.arange(300), vectors, config=QuantizerConfig(layout="16-16-16+opq2x16"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``--dist loadgroup``, scripts/test.sh) a file's tests stay on one worker, as
+    they share its module fixtures; the interrupt tests each start processes of their own, so they
+    spread over the workers (one file of them is the suite's longest)."""
+    for item in items:
+        if item.path.name != "test_interrupt.py":
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
