@@ -232,7 +232,8 @@ def test_segment_refuses_mismatched_inputs():
 def sharded(n_shards: int, add_log: AddLog | None = None):
     """(planner, shards) over base_catalogue's items: the planner holds no dense rows, each shard the
     rows of the items shard_of gives it; the same vocabulary, weights and scale everywhere."""
-    from onesearch_ray.catalogue.shards import CatalogueShard, LocalShard, ShardScorer, shard_of
+    from onesearch_ray.catalogue.live import shard_of
+    from onesearch_ray.catalogue.shards import CatalogueShard, LocalShard, ShardScorer
 
     ids, titles, vectors, codes, lexical, bias, weights = base_inputs()
 

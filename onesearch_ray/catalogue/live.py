@@ -40,6 +40,17 @@ from onesearch_ray.catalogue.segment import Segment, build_segment, merge_segmen
 from onesearch_ray.text import tokenize
 
 
+def shard_of(item_ids: np.ndarray, n_shards: int) -> np.ndarray:
+    """The shard that owns each item id: a fixed 64-bit mix of the id (splitmix64's finaliser), so
+    consecutive ids spread evenly and an item's owner never changes."""
+    x = np.asarray(item_ids, dtype=np.int64).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x % np.uint64(n_shards)).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class NewItems:
     """Items added live: ids, titles, raw text vectors and full KHQE SIDs (codes)."""
@@ -295,8 +306,6 @@ class LiveCatalogue:
             return self._snapshot
 
     def _owned(self, item_ids: np.ndarray) -> np.ndarray:
-        from onesearch_ray.catalogue.shards import shard_of
-
         index, count = self.shard
         return shard_of(item_ids, count) == index
 

@@ -2,8 +2,8 @@
 
 A planner (the search service) holds the catalogue's group index, lexical postings, titles and SIDs
 (everything but the trained items' dense rows, the bulk of the memory) and plans every search once,
-as with one shard. Each :class:`CatalogueShard` holds the items :func:`shard_of` gives it, with their
-dense rows, and answers the item step for the planner's plans over its own items only; the
+as with one shard. Each :class:`CatalogueShard` holds the items ``live.shard_of`` gives it, with
+their dense rows, and answers the item step for the planner's plans over its own items only; the
 :class:`ShardScorer` sends a batch to every shard at once and merges their top ``k`` lists. Scores
 do not depend on the split, so N shards rank as one does.
 
@@ -32,17 +32,6 @@ from onesearch_ray.catalogue.log import AddLog
 log = logging.getLogger(__name__)
 KEPT_SNAPSHOTS = 8  # a shard's recent snapshots, for searches planned on an older planner snapshot
 Found = list[tuple[np.ndarray, np.ndarray]]  # per search: (item ids, scores), best first
-
-
-def shard_of(item_ids: np.ndarray, n_shards: int) -> np.ndarray:
-    """The shard that owns each item id: a fixed 64-bit mix of the id (splitmix64's finaliser), so
-    consecutive ids spread evenly and an item's owner never changes."""
-    x = np.asarray(item_ids, dtype=np.int64).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    return (x % np.uint64(n_shards)).astype(np.int64)
 
 
 class ShardClient(Protocol):

@@ -4,11 +4,10 @@
 Pure Python + pyarrow + numpy (no Ray): the pipelines wrap these functions.
 """
 
+from onesearch_ray.data.formats import detect_format, load_track
 from onesearch_ray.data.loaders import (
     FORMAT_FILES,
     Track,
-    detect_format,
-    load_track,
     read_parquet,
     validate_tables,
     write_track,

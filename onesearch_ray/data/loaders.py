@@ -1,4 +1,5 @@
-"""Load a track directory in any supported format; write our own ("onesearch") format.
+"""Track directories: the ``Track``, its checks, the parquet formats' loaders and our own
+("onesearch") format's writer. ``formats.load_track`` tells the formats apart and loads any of them.
 
 Formats (auto-detected; ``format=`` forces one):
 
@@ -88,35 +89,6 @@ class Track:
         return self.queries.filter(pc.equal(self.queries["split"], split))
 
 
-def detect_format(directory: str | os.PathLike) -> str:
-    """Name the format of a track directory, or raise a DataError listing what was expected."""
-    root = _existing_dir(directory)
-    if (root / MANIFEST).is_file():
-        return "onesearch"
-    for name, files in FORMAT_FILES.items():
-        if all((root / f).is_file() for f in files):
-            return name
-    expected = "; ".join(f"{name}: {', '.join(files)}" for name, files in FORMAT_FILES.items())
-    present = sorted(p.name for p in root.iterdir())
-    raise DataError(root, None, None, f"not a track directory (found {present}; expected one of {expected})")
-
-
-def load_track(directory: str | os.PathLike, format: str | None = None) -> Track:
-    """Load and validate a track directory; ``format`` forces homedepot, amazon18, onesearch or
-    kuaisearch."""
-    root = _existing_dir(directory)
-    fmt = format or detect_format(root)
-    loaders = {
-        "homedepot": _load_homedepot,
-        "amazon18": _load_amazon18,
-        "onesearch": _load_onesearch,
-        "kuaisearch": _load_kuaisearch,
-    }
-    if fmt not in loaders:
-        raise ValueError(f"unknown track format {fmt!r}; expected one of {sorted(loaders)}")
-    return loaders[fmt](root)
-
-
 def write_track(track: Track, directory: str | os.PathLike) -> Path:
     """Write ``track`` in the onesearch format (each file atomically) and return the directory."""
     root = Path(directory)
@@ -195,7 +167,7 @@ def _validate_interactions(table: pa.Table, file: Path, known: dict[str, pa.Tabl
     )
 
 
-def _load_homedepot(root: Path) -> Track:
+def load_homedepot(root: Path) -> Track:
     raw = _read_files(
         root, {"items": "products.parquet", "queries": "queries.parquet", "judgments": "judgments.parquet"}
     )
@@ -203,7 +175,7 @@ def _load_homedepot(root: Path) -> Track:
     return Track(name=root.name, root=root, format="homedepot", **tables)
 
 
-def _load_amazon18(root: Path) -> Track:
+def load_amazon18(root: Path) -> Track:
     raw = _read_files(root, {"items": "items.parquet", "sequences": "sequences.parquet"})
     extras: dict[str, Any] = {}
     if "reference_sid" in raw["items"].column_names:
@@ -214,7 +186,7 @@ def _load_amazon18(root: Path) -> Track:
     return Track(name=root.name, root=root, format="amazon18", extras=extras, **tables)
 
 
-def _load_onesearch(root: Path) -> Track:
+def load_onesearch(root: Path) -> Track:
     name, wanted = root.name, FORMAT_FILES["onesearch"]
     if (root / MANIFEST).is_file():
         manifest = _read_manifest(root / MANIFEST)
@@ -226,12 +198,6 @@ def _load_onesearch(root: Path) -> Track:
         raise DataError(root / MANIFEST, None, "tables", "a track needs an items table")
     extras = {"query_intent": read_query_intents(root)} if (root / WORLD_FILE).is_file() else {}
     return Track(name=name, root=root, format="onesearch", extras=extras, **validate_tables(raw, root))
-
-
-def _load_kuaisearch(root: Path) -> Track:
-    from onesearch_ray.data.kuaisearch import load_kuaisearch  # it imports this module
-
-    return load_kuaisearch(root)
 
 
 def read_query_intents(root: Path) -> dict[int, dict[str, str]]:
@@ -280,7 +246,7 @@ def read_parquet(path: str | os.PathLike) -> pa.Table:
         raise DataError(path, None, None, f"not a readable parquet file ({err})") from err
 
 
-def _existing_dir(directory: str | os.PathLike) -> Path:
+def existing_dir(directory: str | os.PathLike) -> Path:
     root = Path(directory)
     if not root.exists():
         raise DataError(root, None, None, "no such directory")

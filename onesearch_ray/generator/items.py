@@ -15,8 +15,7 @@ import numpy as np
 import torch
 
 from onesearch_ray.catalogue import LiveCatalogue, build_segment
-from onesearch_ray.catalogue.live import Scorer
-from onesearch_ray.catalogue.shards import shard_of
+from onesearch_ray.catalogue.live import Scorer, shard_of
 from onesearch_ray.generator.codes import CodeTree
 from onesearch_ray.generator.model import CodeItemGenerator
 
