@@ -63,11 +63,19 @@ def logs(dashboard: str, job_id: str) -> str:
     return JobSubmissionClient(dashboard).get_job_logs(job_id)
 
 
+# Ray's default ports (GCS, client, dashboard, its agents, metrics): a node started without an
+# explicit port takes these, so a port handed to a test's server must not be one of them
+RAY_DEFAULT_PORTS = frozenset({6379, 8076, 8265, 10001, 44217, 44227, 52365, 52366})
+
+
 def free_port() -> int:
-    """A TCP port free on loopback now (for a server a test starts)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port free on loopback now (for a server a test starts), never one of Ray's defaults."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in RAY_DEFAULT_PORTS:
+            return port
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:

@@ -386,9 +386,10 @@ def test_ray_train_job_on_two_nodes_trains_as_one_worker_selects_saves_and_score
         yaml.safe_dump({"generator": {"train": {"epochs": 1, "batch_size": 64}, "select_queries": 20}})
     )
     ray.shutdown()  # off the session's cluster, onto two nodes of one CPU each
-    # a dashboard port of its own (the state API reads it): 8265 may be another cluster's
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "dashboard_port": free_port()})
+    cluster = None
     try:
+        # a dashboard port of its own (the state API reads it): 8265 may be another cluster's
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "dashboard_port": free_port()})
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, logging_level="WARNING")
@@ -399,7 +400,8 @@ def test_ray_train_job_on_two_nodes_trains_as_one_worker_selects_saves_and_score
         assert len({w.node_id for w in workers}) == 2  # one worker a node
     finally:
         ray.shutdown()
-        cluster.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
         ray.init(address=ray_cluster[0], logging_level="WARNING")  # back on the session's cluster
     assert (run / "generator/weights.safetensors").is_file()
     assert not (run / "ray_train/generator").exists()  # its checkpoints go once the model is saved
