@@ -8,6 +8,7 @@ swaps); the evaluation scores it directly, cold-start items included, without th
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -54,18 +55,24 @@ class Ask:
 
 @dataclass(frozen=True)
 class RunItems:
-    """What a run knows of its items beside the model: their full SIDs, the encoder that put them
-    there, and their titles (shown with hits)."""
+    """What a run knows of its items beside the model: their full SIDs, their titles (shown with
+    hits), and the encoder that put them there."""
 
+    run: Path
     sids: SemanticIdTokenizer
-    encoder: RunTextEncoder
     titles: dict[int, str]
 
     @classmethod
     def load(cls, run: Path) -> RunItems:
         table = pq.read_table(run / "items.parquet", columns=["item_id", "title"])
         titles = dict(zip(table["item_id"].to_pylist(), table["title"].to_pylist(), strict=True))
-        return cls(SemanticIdTokenizer.load(run / "sid_tokenizer"), RunTextEncoder.from_run(run), titles)
+        return cls(run, SemanticIdTokenizer.load(run / "sid_tokenizer"), titles)
+
+    @functools.cached_property
+    def encoder(self) -> RunTextEncoder:
+        """The run's text encoder, loaded on first use (~7 s on 2 cores): only new queries and new
+        items need it, and an evaluation that reads the run's cached vectors never does."""
+        return RunTextEncoder.from_run(self.run)
 
 
 class ServedGenerator:

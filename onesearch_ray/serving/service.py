@@ -128,6 +128,7 @@ class SearchService:
         self.run = Path(run)
         self.engine = engine
         self.run_items = RunItems.load(self.run)
+        self.run_items.encoder  # noqa: B018  loaded now: the first search must not wait seconds for it
         self.sids = self.run_items.sids
         self._model_dir = Path(model_dir) if model_dir else served_model_dir(self.run)
         self.model = self._load(self._model_dir)
