@@ -4,7 +4,7 @@ The run must come from ``onesearch encode --holdout-cold``, then trained as usua
 generator``; the run's served generator is scored, its latest: ``RUN/generator`` or an alignment): its
 held-out items (``RUN/holdout.json``) were left out of KHQE fitting and of every training stage.
 This adds them to the served generator's live catalogue with the frozen codebooks as ``POST /items``
-does (``generator.served.load_served``, reference engine), then reports over them:
+does (``generator.served.join_held_out``, reference engine), then reports over them:
 
 - ``own_title``: each held-out item's own title as the query; HR@10 / HR@350 of that item;
 - ``test_queries``: the test queries that judge a held-out item relevant, the usual metrics
@@ -31,7 +31,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from onesearch_ray.data import load_track  # noqa: E402
 from onesearch_ray.eval.coldstart import cold_start_report, write_cold_start  # noqa: E402
 from onesearch_ray.eval.config import ColdStartConfig  # noqa: E402
-from onesearch_ray.generator.served import load_served  # noqa: E402
+from onesearch_ray.generator.served import join_held_out, load_served  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -57,8 +57,11 @@ def main(argv: list[str] | None = None) -> dict:
     config = ColdStartConfig(beam=args.beam, k=args.k, limit=args.limit, e5=args.e5)
     started = time.perf_counter()
     track = load_track(args.data)
-    served, live, held_out = load_served(args.run, track)
-    report = cold_start_report(served, live.snapshot, args.run, track, held_out, config)
+    served, live = load_served(args.run)
+    added = time.perf_counter()
+    held_out = join_held_out(served, live, track)
+    added_in = time.perf_counter() - added
+    report = cold_start_report(served, live.snapshot, args.run, track, held_out, config, added_in)
     report["held_out"]["total_seconds"] = time.perf_counter() - started
     out = args.out or args.run
     write_cold_start(args.run, report, config, out)

@@ -41,7 +41,7 @@ from onesearch_ray.generator.catalogue import load_catalogue  # noqa: E402
 from onesearch_ray.generator.evaluate import search_split  # noqa: E402
 from onesearch_ray.generator.model import CodeItemGenerator  # noqa: E402
 from onesearch_ray.generator.search import DecodingEngine, TorchDecoder  # noqa: E402
-from onesearch_ray.generator.served import load_served  # noqa: E402
+from onesearch_ray.generator.served import join_held_out, load_served  # noqa: E402
 from onesearch_ray.io import write_json  # noqa: E402
 from onesearch_ray.retrieval.baselines import normalise_rows  # noqa: E402
 from onesearch_ray.retrieval.tracks import run_search_baselines  # noqa: E402
@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     catalogue = load_catalogue(args.run, track)
     item_vectors = normalise_rows(np.load(args.run / "embeddings/items.npy"))  # every item, for RRF
     # the served catalogue: a held-out run serves those items too (as `onesearch eval` scores it)
-    served, live, _ = load_served(args.run, track, args.model)
+    served, live = load_served(args.run, args.model)
+    join_held_out(served, live, track)
     model, items = served.model, live.snapshot
     catalogue = replace(catalogue, item_ids=np.asarray(served.item_ids))
     own_beam = model.config.search.beams[-1]

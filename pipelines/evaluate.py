@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from onesearch_ray.eval.coldstart import write_cold_start
-from onesearch_ray.eval.config import ColdStartConfig, EvalConfig
+from onesearch_ray.eval.config import EvalConfig
 from onesearch_ray.eval.report import (
     NEXT_ITEM_TABLE_METRICS,
     SEARCH_TABLE_METRICS,
@@ -46,7 +46,7 @@ def run_eval(run: str | Path, track: str, data: str | Path, config: EvalConfig) 
     plot_results(results, stem.with_suffix(".png"), title=f"{track} ({config.split})")
     write_eval_json(stem.with_suffix(".json"), results)
     if cold_start is not None:
-        write_cold_start(Path(run), cold_start, ColdStartConfig(k=config.k, limit=config.limit))
+        write_cold_start(Path(run), cold_start, config.cold_start())
     print(format_table(results, list(metrics)))
     print(f"\nwrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
     return results

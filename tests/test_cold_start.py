@@ -171,15 +171,18 @@ def test_cold_start_report_on_a_run_with_held_out_items(cold_run, small_track, t
     from onesearch_ray.data import load_track
     from onesearch_ray.eval.coldstart import cold_start_report
     from onesearch_ray.eval.config import ColdStartConfig
-    from onesearch_ray.generator.served import load_served
+    from onesearch_ray.generator.served import join_held_out, load_served
 
     run = tmp_path / "run"
     shutil.copytree(cold_run[0], run)
     held = held_out_items(small_track)
     track = load_track(small_track)
-    served, live, held_out = load_served(run, track)
+    served, live = load_served(run)
+    held_out = join_held_out(served, live, track)
     assert sorted(held_out) == sorted(held) and all(live.snapshot.has(i) for i in held)
-    report = cold_start_report(served, live.snapshot, run, track, held_out, ColdStartConfig(k=50, limit=8))
+    report = cold_start_report(
+        served, live.snapshot, run, track, held_out, ColdStartConfig(k=50, limit=8), 0.0
+    )
     assert report["held_out"]["n_items"] == len(held)
     assert report["served_model"] == "generator" and report["own_title"]["model"]["beam"] == 32
     assert set(report["own_title"]) == {"model", "bm25", "dense", "rrf", "model_trained"}

@@ -92,11 +92,12 @@ def cold_start_report(
     track: Track,
     held_out: Sequence[int],
     config: ColdStartConfig,
+    add_seconds: float,
 ) -> dict:
     """Score the served generator on the ``items`` snapshot its run's ``held_out`` items joined
-    (``generator.served.load_served``), and the baselines, on both tasks of :data:`TASKS`:
-    ``{task: {system: metrics}}``, beside ``served_model`` (its name in the run) and ``held_out``
-    (how many).
+    (``generator.served.join_held_out``, in ``add_seconds``), and the baselines, on both tasks of
+    :data:`TASKS`: ``{task: {system: metrics}}``, beside ``served_model`` (its name in the run) and
+    ``held_out`` (how many were added, in how long).
 
     ``own_title`` also has ``model_trained``: the model for the titles of as many TRAINED items
     (an even sample of the catalogue), the reference a held-out item's figure compares with.
@@ -109,7 +110,10 @@ def cold_start_report(
         "own_title": own_title_track(track, held_out),
         "test_queries": held_out_judgments_track(track, held_out),
     }
-    report: dict = {"served_model": model_name(run, served.directory), "held_out": {"n_items": len(held_out)}}
+    report: dict = {
+        "served_model": model_name(run, served.directory),
+        "held_out": {"n_items": len(held_out), "add_seconds": add_seconds},
+    }
     for task, task_track in tasks.items():
         model, kept_ids = _model_metrics(served, items, task_track, config)
         eval_config = EvalConfig(split="test", k=config.k, e5=config.e5)
@@ -145,7 +149,7 @@ def cold_start_markdown(run: str | Path, report: dict, config: ColdStartConfig) 
     lines = [
         f"## Cold-start items: {run}",
         "",
-        f"{held['n_items']} held-out items added live; "
+        f"{held['n_items']} held-out items added live in {held['add_seconds']:.1f} s; "
         f"model {report['served_model']}, beam {report['own_title']['model']['beam']}, k {config.k}"
         + (f", first {config.limit} queries" if config.limit else ""),
     ]

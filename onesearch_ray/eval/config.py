@@ -22,6 +22,10 @@ class EvalConfig:
     # at eval time with the run's encoder, the SIDs and the model untouched (search tracks)
     queries: str | None = None
 
+    def cold_start(self) -> ColdStartConfig:
+        """The cold-start report's settings for this evaluation (its depth, limit and e5)."""
+        return ColdStartConfig(k=self.k, limit=self.limit, e5=self.e5)
+
 
 @dataclass
 class ColdStartConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,10 @@ from onesearch_ray.data import Track, load_track
 from onesearch_ray.data.query_file import read_query_file
 from onesearch_ray.eval.baselines import next_item_baselines, search_baselines
 from onesearch_ray.eval.coldstart import cold_start_report
-from onesearch_ray.eval.config import ColdStartConfig, EvalConfig
+from onesearch_ray.eval.config import EvalConfig
 from onesearch_ray.generator.catalogue import Catalogue, load_catalogue
 from onesearch_ray.generator.evaluate import judged_split, next_item_split, search_split
-from onesearch_ray.generator.served import load_served
+from onesearch_ray.generator.served import join_held_out, load_served
 from onesearch_ray.khqe.cache import encoded_vectors
 from onesearch_ray.khqe.config import run_khqe_config
 from onesearch_ray.retrieval.baselines import normalise_rows
@@ -44,13 +45,16 @@ def evaluate(
     if track_kind not in ("search", "next_item"):
         raise ValueError(f"unknown track kind {track_kind!r} (expected search or next_item)")
     run, track = Path(run), load_track(data)
-    served, live, held_out = load_served(
-        run, track if track_kind == "search" else None, Path(config.model_dir) if config.model_dir else None
-    )
+    served, live = load_served(run, Path(config.model_dir) if config.model_dir else None)
     report = None
-    if held_out:
-        cold = ColdStartConfig(k=config.k, limit=config.limit, e5=config.e5)
-        report = cold_start_report(served, live.snapshot, run, track, held_out, cold)
+    if track_kind == "search":
+        started = time.perf_counter()
+        held_out = join_held_out(served, live, track)
+        if held_out:
+            added_in = time.perf_counter() - started
+            report = cold_start_report(
+                served, live.snapshot, run, track, held_out, config.cold_start(), added_in
+            )
     model, items = served.model, live.snapshot
     catalogue = dataclasses.replace(load_catalogue(run, track), item_ids=np.asarray(served.item_ids))
     if config.queries:

@@ -172,18 +172,22 @@ class ServedGenerator:
 
 
 def load_served(
-    run: Path, track: Track | None = None, model_dir: Path | None = None, engine: str = "transformers"
-) -> tuple[ServedGenerator, LiveCatalogue, list[int]]:
+    run: Path, model_dir: Path | None = None, engine: str = "transformers"
+) -> tuple[ServedGenerator, LiveCatalogue]:
     """The run's served generator (``model_dir``, default ``runs.served_model_dir``) and its items as
-    a live catalogue; with the ``track`` the run encoded, the run's cold-start hold-out joins that
-    catalogue as new items (as ``onesearch serve`` adds them at start). Returns the generator, the
-    catalogue and the held-out ids (none when the run holds none out)."""
+    a live catalogue."""
     generator = ServedGenerator(model_dir or served_model_dir(run), engine, RunItems.load(run))
-    catalogue = generator.catalogue(model_name(run, generator.directory))
-    held_out = held_out_items(run, track) if track is not None else []
+    return generator, generator.catalogue(model_name(run, generator.directory))
+
+
+def join_held_out(generator: ServedGenerator, catalogue: LiveCatalogue, track: Track) -> list[int]:
+    """The run's cold-start hold-out joins ``catalogue`` as new items (as ``onesearch serve`` adds
+    them at start), from the ``track`` the run encoded; returns their ids (none when the run holds
+    none out)."""
+    held_out = held_out_items(generator.run_items.run, track)
     if held_out:
         catalogue.add(generator.new_items(*track_items(track, held_out)))
-    return generator, catalogue, held_out
+    return held_out
 
 
 def held_out_items(run: Path, track: Track) -> list[int]:
