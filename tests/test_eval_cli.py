@@ -7,7 +7,7 @@ import shutil
 
 
 def test_eval_valid_split_of_another_generator(generator_small_run, small_track, tmp_path):
-    from pipelines import cli
+    from onesearch_cli import main as cli
 
     run = tmp_path / "run"
     shutil.copytree(generator_small_run, run)
@@ -26,10 +26,10 @@ def test_eval_valid_split_of_another_generator(generator_small_run, small_track,
 def test_eval_of_new_queries_matches_the_same_queries_scored_inside_the_run(
     generator_small_run, small_track, tmp_path
 ):
+    from onesearch_cli import main as cli
     from onesearch_ray.data import load_track
     from onesearch_ray.metrics import relevant_items
     from onesearch_ray.retrieval import search_eval_inputs
-    from pipelines import cli
 
     run = tmp_path / "run"
     shutil.copytree(generator_small_run, run)

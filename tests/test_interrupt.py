@@ -134,7 +134,7 @@ def onesearch(args: list[str], tmp_path: Path) -> Iterator[Command]:
     log = tmp_path / f"{args[0]}.log"  # a file, not a pipe: Ray's output would fill a pipe and block it
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", *args],
+            [sys.executable, "-m", "onesearch_cli", *args],
             cwd=REPO,
             env=env,
             stdout=out,

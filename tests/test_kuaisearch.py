@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
+from onesearch_cli.main import main
 from onesearch_ray.behavior import BehaviorIndex
 from onesearch_ray.data import (
     DataError,
@@ -21,7 +22,6 @@ from onesearch_ray.data import (
     write_kuaisearch_synthetic,
 )
 from onesearch_ray.data.kuaisearch import query_split
-from pipelines.cli import main
 
 
 def _write(root: Path, name: str, records: list) -> None:

@@ -73,7 +73,7 @@ def run_encode_cli(data: Path, out: Path, *extra: str) -> subprocess.CompletedPr
     command = [
         sys.executable,
         "-m",
-        "pipelines.cli",
+        "onesearch_cli",
         "encode",
         "--data",
         str(data),

@@ -412,7 +412,7 @@ def test_sigterm_stops_servers_like_ctrl_c():
     import os
     import signal
 
-    from pipelines.cli import _stop_on_sigterm
+    from onesearch_cli.main import _stop_on_sigterm
 
     previous = signal.getsignal(signal.SIGTERM)
     try:

@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from onesearch_cli import main as cli
 from onesearch_ray.data import Event
 from onesearch_ray.rewards.feedback_log import read_feedback
 from onesearch_ray.runs import cold_holdout_mask
@@ -17,7 +18,6 @@ from onesearch_ray.sim.config import RerankConfig, SimulationConfig
 from onesearch_ray.sim.metrics import METRICS
 from onesearch_ray.sim.report import write_report
 from onesearch_ray.sim.tune import tune_rerank
-from pipelines import cli
 
 SHORT = SimulationConfig(searches=300, bootstrap=300, seed=5)
 SLICES = {

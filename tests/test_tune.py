@@ -151,8 +151,8 @@ def test_two_trial_sweep_from_the_cli_both_rungs(encoded_run, small_track, tmp_p
     """Rung 1 scores 2 layouts by proxies; rung 2 trains the generator on both (code levels from the
     layout), reporting valid metrics per selection point under ASHA; the table and the best config
     (khqe: for encode, generator: for the generator) are written and load."""
+    from onesearch_cli import main as cli
     from onesearch_ray.generator.config import load_job_config
-    from pipelines import cli
 
     config = tmp_path / "sweep.yaml"  # the config file's sections reach the sweep and its generator rung
     config.write_text(

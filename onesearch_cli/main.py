@@ -322,7 +322,3 @@ def main(argv: list[str] | None = None) -> int:
         hint = "; rerun the same command to resume from the last checkpoint" if resume else ""
         print(f"\nonesearch {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
