@@ -16,6 +16,7 @@ import pytest
 
 from onesearch_ray.khqe import QuantizerConfig, SemanticIdTokenizer
 from onesearch_ray.runs import cold_holdout_mask, is_cold_holdout, read_holdout
+from tests.layering import upward_calls
 
 
 def clustered(n: int, seed: int, dim: int = 16) -> np.ndarray:
@@ -156,8 +157,10 @@ def test_item_added_live_is_found_by_the_generators_search_for_its_title(service
 
     title = "Zanzibar Titanium Espresso Grinder, Matte Teal"
     trained = {service.sids.sid_string(codes) for codes in service.sids.item_codes()}
-    before = service.search([SearchRequest(query=title, k=10)])[0]
-    added = service.add_items(AddItemsRequest(items=[NewItem(item_id=900001, title=title)]))
+    with upward_calls() as upward:  # a search and an add only go down the layers
+        before = service.search([SearchRequest(query=title, k=10)])[0]
+        added = service.add_items(AddItemsRequest(items=[NewItem(item_id=900001, title=title)]))
+    assert not upward, upward
     assert added.added[0].sid == service.item(900001).sid
     assert added.added[0].sid in trained  # a trained SID, not a fresh one
     after = service.search([SearchRequest(query=title, k=10)])[0]
@@ -196,14 +199,18 @@ def test_cold_start_report_on_a_run_with_held_out_items(cold_run, small_track, t
 
 def test_eval_adds_the_held_out_items_live_before_scoring(cold_run, small_track, tmp_path) -> None:
     """`onesearch eval` on a held-out run: the items join the generator live (as /items adds them),
-    the whole test split is scored with them in the catalogue, and the cold-start report is written."""
+    the whole test split is scored with them in the catalogue, and the cold-start report is written.
+    The whole evaluation only goes down the layers of docs/layout.md: no call from a module into one
+    of a higher layer (a callback or a late binding would be one)."""
     from onesearch_ray.eval.config import EvalConfig
     from pipelines.evaluate import run_eval
 
     run = tmp_path / "run"
     shutil.copytree(cold_run[0], run)
     held = set(held_out_items(small_track))
-    results = run_eval(run, "synthetic", small_track, EvalConfig(k=50, limit=10))
+    with upward_calls() as upward:
+        results = run_eval(run, "synthetic", small_track, EvalConfig(k=50, limit=10))
+    assert not upward, upward
     assert {"model", "bm25", "dense", "rrf"} <= set(results) and results["model"]["n_queries"] == 10
     report = json.loads((run / "cold_start.json").read_text())
     assert report["held_out"]["n_items"] == len(held)
