@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 
 import ray
@@ -30,11 +32,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             kwargs["address"] = "local"
         if num_cpus:
             kwargs["num_cpus"] = num_cpus
+    sigterm = signal.getsignal(signal.SIGTERM)
     ray.init(
         **kwargs,
         logging_level=logging.WARNING,
         runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}},
     )
+    if callable(sigterm) and threading.current_thread() is threading.main_thread():
+        # ray.init puts its own SIGTERM handlers in place (a bare exit, and a crash report that
+        # aborts the process): a command that stops on `kill` as on Ctrl-C keeps its own
+        signal.signal(signal.SIGTERM, sigterm)
     ray.data.DataContext.get_current().enable_progress_bars = bool(
         os.environ.get("ONESEARCH_PROGRESS", "1") == "1"
     )
