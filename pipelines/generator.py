@@ -42,6 +42,7 @@ import ray.train
 import ray.train.torch
 import torch
 
+from onesearch_ray.data import detect_format
 from onesearch_ray.generator.config import GeneratorJobConfig, load_job_config
 from onesearch_ray.generator.job import MODEL_DIR, align_on_worker, evaluate_run, train_on_worker
 from onesearch_ray.generator.train import read_training_state, write_training_state
@@ -193,8 +194,20 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_inputs(run: Path, data: Path) -> None:
+    """An encoded run and a track directory, named in a clear error before Ray starts (else a
+    worker's traceback, after the run's checkpoint storage was made)."""
+    detect_format(data)
+    if not (Path(run) / "sid_tokenizer/sid_tokenizer.json").is_file():
+        raise FileNotFoundError(
+            f"{run}: not an encoded run (no sid_tokenizer/): "
+            f"run `onesearch encode --data DIR --out {run}` first"
+        )
+
+
 def run(args: argparse.Namespace) -> dict:
     config = load_job_config(args.config)
+    check_inputs(args.run, args.data)
     if args.feedback and args.grpo:
         raise SystemExit("--feedback (DPO) and --grpo are two alignments: choose one")
     name, model_dir = None, MODEL_DIR

@@ -226,6 +226,11 @@ def test_unrecognised_directory_lists_expected_files(tmp_path):
         detect_format(tmp_path)
     message = str(info.value)
     assert str(tmp_path) in message and "products.parquet" in message and "sequences.parquet" in message
+    assert "found: notes.txt;" in message
+    for i in range(30):  # a crowded directory (a home or /tmp given by mistake) is named briefly
+        (tmp_path / f"file{i:02d}").write_text("")
+    with pytest.raises(DataError, match="found: file00, .*, file07 and 23 more;"):
+        detect_format(tmp_path)
 
 
 def test_missing_directory_and_plain_file(tmp_path):

@@ -45,3 +45,18 @@ def test_a_latest_model_that_is_gone_falls_back_and_says_so(tmp_path, caplog) ->
 def test_a_run_without_a_generator_names_the_step_to_run(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="onesearch generator"):
         served_model_dir(tmp_path)
+
+
+def test_the_generator_job_names_a_bad_track_or_run_before_ray_starts(tmp_path, small_track) -> None:
+    """`onesearch generator` on a directory that is no track, or on a run never encoded: a one-line
+    error (exit 2) and nothing made on disk (the run's checkpoint storage included)."""
+    from onesearch_cli.main import main
+    from pipelines.generator import check_inputs
+
+    run = tmp_path / "run"
+    assert main(["generator", "--run", str(run), "--data", str(tmp_path / "no_track")]) == 2
+    assert main(["generator", "--run", str(run), "--data", str(tmp_path)]) == 2
+    assert main(["generator", "--run", str(run), "--data", str(small_track)]) == 2
+    assert not run.exists()
+    with pytest.raises(FileNotFoundError, match="not an encoded run .*onesearch encode"):
+        check_inputs(run, small_track)

@@ -28,7 +28,10 @@ def detect_format(directory: str | os.PathLike) -> str:
             return name
     expected = "; ".join(f"{name}: {', '.join(files)}" for name, files in FORMAT_FILES.items())
     present = sorted(p.name for p in root.iterdir())
-    raise DataError(root, None, None, f"not a track directory (found {present}; expected one of {expected})")
+    found = ", ".join(present[:8]) + (f" and {len(present) - 8} more" if len(present) > 8 else "")
+    raise DataError(
+        root, None, None, f"not a track directory (found: {found or 'nothing'}; expected one of {expected})"
+    )
 
 
 def load_track(directory: str | os.PathLike, format: str | None = None) -> Track:
