@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from onesearch_ray.data import load_track
+from onesearch_ray.data import load_track, track_format
 from onesearch_ray.io import write_json, write_parquet
 from onesearch_ray.khqe import (
     EncodedTexts,
@@ -140,6 +140,8 @@ def prepare(
     """
     if holdout not in (None, HOLDOUT_COLD):
         raise ValueError(f"holdout {holdout!r}: the only hold-out is {HOLDOUT_COLD!r}")
+    if track_format(out_dir):  # the run's items.parquet and queries.parquet would replace the track's
+        raise ValueError(f"--out {out_dir} is a track directory: write the run to a directory of its own")
     started = time.perf_counter()
     run = RunDir(out_dir)
     track = load_track(data_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,17 @@ def test_cli_rejects_bad_input(tmp_path):
     assert result.returncode == 2 and "products.parquet" in result.stderr
     bad_layout = run_encode_cli(tmp_path, tmp_path / "r", "--layout", "12-x")
     assert bad_layout.returncode == 2 and "layout" in bad_layout.stderr
+
+
+def test_a_run_is_never_written_over_a_track(small_track, tmp_path):
+    """`--out` naming the track itself (or another track) is refused before anything is written: the
+    run's items.parquet and queries.parquet would replace the track's."""
+    track = tmp_path / "track"
+    shutil.copytree(small_track, track)
+    before = {p.name: p.stat().st_mtime_ns for p in track.iterdir()}
+    with pytest.raises(ValueError, match="is a track directory"):
+        prepare.prepare(track, track, KHQEConfig())
+    assert {p.name: p.stat().st_mtime_ns for p in track.iterdir()} == before
 
 
 def test_prepare_job_via_ray_job_submit(ray_cluster, small_track, tmp_path):

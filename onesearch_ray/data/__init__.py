@@ -4,7 +4,7 @@
 Pure Python + pyarrow + numpy (no Ray): the pipelines wrap these functions.
 """
 
-from onesearch_ray.data.formats import detect_format, load_track
+from onesearch_ray.data.formats import detect_format, load_track, track_format
 from onesearch_ray.data.loaders import (
     FORMAT_FILES,
     Track,
@@ -44,6 +44,7 @@ __all__ = [
     "Track",
     "cast_to_schema",
     "detect_format",
+    "track_format",
     "generate_synthetic",
     "load_track",
     "read_parquet",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from onesearch_ray.data.kuaisearch import load_kuaisearch
 from onesearch_ray.data.loaders import (
@@ -18,14 +19,23 @@ from onesearch_ray.data.loaders import (
 from onesearch_ray.data.schemas import DataError
 
 
-def detect_format(directory: str | os.PathLike) -> str:
-    """Name the format of a track directory, or raise a DataError listing what was expected."""
-    root = existing_dir(directory)
+def track_format(directory: str | os.PathLike) -> str | None:
+    """The format of a track directory; None for anything else (a run, a missing path)."""
+    root = Path(directory)
     if (root / MANIFEST).is_file():
         return "onesearch"
     for name, files in FORMAT_FILES.items():
         if all((root / f).is_file() for f in files):
             return name
+    return None
+
+
+def detect_format(directory: str | os.PathLike) -> str:
+    """Name the format of a track directory, or raise a DataError listing what was expected."""
+    root = existing_dir(directory)
+    found_format = track_format(root)
+    if found_format:
+        return found_format
     expected = "; ".join(f"{name}: {', '.join(files)}" for name, files in FORMAT_FILES.items())
     present = sorted(p.name for p in root.iterdir())
     found = ", ".join(present[:8]) + (f" and {len(present) - 8} more" if len(present) > 8 else "")
