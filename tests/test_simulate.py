@@ -154,6 +154,8 @@ def test_cli_errors_name_the_problem(small_track, tmp_path, capsys):
     assert "generator directory 'generator' not found" in capsys.readouterr().err
     assert cli.main(["simulate", "--run", str(run), "--data", str(run)]) == 2
     assert "synthetic_world.json not found" in capsys.readouterr().err
+    assert cli.main(["simulate", "--run", str(run), "--data", str(small_track)]) == 2  # nothing to test
+    assert "no trained generator to test against the cascade" in capsys.readouterr().err
 
 
 def test_cli_on_a_trained_run_reports_every_system_and_slice(generator_small_run, small_track, tmp_path):

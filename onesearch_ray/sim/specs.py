@@ -50,7 +50,13 @@ class SystemOptions:
 
 def default_systems(run: Path) -> list[str]:
     """The cascade (control) and every generator of the run (``RUN/generator``, its alignments)."""
-    return ["cascade", *(f"{d.name}={d}" for d in model_dirs(run))]
+    models = model_dirs(run)
+    if not models:  # the cascade alone is no A/B test: ask for what was meant
+        raise FileNotFoundError(
+            f"{run}: no trained generator to test against the cascade (run `onesearch generator` "
+            "first, or name the systems with --system)"
+        )
+    return ["cascade", *(f"{d.name}={d}" for d in models)]
 
 
 def system_builders(
