@@ -55,7 +55,12 @@ def start(
     """
     token = write_token_for(run, host, write_token)
     init_ray()
-    serve.start(http_options={"host": host, "port": port})
+    try:
+        serve.start(http_options={"host": host, "port": port})
+    except RuntimeError as err:  # Ray's proxy failed to start, a traceback deep in Ray
+        if "Failed to bind" not in str(err):
+            raise
+        raise ValueError(f"{host}:{port} is in use: stop what holds it, or serve on another --port") from None
     args = {
         "run": str(run),
         "engine": engine,

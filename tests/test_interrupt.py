@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -299,6 +300,19 @@ def test_one_ctrl_c_stops_serving(generator_run, tmp_path, kill):
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=60).status_code == 200
         output = interrupt(command, kill=kill)
     assert "onesearch serve: interrupted" in output and "SIGTERM received" not in output
+
+
+@pytest.mark.slow
+def test_serving_on_a_port_in_use_says_so(generator_run, tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        args = ["serve", "--run", str(generator_run), "--port", str(port), "--engine", "transformers"]
+        with onesearch(args, tmp_path) as command:
+            assert command.process.wait(timeout=300) == 2, command.output()[-3000:]
+            wait_for(
+                lambda: not ray_processes(command.ray_tmp), RAY_GONE_WITHIN_S, "its Ray processes to end"
+            )
+    assert f"onesearch serve: error: 127.0.0.1:{port} is in use" in command.output()
 
 
 @pytest.mark.slow
