@@ -47,9 +47,9 @@ from onesearch_ray.serving.schemas import (
     FeedbackRequest,
     FeedbackResponse,
     Health,
+    Item,
     ModelInfo,
     ModelSwapRequest,
-    SearchHit,
     SearchRequest,
     SearchResponse,
     UserSummary,
@@ -209,8 +209,8 @@ class SearchDeployment:
         except ConflictError as err:
             raise _http_error(err) from None
 
-    @api.get("/items/{item_id}", response_model=SearchHit, responses=_responses(404))
-    async def item(self, item_id: Annotated[int, PathParam(ge=0, le=MAX_ITEM_ID)]) -> SearchHit:
+    @api.get("/items/{item_id}", response_model=Item, responses=_responses(404))
+    async def item(self, item_id: Annotated[int, PathParam(ge=0, le=MAX_ITEM_ID)]) -> Item:
         try:
             return self.service.item(item_id)
         except NotFoundError as err:

@@ -69,13 +69,18 @@ class SearchRequest(BaseModel):
     )
 
 
-class SearchHit(BaseModel):
+class Item(BaseModel):
+    """An item of the live catalogue as the API shows it."""
+
     item_id: int
     title: str
+    sid: str
+
+
+class SearchHit(Item):
     score: float = Field(
         description="the model's score (the generator's item-step logit), or the BM25 score on /search/bm25"
     )
-    sid: str
 
 
 class SearchResponse(BaseModel):
@@ -105,7 +110,7 @@ class AddItemsRequest(BaseModel):
 
 
 class AddItemsResponse(BaseModel):
-    added: list[SearchHit]
+    added: list[Item]
     trie_version: int = Field(
         description="the live catalogue's version this answer read (it grows with each add)"
     )
@@ -115,7 +120,7 @@ class AddItemsResponse(BaseModel):
 class UserSummary(BaseModel):
     user_id: str
     recent_queries: list[str]
-    recent_items: list[SearchHit]
+    recent_items: list[Item]
 
 
 class FeedbackRequest(BaseModel):

@@ -58,6 +58,7 @@ from onesearch_ray.serving.schemas import (
     AddItemsResponse,
     FeedbackRequest,
     FeedbackResponse,
+    Item,
     ModelInfo,
     NewItem,
     SearchHit,
@@ -164,16 +165,30 @@ class SearchService:
     def hits(self, ranking: Sequence[tuple[int, float]], items: Snapshot | None = None) -> list[SearchHit]:
         """Result rows: each item's title and SID beside its score (from ``items``: default the
         catalogue's current snapshot)."""
-        items = items or self.catalogue.snapshot
-        located = items.locate([item for item, _ in ranking])
-        out = []
-        for (item, score), where in zip(ranking, located, strict=True):
-            title, sid = "", ""
-            if where is not None:
+        shown = self._titles_and_sids([item for item, _ in ranking], items)
+        return [
+            SearchHit(item_id=int(item), title=title, sid=sid, score=float(score))
+            for (item, score), (title, sid) in zip(ranking, shown, strict=True)
+        ]
+
+    def items_of(self, item_ids: Sequence[int], items: Snapshot | None = None) -> list[Item]:
+        """The items' titles and SIDs, no score (from ``items``: default the current snapshot)."""
+        shown = self._titles_and_sids(item_ids, items)
+        return [
+            Item(item_id=int(item), title=title, sid=sid)
+            for item, (title, sid) in zip(item_ids, shown, strict=True)
+        ]
+
+    def _titles_and_sids(self, item_ids: Sequence[int], items: Snapshot | None) -> list[tuple[str, str]]:
+        """Each item's title and SID string in ``items`` (empty strings for one it does not hold)."""
+        shown = []
+        for where in (items or self.catalogue.snapshot).locate(list(item_ids)):
+            if where is None:
+                shown.append(("", ""))
+            else:
                 segment, row = where
-                title, sid = segment.titles[row].as_py(), self.sids.sid_string(segment.codes[row])
-            out.append(SearchHit(item_id=int(item), title=title, score=float(score), sid=sid))
-        return out
+                shown.append((segment.titles[row].as_py(), self.sids.sid_string(segment.codes[row])))
+        return shown
 
     # ---- search ---------------------------------------------------------------------------
     def search(self, requests: list[SearchRequest]) -> list[SearchResponse | Exception]:
@@ -342,7 +357,7 @@ class SearchService:
             if self._shards is not None:  # the shards first: the planner's snapshot names this add
                 self._shards.add(items, snapshot.records + 1)
             snapshot = self.catalogue.add(items)
-        added = self.hits([(i, 0.0) for i in ids], snapshot)
+        added = self.items_of(ids, snapshot)
         return AddItemsResponse(added=added, trie_version=snapshot.version, n_items=snapshot.n_items)
 
     def add_track_items(self, track: Track, item_ids: Sequence[int]) -> None:
@@ -370,11 +385,11 @@ class SearchService:
         log.info("%d held-out items joined the catalogue live", len(joining))
         return held_out
 
-    def item(self, item_id: int) -> SearchHit:
+    def item(self, item_id: int) -> Item:
         snapshot = self.catalogue.snapshot
         if not snapshot.has(item_id):
             raise UnknownItemError(f"unknown item_id {item_id}")
-        return self.hits([(item_id, 0.0)], snapshot)[0]
+        return self.items_of([item_id], snapshot)[0]
 
     # ---- users -----------------------------------------------------------------------------
     def users(self, limit: int = 50, offset: int = 0) -> list[str]:
@@ -384,7 +399,7 @@ class SearchService:
         if self.behavior is None or user_id not in self.behavior:
             raise UnknownUserError(f"unknown user_id {user_id!r}")
         context = self.behavior.context_for(user_id)
-        recent = self.hits([(i, 0.0) for i in context.short_items[::-1]])
+        recent = self.items_of(context.short_items[::-1])
         return UserSummary(user_id=user_id, recent_queries=context.recent_queries[::-1], recent_items=recent)
 
 
