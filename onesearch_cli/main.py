@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import socket
 import sys
 import traceback
 from pathlib import Path
@@ -114,9 +116,23 @@ def _read_token(path: Path | None) -> str | None:
     return token
 
 
+def _require_free_port(host: str, port: int, flag: str) -> None:
+    """A port another process holds, named before anything starts (the quickstart would otherwise
+    find it after minutes of training)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise ValueError(
+                f"{host}:{port} is in use ({err.strerror}): stop what holds it, or pass another {flag}"
+            ) from None
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from demo.app import launch
 
+    _require_free_port(args.host, args.port, "--port")
     _stop_on_sigterm()
     launch(api_url=args.api, host=args.host, port=args.port, write_token=_read_token(args.write_token_file))
     return 0
@@ -127,6 +143,10 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     from onesearch_ray.rewards import load_reward_config
     from pipelines import evaluate, generator, prepare
 
+    if not args.no_serve:
+        _require_free_port(args.host, args.demo_port, "--demo-port")
+        if not os.environ.get("RAY_ADDRESS"):  # a local cluster: its API binds here
+            _require_free_port(args.host, args.port, "--port")
     _stop_on_sigterm()
     run = Path(args.out)
     data = Path(args.data) if args.data else run / "data"
