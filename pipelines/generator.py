@@ -46,6 +46,7 @@ from onesearch_ray.data import detect_format
 from onesearch_ray.generator.config import GeneratorJobConfig, load_job_config
 from onesearch_ray.generator.job import MODEL_DIR, align_on_worker, evaluate_run, train_on_worker
 from onesearch_ray.generator.train import read_training_state, write_training_state
+from onesearch_ray.khqe import SemanticIdTokenizer
 from onesearch_ray.rewards import RewardConfig, load_reward_config
 from pipelines.common import TorchTrainer, init_ray
 
@@ -198,7 +199,7 @@ def check_inputs(run: Path, data: Path) -> None:
     """An encoded run and a track directory, named in a clear error before Ray starts (else a
     worker's traceback, after the run's checkpoint storage was made)."""
     detect_format(data)
-    if not (Path(run) / "sid_tokenizer/sid_tokenizer.json").is_file():
+    if not SemanticIdTokenizer.is_saved(Path(run) / "sid_tokenizer"):
         raise FileNotFoundError(
             f"{run}: not an encoded run (no sid_tokenizer/): "
             f"run `onesearch encode --data DIR --out {run}` first"

@@ -38,6 +38,7 @@ from onesearch_ray.khqe.metrics import code_metrics
 from onesearch_ray.khqe.quantizer import ResidualQuantizer
 
 FORMAT_NAME = "onesearch-sid-tokenizer"
+MANIFEST = "sid_tokenizer.json"  # in the tokenizer's directory, beside its arrays
 FORMAT_VERSION = 1
 
 
@@ -238,7 +239,7 @@ class SemanticIdTokenizer:
             )
             pq.write_table(table, tmp / "items.parquet")
             write_json(
-                tmp / "sid_tokenizer.json",
+                tmp / MANIFEST,
                 {
                     "format": FORMAT_NAME,
                     "version": FORMAT_VERSION,
@@ -251,10 +252,15 @@ class SemanticIdTokenizer:
             )
         return directory
 
+    @staticmethod
+    def is_saved(directory: str | Path) -> bool:
+        """Whether ``directory`` holds a saved tokenizer (what :meth:`load` reads first)."""
+        return (Path(directory) / MANIFEST).is_file()
+
     @classmethod
     def load(cls, directory: str | Path) -> SemanticIdTokenizer:
         directory = Path(directory)
-        manifest_path = directory / "sid_tokenizer.json"
+        manifest_path = directory / MANIFEST
         if not manifest_path.exists():
             raise FileNotFoundError(f"{manifest_path}: no SID tokenizer here (run `onesearch encode` first)")
         manifest = read_json(manifest_path)
